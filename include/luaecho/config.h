@@ -1,0 +1,70 @@
+/* The server's configuration: built-in defaults, a config.lua file evaluated
+ * in its own environment, and command-line overrides, validated into plain C
+ * data that the server reads and never changes.
+ *
+ * A config file is a Lua chunk; the globals it assigns are the keys. It runs
+ * in a separate, short-lived Lua state with the standard libraries visible,
+ * so it may compute values (os.getenv, string.format, loops). Every error
+ * names the file, the key and what was expected.
+ */
+#ifndef LUAECHO_CONFIG_H
+#define LUAECHO_CONFIG_H
+
+#include <stddef.h>
+
+#include "luaecho/addr.h"
+#include "luaecho/log.h"
+
+#define LE_DEFAULT_LISTEN "127.0.0.1:7000"
+#define LE_DEFAULT_BACKLOG 511
+#define LE_DEFAULT_SHUTDOWN_TIMEOUT 10.0
+
+typedef struct le_listener_conf {
+  char *address;  /* as written, for messages */
+  le_addr addr;   /* parsed form */
+  char *handler;  /* handler file, or NULL to use the top-level handler */
+  int backlog;    /* listen(2) backlog */
+} le_listener_conf;
+
+typedef struct le_config {
+  char *path;                   /* config file, or NULL for built-in defaults */
+  le_listener_conf *listeners;  /* at least one */
+  size_t nlisteners;
+  char *handler;                /* default handler file, NULL for built-in echo */
+  int backlog;                  /* default backlog for listeners */
+  double shutdown_timeout;      /* seconds connections may drain at shutdown */
+  le_log_level log_level;
+} le_config;
+
+/* Fills cfg with the built-in defaults. Returns 0, or -1 when out of memory. */
+int le_config_init(le_config *cfg);
+
+/* Evaluates the config file at `path` on top of cfg's current values.
+ * Relative handler paths are resolved against the file's directory.
+ * Returns 0, or -1 with the complete message in err
+ * (for example "c.lua: key 'backlog': expected integer, got string"). */
+int le_config_load_file(le_config *cfg, const char *path, char *err,
+                        size_t errlen);
+
+/* Same as le_config_load_file for a chunk held in memory; `name` stands for
+ * the file in messages and `dir` (may be NULL) resolves relative paths. */
+int le_config_load_string(le_config *cfg, const char *chunk, const char *name,
+                          const char *dir, char *err, size_t errlen);
+
+/* Replaces the listeners with the given addresses (the --listen option).
+ * Returns 0, or -1 with a message in err. */
+int le_config_set_listen(le_config *cfg, const char *const *addrs, size_t n,
+                         char *err, size_t errlen);
+
+/* Replaces the top-level handler (the --handler option). Returns 0 or -1. */
+int le_config_set_handler(le_config *cfg, const char *path);
+
+/* Returns the handler a listener runs: its own, else the top-level one;
+ * NULL means the built-in echo handler. */
+const char *le_config_listener_handler(const le_config *cfg,
+                                       const le_listener_conf *l);
+
+/* Releases everything cfg holds. */
+void le_config_free(le_config *cfg);
+
+#endif

@@ -1,0 +1,78 @@
+/* One accepted connection: its libuv handles, its write requests and the one
+ * close path. Its Lua face (le_lconn) is embedded and driven from here.
+ *
+ * Lifetime: a connection is freed in its close callback, and only once both
+ * its handles are closed and its handler coroutine has ended, so neither
+ * libuv nor Lua can ever reach freed memory. Every socket event of a
+ * connection passes through one function in conn.c (on_read, on_write,
+ * on_timer, le_conn_close), the place where a trace line can be emitted.
+ */
+#ifndef LUAECHO_CONN_H
+#define LUAECHO_CONN_H
+
+#include <uv.h>
+
+#include "luaecho/lconn.h"
+#include "luaecho/log.h"
+
+/* Seconds a connection whose handler ended may spend flushing queued output
+ * to a peer that does not read, before it is closed regardless. */
+#define LE_DEFAULT_FLUSH_TIMEOUT 30.0
+
+typedef struct le_conn le_conn;
+typedef struct le_conn_ctx le_conn_ctx;
+
+/* What connections share within one loop: per-loop state, never global. */
+struct le_conn_ctx {
+  uv_loop_t *loop;
+  lua_State *L;       /* the loop's Lua state; handlers run here */
+  const le_log *log;
+  char *read_buf;     /* one read buffer for every connection of the loop */
+  size_t read_buf_size;
+  le_conn *head;      /* every live connection, for shutdown */
+  size_t count;       /* number of live connections */
+  uint64_t next_id;   /* last connection id handed out */
+  double flush_timeout; /* seconds a closing connection may spend flushing */
+  /* Called after a connection was freed (the count is already lower). */
+  void (*on_freed)(le_conn_ctx *ctx);
+};
+
+struct le_conn {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } sock;                  /* the socket; owned here */
+  uv_timer_t timer;        /* recv timeouts and the flush deadline */
+  uv_shutdown_t shutdown;  /* the flush-then-FIN request while closing */
+  le_lconn lc;             /* the Lua face */
+  le_conn_ctx *ctx;
+  le_conn *prev, *next;    /* in ctx's list */
+  int open_handles;        /* handles not yet through their close callback */
+  unsigned closing : 1;    /* le_conn_close was called on the socket */
+  unsigned flushing : 1;   /* waiting for queued output before closing */
+  unsigned handler_done : 1; /* the handler coroutine has ended */
+};
+
+/* Initializes ctx for `loop`; the read buffer is allocated here.
+ * Returns 0 or UV_ENOMEM. */
+int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
+                     const le_log *log);
+void le_conn_ctx_free(le_conn_ctx *ctx);
+
+/* Accepts a pending connection from `server` (a TCP or pipe listener),
+ * starts `handler` (the function on top of ctx->L, popped) for it with
+ * `opts`, and returns the connection, or NULL after logging why. */
+le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
+                        const le_lconn_opts *opts);
+
+/* Closes the connection at once. Idempotent; memory is released later. */
+void le_conn_close(le_conn *c);
+
+/* Ends the connection from the server's side: a waiting handler gets
+ * nil, "closed", the socket closes, and a handler still suspended on
+ * anything else is ended without being resumed. */
+void le_conn_abort(le_conn *c);
+
+#endif

@@ -1,0 +1,124 @@
+/* The Lua face of a connection: the `conn` object a handler receives, its
+ * methods (recv, send, close, peername, id), and the handler coroutine that
+ * runs with it.
+ *
+ * lconn keeps the connection state a handler sees, explicitly: received bytes
+ * not yet returned (`in`), bytes queued for the kernel (`queued`), who waits
+ * and for what (`reader`/`want`, `writer`), and how each direction ended
+ * (`in_err`, `out_err`). It does no socket I/O itself: the connection that
+ * embeds it supplies a table of I/O operations (le_lconn_io) and reports
+ * socket events through the le_lconn_on_* functions, the way libuv reports
+ * completions. So the same bindings can sit on TCP, Unix sockets and, later,
+ * other transports, and can be unit-tested without a network.
+ *
+ * Failures follow the gen_tcp/LuaSocket convention: a failed operation
+ * returns nil and an error name ("closed", "timeout", "econnreset", ...);
+ * misuse (a bad argument, a closed connection, the wrong coroutine) raises.
+ */
+#ifndef LUAECHO_LCONN_H
+#define LUAECHO_LCONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <lua.h>
+
+#include "luaecho/buf.h"
+#include "luaecho/coro.h"
+#include "luaecho/log.h"
+
+#define LE_LCONN_METATABLE "luaecho.conn"
+#define LE_DEFAULT_RECV_BUFFER (256 * 1024)
+#define LE_DEFAULT_SEND_BUFFER (256 * 1024)
+
+typedef struct le_lconn le_lconn;
+
+/* Per-connection settings, copied from the listener when it is accepted. */
+typedef struct le_lconn_opts {
+  size_t recv_buffer; /* input buffered for a handler not in recv, before
+                         reading pauses and TCP pushes back on the peer */
+  size_t send_buffer; /* queued output above which send() waits */
+} le_lconn_opts;
+
+/* The socket operations a connection provides to its Lua face. */
+typedef struct le_lconn_io {
+  /* Writes what the kernel takes at once, without queueing. Returns the
+   * number of bytes written (possibly 0) or a negative libuv error. */
+  ssize_t (*try_write)(le_lconn *lc, const char *data, size_t len);
+  /* Queues len bytes behind earlier writes. `data` stays valid until
+   * le_lconn_on_written reports this write, with the same `ref`. Returns 0
+   * or a negative libuv error (then on_written is never called). */
+  int (*queue_write)(le_lconn *lc, const char *data, size_t len, int ref);
+  /* Starts (on != 0) or stops reading from the socket. */
+  void (*set_reading)(le_lconn *lc, int on);
+  /* Arms the connection's timer to call le_lconn_on_timeout after `ms`
+   * milliseconds, replacing any earlier deadline; ms < 0 disarms it. */
+  void (*set_timer)(le_lconn *lc, int64_t ms);
+  /* Closes the socket: after flushing queued output, or at once when
+   * `abort` is set. Called once, when the handler ends or calls close(). */
+  void (*close)(le_lconn *lc, int abort);
+  /* The handler coroutine has ended; the connection may now be freed once
+   * its handles are closed. */
+  void (*handler_done)(le_lconn *lc);
+} le_lconn_io;
+
+struct le_lconn {
+  const le_lconn_io *io; /* socket operations of the embedding connection */
+  const le_log *log;     /* where handler errors go */
+  lua_State *L;          /* main state */
+  le_coro coro;          /* the handler coroutine */
+  int ud_ref;            /* registry ref of the conn userdata */
+  uint64_t id;           /* unique in the process; conn.id */
+  char peer_host[64];    /* peer address text ("" for an unnamed unix peer) */
+  int peer_port;         /* peer port, -1 for unix sockets */
+  le_lconn_opts opts;
+  le_buf in;             /* received bytes not yet returned by recv */
+  size_t queued;         /* bytes queued by io->queue_write, not yet written */
+  lua_State *reader;     /* coroutine waiting in recv, or NULL */
+  size_t want;           /* what the reader waits for: 0 any bytes, n exactly */
+  lua_State *writer;     /* coroutine waiting in send for output to drain */
+  int in_err;            /* 0; UV_EOF after the peer's FIN; or a libuv error */
+  int out_err;           /* 0, or the libuv error that ended output */
+  unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
+  unsigned closed : 1;   /* io->close was called; conn methods now raise */
+  unsigned timer : 1;    /* io->set_timer is armed for the reader */
+};
+
+/* Registers the conn metatable in L. Call once per Lua state. */
+void le_lconn_open(lua_State *L);
+
+/* Prepares lc; the embedding connection fills id, peer_host, peer_port
+ * and opts afterwards. */
+void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
+                   lua_State *L);
+
+/* Runs the handler function on top of L (popped) as handler(conn) in a new
+ * coroutine, up to its first wait. Returns 0, or -1 when Lua is out of
+ * memory (the function is popped and io->handler_done is not called). */
+int le_lconn_start(le_lconn *lc);
+
+/* Socket events, reported by the embedding connection. `data` is only
+ * valid during the call. */
+void le_lconn_on_data(le_lconn *lc, const char *data, size_t len);
+void le_lconn_on_eof(le_lconn *lc);
+void le_lconn_on_error(le_lconn *lc, int err);
+void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status);
+void le_lconn_on_timeout(le_lconn *lc);
+
+/* Ends the connection from the server's side (shutdown timeout): waiting
+ * coroutines get nil, "closed" and the socket is closed. */
+void le_lconn_abort(le_lconn *lc);
+
+/* Drops everything lc holds in Lua: a still-suspended handler coroutine is
+ * ended (its to-be-closed variables run), the userdata is detached so later
+ * use raises, and the input buffer is freed. Call from the connection's
+ * final close callback. */
+void le_lconn_release(le_lconn *lc);
+
+/* Writes the lower-case name Lua code sees for a libuv error into out and
+ * returns out: "closed" for UV_EOF and UV_ECANCELED, else "econnreset" and
+ * the like. */
+char *le_lconn_errname(int err, char *out, size_t len);
+
+#endif

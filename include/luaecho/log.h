@@ -1,0 +1,44 @@
+/* Levelled log lines on one stream.
+ *
+ * Every record is one line "YYYY-MM-DD HH:MM:SS.mmm [level] message" written
+ * with a single fwrite, so records from different places never interleave.
+ * A logger is plain data owned by whoever runs a loop; there is no global one.
+ */
+#ifndef LUAECHO_LOG_H
+#define LUAECHO_LOG_H
+
+#include <stdarg.h>
+#include <stdio.h>
+
+typedef enum {
+  LE_LOG_DEBUG,
+  LE_LOG_INFO,
+  LE_LOG_WARN,
+  LE_LOG_ERROR
+} le_log_level;
+
+typedef struct le_log {
+  le_log_level level; /* records below this level are dropped */
+  FILE *out;          /* where records go; stderr in the server */
+} le_log;
+
+void le_log_init(le_log *log, le_log_level level, FILE *out);
+
+/* Returns 1 when a record at `level` would be written. */
+int le_log_enabled(const le_log *log, le_log_level level);
+
+/* Formats and writes one record. Long messages (tracebacks) are kept whole. */
+void le_logf(const le_log *log, le_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void le_logv(const le_log *log, le_log_level level, const char *fmt, va_list ap);
+
+/* Returns the level's name ("debug", "info", "warn", "error"). */
+const char *le_log_level_name(le_log_level level);
+
+/* Parses a level name. Returns 0 and sets *out, or -1 for an unknown name. */
+int le_log_level_parse(const char *name, le_log_level *out);
+
+#endif

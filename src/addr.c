@@ -1,0 +1,130 @@
+/* Address text: see include/luaecho/addr.h. */
+#include "luaecho/addr.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#define UNIX_PREFIX "unix:"
+
+static int fail(char *err, size_t errlen, const char *msg) {
+  snprintf(err, errlen, "%s", msg);
+  return -1;
+}
+
+/* Parses a decimal port 0..65535 that must fill the whole string. */
+static int parse_port(const char *s, int *port) {
+  if (*s == '\0' || strlen(s) > 5) return -1;
+  int value = 0;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return -1;
+    value = value * 10 + (*s - '0');
+  }
+  if (value > 65535) return -1;
+  *port = value;
+  return 0;
+}
+
+static int parse_unix(const char *path, le_addr *out, char *err,
+                      size_t errlen) {
+  if (*path == '\0') return fail(err, errlen, "the unix socket path is empty");
+  if (strlen(path) >= sizeof out->path)
+    return fail(err, errlen, "the unix socket path is longer than 107 bytes");
+  out->kind = LE_ADDR_UNIX;
+  strcpy(out->path, path);
+  return 0;
+}
+
+int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen) {
+  static const char usage[] =
+      "expected host:port, [ipv6]:port or unix:/path";
+  memset(out, 0, sizeof *out);
+  if (strncmp(text, UNIX_PREFIX, strlen(UNIX_PREFIX)) == 0)
+    return parse_unix(text + strlen(UNIX_PREFIX), out, err, errlen);
+
+  const char *host = text, *host_end, *colon;
+  if (*text == '[') {
+    host = text + 1;
+    host_end = strchr(host, ']');
+    if (host_end == NULL || host_end[1] != ':') return fail(err, errlen, usage);
+    colon = host_end + 1;
+    struct in6_addr probe;
+    char tmp[LE_ADDR_HOST_MAX];
+    size_t n = (size_t)(host_end - host);
+    if (n >= sizeof tmp) return fail(err, errlen, usage);
+    memcpy(tmp, host, n);
+    tmp[n] = '\0';
+    if (inet_pton(AF_INET6, tmp, &probe) != 1)
+      return fail(err, errlen, "the host in brackets is not an IPv6 address");
+  } else {
+    colon = strrchr(text, ':');
+    if (colon == NULL || colon == text) return fail(err, errlen, usage);
+    host_end = colon;
+    if (memchr(text, ':', (size_t)(colon - text)) != NULL)
+      return fail(err, errlen, "an IPv6 host must be written in brackets, as [::1]:7000");
+  }
+  size_t hostlen = (size_t)(host_end - host);
+  if (hostlen == 0 || hostlen >= sizeof out->host) return fail(err, errlen, usage);
+  if (parse_port(colon + 1, &out->port) != 0)
+    return fail(err, errlen, "the port must be a number from 0 to 65535");
+  out->kind = LE_ADDR_TCP;
+  memcpy(out->host, host, hostlen);
+  out->host[hostlen] = '\0';
+  if (strcmp(out->host, "*") == 0) strcpy(out->host, "0.0.0.0");
+  return 0;
+}
+
+char *le_addr_format(const le_addr *addr, char *out, size_t len) {
+  if (addr->kind == LE_ADDR_UNIX)
+    snprintf(out, len, UNIX_PREFIX "%s", addr->path);
+  else if (strchr(addr->host, ':') != NULL)
+    snprintf(out, len, "[%s]:%d", addr->host, addr->port);
+  else
+    snprintf(out, len, "%s:%d", addr->host, addr->port);
+  return out;
+}
+
+int le_addr_split_sockaddr(const struct sockaddr *sa, socklen_t salen,
+                           char *host, size_t hostlen, int *port) {
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in->sin_addr, host, (socklen_t)hostlen);
+    *port = ntohs(in->sin_port);
+    return 0;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, (socklen_t)hostlen);
+    *port = ntohs(in6->sin6_port);
+    return 0;
+  }
+  if (sa->sa_family == AF_UNIX) {
+    const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+    size_t n = salen > offsetof(struct sockaddr_un, sun_path)
+                   ? (size_t)salen - offsetof(struct sockaddr_un, sun_path)
+                   : 0;
+    n = strnlen(un->sun_path, n);
+    snprintf(host, hostlen, "%.*s", (int)n, un->sun_path);
+    *port = -1;
+    return 0;
+  }
+  return -1;
+}
+
+char *le_addr_format_sockaddr(const struct sockaddr *sa, socklen_t salen,
+                              char *out, size_t len) {
+  char host[LE_ADDR_HOST_MAX];
+  int port;
+  if (le_addr_split_sockaddr(sa, salen, host, sizeof host, &port) != 0)
+    snprintf(out, len, "(unknown address family %d)", sa->sa_family);
+  else if (sa->sa_family == AF_UNIX)
+    snprintf(out, len, UNIX_PREFIX "%s", host);
+  else if (sa->sa_family == AF_INET6)
+    snprintf(out, len, "[%s]:%d", host, port);
+  else
+    snprintf(out, len, "%s:%d", host, port);
+  return out;
+}

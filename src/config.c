@@ -1,0 +1,431 @@
+/* Configuration loading and validation: see include/luaecho/config.h. */
+#include "luaecho/config.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* What validation needs while walking one file. */
+typedef struct loader {
+  lua_State *L;
+  const char *name; /* the file as named in messages */
+  const char *dir;  /* directory for relative paths, or NULL */
+  char *err;
+  size_t errlen;
+} loader;
+
+static const char *const top_keys[] = {"listen", "handler", "backlog",
+                                       "shutdown_timeout", "log_level", NULL};
+static const char *const listener_keys[] = {"address", "handler", "backlog",
+                                            NULL};
+
+static char *dup_string(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *copy = malloc(n);
+  if (copy != NULL) memcpy(copy, s, n);
+  return copy;
+}
+
+static int fail(loader *ld, const char *fmt, const char *key,
+                const char *detail) {
+  char msg[512];
+  snprintf(msg, sizeof msg, fmt, key, detail);
+  snprintf(ld->err, ld->errlen, "%s: %s", ld->name, msg);
+  return -1;
+}
+
+static int out_of_memory(loader *ld) {
+  snprintf(ld->err, ld->errlen, "%s: out of memory", ld->name);
+  return -1;
+}
+
+/* The type name used in messages: Lua's, except that integers and other
+ * numbers are told apart where it matters. */
+static const char *value_type(lua_State *L, int idx) {
+  return luaL_typename(L, idx);
+}
+
+static int wrong_type(loader *ld, const char *key, const char *expected,
+                      int idx) {
+  char detail[128];
+  snprintf(detail, sizeof detail, "%s, got %s", expected,
+           value_type(ld->L, idx));
+  return fail(ld, "key '%s': expected %s", key, detail);
+}
+
+/* Reads the integer at idx into *out, within [min, max]. */
+static int get_integer(loader *ld, int idx, const char *key, long min,
+                       long max, int *out) {
+  lua_Integer v;
+  if (lua_isinteger(ld->L, idx)) {
+    v = lua_tointeger(ld->L, idx);
+  } else if (lua_type(ld->L, idx) == LUA_TNUMBER) {
+    lua_Number n = lua_tonumber(ld->L, idx);
+    if (n != floor(n) || n < (lua_Number)min || n > (lua_Number)max)
+      return wrong_type(ld, key, "integer", idx);
+    v = (lua_Integer)n;
+  } else {
+    return wrong_type(ld, key, "integer", idx);
+  }
+  if (v < min || v > max) {
+    char detail[128];
+    snprintf(detail, sizeof detail, "integer in %ld..%ld, got %lld", min, max,
+             (long long)v);
+    return fail(ld, "key '%s': expected %s", key, detail);
+  }
+  *out = (int)v;
+  return 0;
+}
+
+static int get_seconds(loader *ld, int idx, const char *key, double *out) {
+  if (lua_type(ld->L, idx) != LUA_TNUMBER)
+    return wrong_type(ld, key, "number of seconds", idx);
+  double v = (double)lua_tonumber(ld->L, idx);
+  if (!(v >= 0) || isinf(v)) {
+    char detail[128];
+    snprintf(detail, sizeof detail, "a finite number of seconds >= 0, got %g",
+             v);
+    return fail(ld, "key '%s': expected %s", key, detail);
+  }
+  *out = v;
+  return 0;
+}
+
+/* Returns a malloc'd copy of path, joined to the config's directory when it
+ * is relative, or NULL with err set. */
+static char *resolve_path(loader *ld, const char *path) {
+  char *out;
+  if (path[0] == '/' || ld->dir == NULL || strcmp(ld->dir, ".") == 0) {
+    out = dup_string(path);
+  } else {
+    size_t n = strlen(ld->dir) + strlen(path) + 2;
+    out = malloc(n);
+    if (out != NULL) snprintf(out, n, "%s/%s", ld->dir, path);
+  }
+  if (out == NULL) out_of_memory(ld);
+  return out;
+}
+
+static int get_path(loader *ld, int idx, const char *key, char **out) {
+  if (lua_type(ld->L, idx) != LUA_TSTRING)
+    return wrong_type(ld, key, "string (a file path)", idx);
+  const char *s = lua_tostring(ld->L, idx);
+  if (*s == '\0') return fail(ld, "key '%s': %s", key, "the path is empty");
+  char *path = resolve_path(ld, s);
+  if (path == NULL) return -1;
+  free(*out);
+  *out = path;
+  return 0;
+}
+
+static int get_log_level(loader *ld, int idx, const char *key,
+                         le_log_level *out) {
+  const char *expected = "one of \"debug\", \"info\", \"warn\", \"error\"";
+  if (lua_type(ld->L, idx) != LUA_TSTRING)
+    return wrong_type(ld, key, expected, idx);
+  if (le_log_level_parse(lua_tostring(ld->L, idx), out) != 0) {
+    char detail[160];
+    snprintf(detail, sizeof detail, "%s, got \"%s\"", expected,
+             lua_tostring(ld->L, idx));
+    return fail(ld, "key '%s': expected %s", key, detail);
+  }
+  return 0;
+}
+
+/* Fails on the first key of the table at idx that is not in `known`;
+ * `prefix` names the table in the message ("" at top level). */
+static int check_keys(loader *ld, int idx, const char *prefix,
+                      const char *const *known) {
+  lua_State *L = ld->L;
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    int ok = 0;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      for (const char *const *k = known; *k && !ok; k++)
+        ok = strcmp(lua_tostring(L, -1), *k) == 0;
+    }
+    if (!ok) {
+      char key[256];
+      const char *name = lua_type(L, -1) == LUA_TSTRING
+                             ? lua_tostring(L, -1)
+                             : luaL_tolstring(L, -1, NULL);
+      snprintf(key, sizeof key, "%s%s", prefix, name);
+      lua_settop(L, idx);
+      return fail(ld, "unknown key '%s'%s", key, "");
+    }
+  }
+  return 0;
+}
+
+static void listener_free(le_listener_conf *l) {
+  free(l->address);
+  free(l->handler);
+  memset(l, 0, sizeof *l);
+}
+
+static int set_address(loader *ld, le_listener_conf *l, const char *text,
+                       const char *key) {
+  char why[160], detail[512];
+  if (le_addr_parse(text, &l->addr, why, sizeof why) != 0) {
+    snprintf(detail, sizeof detail, "'%s': %s", text, why);
+    return fail(ld, "key '%s': invalid address %s", key, detail);
+  }
+  l->address = dup_string(text);
+  return l->address ? 0 : out_of_memory(ld);
+}
+
+/* Reads one entry of `listen` (a string or a listener table) at idx. */
+static int get_listener(loader *ld, int idx, const char *key, int backlog,
+                        le_listener_conf *l) {
+  lua_State *L = ld->L;
+  char sub[256];
+  memset(l, 0, sizeof *l);
+  l->backlog = backlog;
+  if (lua_type(L, idx) == LUA_TSTRING)
+    return set_address(ld, l, lua_tostring(L, idx), key);
+  if (lua_type(L, idx) != LUA_TTABLE)
+    return wrong_type(ld, key, "address string or listener table", idx);
+  snprintf(sub, sizeof sub, "%s.", key);
+  if (check_keys(ld, idx, sub, listener_keys) != 0) return -1;
+  int r = 0;
+  lua_getfield(L, idx, "address");
+  snprintf(sub, sizeof sub, "%s.address", key);
+  if (lua_type(L, -1) != LUA_TSTRING)
+    r = wrong_type(ld, sub, "address string", -1);
+  else
+    r = set_address(ld, l, lua_tostring(L, -1), sub);
+  lua_pop(L, 1);
+  if (r == 0 && lua_getfield(L, idx, "handler") != LUA_TNIL) {
+    snprintf(sub, sizeof sub, "%s.handler", key);
+    r = get_path(ld, -1, sub, &l->handler);
+  }
+  lua_pop(L, 1);
+  if (r == 0 && lua_getfield(L, idx, "backlog") != LUA_TNIL) {
+    snprintf(sub, sizeof sub, "%s.backlog", key);
+    r = get_integer(ld, -1, sub, 1, 65535, &l->backlog);
+  }
+  lua_pop(L, 1);
+  return r;
+}
+
+static void listeners_free(le_listener_conf *ls, size_t n) {
+  for (size_t i = 0; i < n; i++) listener_free(&ls[i]);
+  free(ls);
+}
+
+/* Reads `listen` at idx: one address, one listener table (it has an
+ * `address` field) or a list of either. */
+static int get_listen(loader *ld, int idx, le_config *cfg) {
+  lua_State *L = ld->L;
+  idx = lua_absindex(L, idx);
+  int single = lua_type(L, idx) == LUA_TSTRING;
+  if (!single && lua_type(L, idx) == LUA_TTABLE) {
+    single = lua_getfield(L, idx, "address") != LUA_TNIL;
+    lua_pop(L, 1);
+  } else if (!single) {
+    return wrong_type(ld, "listen", "address string or list of addresses",
+                      idx);
+  }
+  size_t n = single ? 1 : (size_t)lua_rawlen(L, idx);
+  if (n == 0)
+    return fail(ld, "key '%s': %s", "listen",
+                "expected at least one address, got an empty list");
+  if (!single && (size_t)luaL_len(L, idx) != n)
+    return fail(ld, "key '%s': %s", "listen", "the list has holes");
+  le_listener_conf *ls = calloc(n, sizeof *ls);
+  if (ls == NULL) return out_of_memory(ld);
+  for (size_t i = 0; i < n; i++) {
+    char key[64];
+    int r;
+    if (single) {
+      r = get_listener(ld, idx, "listen", cfg->backlog, &ls[i]);
+    } else {
+      snprintf(key, sizeof key, "listen[%zu]", i + 1);
+      lua_rawgeti(L, idx, (lua_Integer)i + 1);
+      r = get_listener(ld, -1, key, cfg->backlog, &ls[i]);
+      lua_pop(L, 1);
+    }
+    if (r != 0) {
+      listeners_free(ls, n);
+      return -1;
+    }
+  }
+  listeners_free(cfg->listeners, cfg->nlisteners);
+  cfg->listeners = ls;
+  cfg->nlisteners = n;
+  return 0;
+}
+
+/* Validates the environment table at idx into cfg. Scalars come first so
+ * that listeners inherit the file's own `backlog`. */
+static int apply_env(loader *ld, int idx, le_config *cfg) {
+  lua_State *L = ld->L;
+  int r = check_keys(ld, idx, "", top_keys);
+  if (r == 0 && lua_getfield(L, idx, "backlog") != LUA_TNIL) {
+    int old = cfg->backlog;
+    r = get_integer(ld, -1, "backlog", 1, 65535, &cfg->backlog);
+    for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++)
+      if (cfg->listeners[i].backlog == old)
+        cfg->listeners[i].backlog = cfg->backlog;
+  }
+  lua_pop(L, 1);
+  if (r == 0 && lua_getfield(L, idx, "shutdown_timeout") != LUA_TNIL)
+    r = get_seconds(ld, -1, "shutdown_timeout", &cfg->shutdown_timeout);
+  lua_pop(L, 1);
+  if (r == 0 && lua_getfield(L, idx, "log_level") != LUA_TNIL)
+    r = get_log_level(ld, -1, "log_level", &cfg->log_level);
+  lua_pop(L, 1);
+  if (r == 0 && lua_getfield(L, idx, "handler") != LUA_TNIL)
+    r = get_path(ld, -1, "handler", &cfg->handler);
+  lua_pop(L, 1);
+  if (r == 0 && lua_getfield(L, idx, "listen") != LUA_TNIL)
+    r = get_listen(ld, -1, cfg);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* Runs the loaded chunk on top of L with a fresh environment whose reads
+ * fall back to the standard globals, then validates what it assigned. */
+static int run_chunk(loader *ld, le_config *cfg) {
+  lua_State *L = ld->L;
+  lua_newtable(L); /* the environment */
+  lua_newtable(L); /* its metatable */
+  lua_pushglobaltable(L);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setupvalue(L, -3, 1); /* the chunk's _ENV */
+  lua_insert(L, -2);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    const char *msg = lua_type(L, -1) == LUA_TSTRING
+                          ? lua_tostring(L, -1)
+                          : "(error object is not a string)";
+    if (lua_type(L, -1) == LUA_TSTRING)
+      snprintf(ld->err, ld->errlen, "%s", msg);
+    else
+      snprintf(ld->err, ld->errlen, "%s: %s", ld->name, msg);
+    return -1;
+  }
+  return apply_env(ld, -1, cfg);
+}
+
+static int load_with(le_config *cfg, const char *chunk, const char *name,
+                     const char *dir, char *err, size_t errlen) {
+  loader ld = {luaL_newstate(), name, dir, err, errlen};
+  if (ld.L == NULL) return out_of_memory(&ld);
+  luaL_openlibs(ld.L);
+  char chunkname[1024];
+  snprintf(chunkname, sizeof chunkname, "@%s", name);
+  int status = chunk ? luaL_loadbufferx(ld.L, chunk, strlen(chunk), chunkname, "t")
+                     : luaL_loadfilex(ld.L, name, "t");
+  int r;
+  if (status != LUA_OK) {
+    snprintf(err, errlen, "%s", lua_tostring(ld.L, -1));
+    r = -1;
+  } else {
+    r = run_chunk(&ld, cfg);
+  }
+  lua_close(ld.L);
+  return r;
+}
+
+/* Returns a malloc'd copy of the directory part of path ("." for none). */
+static char *dir_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) return dup_string(".");
+  if (slash == path) return dup_string("/");
+  size_t n = (size_t)(slash - path);
+  char *dir = malloc(n + 1);
+  if (dir != NULL) {
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+  }
+  return dir;
+}
+
+int le_config_load_file(le_config *cfg, const char *path, char *err,
+                        size_t errlen) {
+  char *dir = dir_of(path);
+  char *copy = dup_string(path);
+  if (dir == NULL || copy == NULL) {
+    free(dir);
+    free(copy);
+    snprintf(err, errlen, "%s: out of memory", path);
+    return -1;
+  }
+  int r = load_with(cfg, NULL, path, dir, err, errlen);
+  free(dir);
+  if (r == 0) {
+    free(cfg->path);
+    cfg->path = copy;
+  } else {
+    free(copy);
+  }
+  return r;
+}
+
+int le_config_load_string(le_config *cfg, const char *chunk, const char *name,
+                          const char *dir, char *err, size_t errlen) {
+  return load_with(cfg, chunk, name, dir, err, errlen);
+}
+
+int le_config_set_listen(le_config *cfg, const char *const *addrs, size_t n,
+                         char *err, size_t errlen) {
+  loader ld = {NULL, "--listen", NULL, err, errlen};
+  le_listener_conf *ls = calloc(n ? n : 1, sizeof *ls);
+  if (ls == NULL) return out_of_memory(&ld);
+  for (size_t i = 0; i < n; i++) {
+    ls[i].backlog = cfg->backlog;
+    char why[160];
+    if (le_addr_parse(addrs[i], &ls[i].addr, why, sizeof why) != 0) {
+      snprintf(err, errlen, "--listen: invalid address '%s': %s", addrs[i],
+               why);
+      listeners_free(ls, n);
+      return -1;
+    }
+    ls[i].address = dup_string(addrs[i]);
+    if (ls[i].address == NULL) {
+      listeners_free(ls, n);
+      return out_of_memory(&ld);
+    }
+  }
+  listeners_free(cfg->listeners, cfg->nlisteners);
+  cfg->listeners = ls;
+  cfg->nlisteners = n;
+  return 0;
+}
+
+int le_config_set_handler(le_config *cfg, const char *path) {
+  char *copy = dup_string(path);
+  if (copy == NULL) return -1;
+  free(cfg->handler);
+  cfg->handler = copy;
+  return 0;
+}
+
+const char *le_config_listener_handler(const le_config *cfg,
+                                       const le_listener_conf *l) {
+  return l->handler ? l->handler : cfg->handler;
+}
+
+int le_config_init(le_config *cfg) {
+  char err[256];
+  const char *def = LE_DEFAULT_LISTEN;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->backlog = LE_DEFAULT_BACKLOG;
+  cfg->shutdown_timeout = LE_DEFAULT_SHUTDOWN_TIMEOUT;
+  cfg->log_level = LE_LOG_INFO;
+  return le_config_set_listen(cfg, &def, 1, err, sizeof err);
+}
+
+void le_config_free(le_config *cfg) {
+  listeners_free(cfg->listeners, cfg->nlisteners);
+  free(cfg->handler);
+  free(cfg->path);
+  memset(cfg, 0, sizeof *cfg);
+}

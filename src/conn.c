@@ -1,0 +1,274 @@
+/* One accepted connection: see include/luaecho/conn.h.
+ *
+ * The data path: on_read receives bytes into the loop's shared read buffer
+ * and hands them to the Lua face (le_lconn_on_data), which resumes the
+ * handler; the handler's conn:send() comes back here through io_try_write,
+ * and through io_queue_write for what the kernel did not take at once.
+ */
+#include "luaecho/conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "luaecho/addr.h"
+
+#define READ_BUF_SIZE (64 * 1024)
+
+/* A write the kernel did not take at once. The Lua string it points into is
+ * kept alive by `ref` until on_write reports it to the Lua face. */
+typedef struct write_req {
+  uv_write_t req;
+  size_t len;
+  int ref;
+} write_req;
+
+static le_conn *conn_of(le_lconn *lc) {
+  return (le_conn *)((char *)lc - offsetof(le_conn, lc));
+}
+
+static void on_closed(uv_handle_t *handle) {
+  le_conn *c = handle->data;
+  if (--c->open_handles > 0) return;
+  le_conn_ctx *ctx = c->ctx;
+  if (c->prev) c->prev->next = c->next; else ctx->head = c->next;
+  if (c->next) c->next->prev = c->prev;
+  le_lconn_release(&c->lc);
+  ctx->count--;
+  free(c);
+  ctx->on_freed(ctx);
+}
+
+/* The timer is the last handle to go: it closes once the socket is closing
+ * and the handler has ended, so a handler never outlives its connection's
+ * memory. */
+static void close_timer_when_done(le_conn *c) {
+  if (c->closing && c->handler_done &&
+      !uv_is_closing((uv_handle_t *)&c->timer))
+    uv_close((uv_handle_t *)&c->timer, on_closed);
+}
+
+void le_conn_close(le_conn *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  c->flushing = 0;
+  uv_timer_stop(&c->timer);
+  uv_close(&c->sock.handle, on_closed);
+  close_timer_when_done(c);
+}
+
+void le_conn_abort(le_conn *c) {
+  le_lconn_abort(&c->lc);
+  le_conn_close(c);
+  if (!c->handler_done) {
+    /* The handler waits on something other than this connection; it will
+     * never be resumed, so it is ended here. */
+    le_coro_release(&c->lc.coro);
+    c->handler_done = 1;
+    close_timer_when_done(c);
+  }
+}
+
+/* ---- socket events ---- */
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  le_conn *c = handle->data;
+  (void)suggested;
+  buf->base = c->ctx->read_buf;
+  buf->len = c->ctx->read_buf_size;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  le_conn *c = stream->data;
+  if (nread > 0) {
+    le_lconn_on_data(&c->lc, buf->base, (size_t)nread);
+  } else if (nread < 0) {
+    uv_read_stop(stream);
+    if (nread == UV_EOF)
+      le_lconn_on_eof(&c->lc);
+    else
+      le_lconn_on_error(&c->lc, (int)nread);
+  }
+}
+
+static void on_write(uv_write_t *req, int status) {
+  write_req *w = (write_req *)req;
+  le_conn *c = req->handle->data;
+  size_t len = w->len;
+  int ref = w->ref;
+  free(w);
+  le_lconn_on_written(&c->lc, len, ref, status);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  (void)status;
+  le_conn_close(req->handle->data);
+}
+
+static void on_timer(uv_timer_t *timer) {
+  le_conn *c = timer->data;
+  if (c->flushing)
+    le_conn_close(c); /* the peer did not take our output in time */
+  else if (!c->closing)
+    le_lconn_on_timeout(&c->lc);
+}
+
+/* ---- the I/O operations the Lua face calls ---- */
+
+static ssize_t io_try_write(le_lconn *lc, const char *data, size_t len) {
+  le_conn *c = conn_of(lc);
+  uv_buf_t buf = {.base = (char *)data, .len = len};
+  if (c->closing) return UV_ECANCELED;
+  int n = uv_try_write(&c->sock.stream, &buf, 1);
+  return (n == UV_EAGAIN || n == UV_ENOSYS) ? 0 : n;
+}
+
+static int io_queue_write(le_lconn *lc, const char *data, size_t len,
+                          int ref) {
+  le_conn *c = conn_of(lc);
+  uv_buf_t buf = {.base = (char *)data, .len = len};
+  if (c->closing) return UV_ECANCELED;
+  write_req *w = malloc(sizeof *w);
+  if (w == NULL) return UV_ENOMEM;
+  w->len = len;
+  w->ref = ref;
+  int r = uv_write(&w->req, &c->sock.stream, &buf, 1, on_write);
+  if (r < 0) free(w);
+  return r;
+}
+
+static void io_set_reading(le_lconn *lc, int on) {
+  le_conn *c = conn_of(lc);
+  if (c->closing || c->flushing) return;
+  if (!on) {
+    uv_read_stop(&c->sock.stream);
+    return;
+  }
+  int r = uv_read_start(&c->sock.stream, on_alloc, on_read);
+  if (r < 0)
+    le_logf(c->ctx->log, LE_LOG_ERROR, "conn %llu: cannot read: %s",
+            (unsigned long long)lc->id, uv_strerror(r));
+}
+
+static void io_set_timer(le_lconn *lc, int64_t ms) {
+  le_conn *c = conn_of(lc);
+  if (c->closing || c->flushing) return;
+  if (ms < 0)
+    uv_timer_stop(&c->timer);
+  else
+    uv_timer_start(&c->timer, on_timer, (uint64_t)ms, 0);
+}
+
+/* Closes at once, or first flushes queued output and sends FIN, with a
+ * deadline so a peer that never reads cannot hold the connection. */
+static void io_close(le_lconn *lc, int abort) {
+  le_conn *c = conn_of(lc);
+  if (c->closing) return;
+  if (abort || lc->queued == 0) {
+    le_conn_close(c);
+    return;
+  }
+  if (c->flushing) return;
+  uv_read_stop(&c->sock.stream);
+  if (uv_shutdown(&c->shutdown, &c->sock.stream, on_shutdown) != 0) {
+    le_conn_close(c);
+    return;
+  }
+  c->flushing = 1;
+  uv_timer_start(&c->timer, on_timer,
+                 (uint64_t)(c->ctx->flush_timeout * 1000.0), 0);
+}
+
+static void io_handler_done(le_lconn *lc) {
+  le_conn *c = conn_of(lc);
+  c->handler_done = 1;
+  close_timer_when_done(c);
+}
+
+static const le_lconn_io conn_io = {
+    io_try_write, io_queue_write, io_set_reading,
+    io_set_timer, io_close,       io_handler_done,
+};
+
+/* ---- accept ---- */
+
+static void set_peer(le_conn *c) {
+  le_lconn *lc = &c->lc;
+  if (c->sock.handle.type == UV_TCP) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &len) == 0)
+      le_addr_split_sockaddr((struct sockaddr *)&ss, (socklen_t)len,
+                             lc->peer_host, sizeof lc->peer_host,
+                             &lc->peer_port);
+    return;
+  }
+  size_t len = sizeof lc->peer_host;
+  if (uv_pipe_getpeername(&c->sock.pipe, lc->peer_host, &len) != 0)
+    lc->peer_host[0] = '\0';
+  lc->peer_port = -1;
+}
+
+/* Initializes both handles; from here on the connection is released only
+ * through le_conn_close and the close callbacks. */
+static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_stream_t *server) {
+  int r = server->type == UV_TCP ? uv_tcp_init(ctx->loop, &c->sock.tcp)
+                                 : uv_pipe_init(ctx->loop, &c->sock.pipe, 0);
+  if (r < 0) return r;
+  c->sock.handle.data = c;
+  uv_timer_init(ctx->loop, &c->timer);
+  c->timer.data = c;
+  c->open_handles = 2;
+  c->next = ctx->head;
+  if (ctx->head) ctx->head->prev = c;
+  ctx->head = c;
+  ctx->count++;
+  return 0;
+}
+
+le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
+                        const le_lconn_opts *opts) {
+  le_conn *c = calloc(1, sizeof *c);
+  int r = c ? init_handles(ctx, c, server) : UV_ENOMEM;
+  if (r < 0) {
+    free(c);
+    lua_pop(ctx->L, 1);
+    le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
+            uv_strerror(r));
+    return NULL;
+  }
+  c->ctx = ctx;
+  le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
+  c->lc.id = ++ctx->next_id;
+  c->lc.opts = *opts;
+  r = uv_accept(server, &c->sock.stream);
+  if (r == 0 && server->type == UV_TCP) uv_tcp_nodelay(&c->sock.tcp, 1);
+  if (r == 0) {
+    set_peer(c);
+    if (le_lconn_start(&c->lc) == 0) return c;
+    r = UV_ENOMEM;
+  } else {
+    lua_pop(ctx->L, 1);
+  }
+  le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
+          uv_strerror(r));
+  c->handler_done = 1;
+  le_conn_close(c);
+  return NULL;
+}
+
+int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
+                     const le_log *log) {
+  memset(ctx, 0, sizeof *ctx);
+  ctx->loop = loop;
+  ctx->L = L;
+  ctx->log = log;
+  ctx->flush_timeout = LE_DEFAULT_FLUSH_TIMEOUT;
+  ctx->read_buf_size = READ_BUF_SIZE;
+  ctx->read_buf = malloc(READ_BUF_SIZE);
+  return ctx->read_buf ? 0 : UV_ENOMEM;
+}
+
+void le_conn_ctx_free(le_conn_ctx *ctx) {
+  free(ctx->read_buf);
+  ctx->read_buf = NULL;
+}

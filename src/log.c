@@ -1,0 +1,80 @@
+/* Levelled log lines: see include/luaecho/log.h. */
+#include "luaecho/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void le_log_init(le_log *log, le_log_level level, FILE *out) {
+  log->level = level;
+  log->out = out;
+}
+
+int le_log_enabled(const le_log *log, le_log_level level) {
+  return log != NULL && level >= log->level;
+}
+
+const char *le_log_level_name(le_log_level level) {
+  return level_names[level];
+}
+
+int le_log_level_parse(const char *name, le_log_level *out) {
+  for (int i = 0; i <= LE_LOG_ERROR; i++) {
+    if (strcmp(name, level_names[i]) == 0) {
+      *out = (le_log_level)i;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Writes the "YYYY-MM-DD HH:MM:SS.mmm [level] " prefix and returns its length. */
+static int format_prefix(char *out, size_t size, le_log_level level) {
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  localtime_r(&ts.tv_sec, &tm);
+  return snprintf(out, size, "%04d-%02d-%02d %02d:%02d:%02d.%03ld [%s] ",
+                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                  tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L,
+                  level_names[level]);
+}
+
+void le_logv(const le_log *log, le_log_level level, const char *fmt,
+             va_list ap) {
+  char small[512];
+  char *line = small;
+  va_list again;
+  if (!le_log_enabled(log, level)) return;
+  int prefix = format_prefix(small, sizeof small, level);
+  va_copy(again, ap);
+  int body = vsnprintf(small + prefix, sizeof small - (size_t)prefix, fmt, ap);
+  if (body < 0) body = 0;
+  size_t total = (size_t)prefix + (size_t)body;
+  /* A message that does not fit (a traceback) gets a buffer of its own so
+   * the record still goes out in one write. */
+  if (total + 1 >= sizeof small) {
+    line = malloc(total + 2);
+    if (line != NULL) {
+      memcpy(line, small, (size_t)prefix);
+      vsnprintf(line + prefix, (size_t)body + 1, fmt, again);
+    } else {
+      line = small;
+      total = sizeof small - 2;
+    }
+  }
+  va_end(again);
+  line[total] = '\n';
+  fwrite(line, 1, total + 1, log->out);
+  fflush(log->out);
+  if (line != small) free(line);
+}
+
+void le_logf(const le_log *log, le_log_level level, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  le_logv(log, level, fmt, ap);
+  va_end(ap);
+}
