@@ -162,6 +162,16 @@ static int check_keys(loader *ld, int idx, const char *prefix,
   return 0;
 }
 
+/* Pushes t[key] for the table at idx, without metamethods, and returns 1;
+ * pushes nothing and returns 0 when the key is not set. */
+static int field(lua_State *L, int idx, const char *key) {
+  idx = lua_absindex(L, idx);
+  lua_pushstring(L, key);
+  if (lua_rawget(L, idx) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
 static void listener_free(le_listener_conf *l) {
   free(l->address);
   free(l->handler);
@@ -184,6 +194,7 @@ static int get_listener(loader *ld, int idx, const char *key, int backlog,
                         le_listener_conf *l) {
   lua_State *L = ld->L;
   char sub[256];
+  idx = lua_absindex(L, idx);
   memset(l, 0, sizeof *l);
   l->backlog = backlog;
   if (lua_type(L, idx) == LUA_TSTRING)
@@ -192,24 +203,25 @@ static int get_listener(loader *ld, int idx, const char *key, int backlog,
     return wrong_type(ld, key, "address string or listener table", idx);
   snprintf(sub, sizeof sub, "%s.", key);
   if (check_keys(ld, idx, sub, listener_keys) != 0) return -1;
-  int r = 0;
-  lua_getfield(L, idx, "address");
+  int r;
   snprintf(sub, sizeof sub, "%s.address", key);
+  if (!field(L, idx, "address"))
+    return fail(ld, "key '%s': %s", sub, "missing (every listener needs one)");
   if (lua_type(L, -1) != LUA_TSTRING)
     r = wrong_type(ld, sub, "address string", -1);
   else
     r = set_address(ld, l, lua_tostring(L, -1), sub);
   lua_pop(L, 1);
-  if (r == 0 && lua_getfield(L, idx, "handler") != LUA_TNIL) {
+  if (r == 0 && field(L, idx, "handler")) {
     snprintf(sub, sizeof sub, "%s.handler", key);
     r = get_path(ld, -1, sub, &l->handler);
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
-  if (r == 0 && lua_getfield(L, idx, "backlog") != LUA_TNIL) {
+  if (r == 0 && field(L, idx, "backlog")) {
     snprintf(sub, sizeof sub, "%s.backlog", key);
     r = get_integer(ld, -1, sub, 1, 65535, &l->backlog);
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   return r;
 }
 
@@ -225,8 +237,8 @@ static int get_listen(loader *ld, int idx, le_config *cfg) {
   idx = lua_absindex(L, idx);
   int single = lua_type(L, idx) == LUA_TSTRING;
   if (!single && lua_type(L, idx) == LUA_TTABLE) {
-    single = lua_getfield(L, idx, "address") != LUA_TNIL;
-    lua_pop(L, 1);
+    single = field(L, idx, "address");
+    lua_pop(L, single);
   } else if (!single) {
     return wrong_type(ld, "listen", "address string or list of addresses",
                       idx);
@@ -265,27 +277,32 @@ static int get_listen(loader *ld, int idx, le_config *cfg) {
  * that listeners inherit the file's own `backlog`. */
 static int apply_env(loader *ld, int idx, le_config *cfg) {
   lua_State *L = ld->L;
+  idx = lua_absindex(L, idx);
   int r = check_keys(ld, idx, "", top_keys);
-  if (r == 0 && lua_getfield(L, idx, "backlog") != LUA_TNIL) {
+  if (r == 0 && field(L, idx, "backlog")) {
     int old = cfg->backlog;
     r = get_integer(ld, -1, "backlog", 1, 65535, &cfg->backlog);
     for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++)
       if (cfg->listeners[i].backlog == old)
         cfg->listeners[i].backlog = cfg->backlog;
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
-  if (r == 0 && lua_getfield(L, idx, "shutdown_timeout") != LUA_TNIL)
+  if (r == 0 && field(L, idx, "shutdown_timeout")) {
     r = get_seconds(ld, -1, "shutdown_timeout", &cfg->shutdown_timeout);
-  lua_pop(L, 1);
-  if (r == 0 && lua_getfield(L, idx, "log_level") != LUA_TNIL)
+    lua_pop(L, 1);
+  }
+  if (r == 0 && field(L, idx, "log_level")) {
     r = get_log_level(ld, -1, "log_level", &cfg->log_level);
-  lua_pop(L, 1);
-  if (r == 0 && lua_getfield(L, idx, "handler") != LUA_TNIL)
+    lua_pop(L, 1);
+  }
+  if (r == 0 && field(L, idx, "handler")) {
     r = get_path(ld, -1, "handler", &cfg->handler);
-  lua_pop(L, 1);
-  if (r == 0 && lua_getfield(L, idx, "listen") != LUA_TNIL)
+    lua_pop(L, 1);
+  }
+  if (r == 0 && field(L, idx, "listen")) {
     r = get_listen(ld, -1, cfg);
-  lua_pop(L, 1);
+    lua_pop(L, 1);
+  }
   return r;
 }
 
