@@ -267,12 +267,6 @@ static int start_signals(le_server *s) {
 }
 
 int le_server_run(le_server *s) {
-  int r = start_signals(s);
-  if (r < 0) {
-    le_logf(&s->log, LE_LOG_ERROR, "cannot handle signals: %s",
-            uv_strerror(r));
-    return 1;
-  }
   uv_run(&s->loop, UV_RUN_DEFAULT);
   le_logf(&s->log, LE_LOG_INFO, "stopped");
   return 0;
@@ -282,10 +276,11 @@ int le_server_run(le_server *s) {
 
 int le_server_init(le_server *s, const le_config *cfg, char *err,
                    size_t errlen) {
+  int r;
   memset(s, 0, sizeof *s);
   s->cfg = cfg;
   le_log_init(&s->log, cfg->log_level, stderr);
-  int r = uv_loop_init(&s->loop);
+  r = uv_loop_init(&s->loop);
   if (r < 0) {
     snprintf(err, errlen, "cannot create the event loop: %s", uv_strerror(r));
     return -1;
@@ -301,6 +296,13 @@ int le_server_init(le_server *s, const le_config *cfg, char *err,
     return -1;
   }
   s->conns.on_freed = on_conn_freed;
+  /* Signal handlers go in before any listener exists, so a SIGTERM sent as
+   * soon as a "listening on" line appears already means an orderly stop. */
+  r = start_signals(s);
+  if (r < 0) {
+    snprintf(err, errlen, "cannot handle signals: %s", uv_strerror(r));
+    return -1;
+  }
   s->nlisteners = cfg->nlisteners;
   for (size_t i = 0; i < s->nlisteners; i++) {
     le_listener *l = &s->listeners[i];
