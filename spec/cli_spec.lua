@@ -1,0 +1,315 @@
+-- The command line: startup errors (message and exit code), the options,
+-- and where the config and handlers are looked up.
+local server = require "server"
+local socket = require "socket"
+
+-- Runs luaecho expecting it to exit; returns exit code, stderr lines, dir.
+local function run_stderr(opts)
+  opts.stream = "stderr"
+  return server.run(opts)
+end
+
+-- Runs luaecho expecting it to exit; returns exit code, stdout lines, dir.
+local function run_stdout(opts)
+  opts.stream = "stdout"
+  return server.run(opts)
+end
+
+-- Checks that luaecho refuses to start with exactly one stderr line,
+-- message(dir), and exit status 1; also with --check.
+local function assert_startup_error(opts, message)
+  for _, check in ipairs({ false, true }) do
+    local run = {}
+    for k, v in pairs(opts) do run[k] = v end
+    run.args = check and { "--check", table.unpack(opts.args or {}) } or opts.args
+    local code, lines, dir = run_stderr(run)
+    assert.same({ 1, { message(dir) } }, { code, lines })
+  end
+end
+
+-- Returns Lua's own message for loading source as the file at path.
+local function lua_load_error(source, path)
+  local chunk, err = load(source, "@" .. path)
+  if chunk then
+    local ok, rerr = pcall(chunk)
+    assert(not ok, "source loads and runs without error")
+    return rerr
+  end
+  return err
+end
+
+-- Connects to addr and returns everything the handler sends before closing.
+local function reply_from(addr)
+  local sock = assert(server.connect(addr))
+  local data, err = server.read_all_until_close(sock, 10)
+  sock:close()
+  assert.equal("closed", err)
+  return data
+end
+
+-- A handler that sends name and closes.
+local function says(name)
+  return ("return function(conn) conn:send(%q) end\n"):format(name)
+end
+
+describe("command line", function()
+  after_each(server.cleanup)
+
+  describe("config errors", function()
+    it("reports a syntax error with Lua's message", function()
+      local source = 'listen = "127.0.0.1:0"\nbacklog = = 3\n'
+      assert_startup_error({ config = source }, function(dir)
+        return "luaecho: " .. lua_load_error(source, dir .. "/config.lua")
+      end)
+    end)
+
+    it("reports a runtime error with Lua's message", function()
+      local source = 'listen = "127.0.0.1:0"\nerror("no config today")\n'
+      assert_startup_error({ config = source }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua:2: no config today"
+      end)
+    end)
+
+    it("reports a missing config file", function()
+      assert_startup_error({ args = { "@DIR@/nope.lua" } }, function(dir)
+        return "luaecho: cannot open " .. dir .. "/nope.lua: No such file or directory"
+      end)
+    end)
+
+    it("reports an unknown key", function()
+      assert_startup_error({ config = 'lisen = "127.0.0.1:0"\n' }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua: unknown key 'lisen'"
+      end)
+    end)
+
+    it("reports a value of the wrong type", function()
+      assert_startup_error({ config = 'listen = "127.0.0.1:0"\nbacklog = "lots"\n' }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua: key 'backlog': expected integer, got string"
+      end)
+    end)
+
+    it("names a nested listener key", function()
+      local source = 'listen = { "127.0.0.1:0", { address = "127.0.0.1:0", backlog = true } }\n'
+      assert_startup_error({ config = source }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua: key 'listen[2].backlog': expected integer, got boolean"
+      end)
+    end)
+
+    for _, value in ipairs({ "0", "65536" }) do
+      it("reports backlog = " .. value .. " out of range", function()
+        assert_startup_error({ config = 'listen = "127.0.0.1:0"\nbacklog = ' .. value .. "\n" }, function(dir)
+          return "luaecho: " .. dir .. "/config.lua: key 'backlog': expected integer in 1..65535, got " .. value
+        end)
+      end)
+    end
+
+    it("reports an invalid address", function()
+      assert_startup_error({ config = 'listen = { "foo" }\n' }, function(dir)
+        return "luaecho: " .. dir
+          .. "/config.lua: key 'listen[1]': invalid address 'foo': expected host:port, [ipv6]:port or unix:/path"
+      end)
+    end)
+  end)
+
+  describe("handler errors", function()
+    local function with_handler(source)
+      return {
+        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
+        handlers = { ["h.lua"] = source },
+      }
+    end
+
+    it("reports a syntax error with Lua's message", function()
+      local source = "return function(conn)\n  local x = + 1\nend\n"
+      assert_startup_error(with_handler(source), function(dir)
+        return "luaecho: " .. lua_load_error(source, dir .. "/h.lua")
+      end)
+    end)
+
+    it("reports an error raised while loading", function()
+      assert_startup_error(with_handler('error("oops")\n'), function(dir)
+        return "luaecho: " .. dir .. "/h.lua:1: oops"
+      end)
+    end)
+
+    it("reports a handler file that returns nothing", function()
+      assert_startup_error(with_handler("local x = 1\n"), function(dir)
+        return "luaecho: " .. dir .. "/h.lua: handler must return a function, got nil"
+      end)
+    end)
+
+    it("reports a handler file that returns a number", function()
+      assert_startup_error(with_handler("return 42\n"), function(dir)
+        return "luaecho: " .. dir .. "/h.lua: handler must return a function, got number"
+      end)
+    end)
+
+    it("reports a missing handler file", function()
+      local opts = { config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/nope.lua"\n' }
+      assert_startup_error(opts, function(dir)
+        return "luaecho: cannot open " .. dir .. "/nope.lua: No such file or directory"
+      end)
+    end)
+
+    it("reports an error in a listener's own handler", function()
+      local opts = {
+        config = 'listen = { { address = "127.0.0.1:0", handler = "@DIR@/h.lua" } }\n',
+        handlers = { ["h.lua"] = "return 'not a function'\n" },
+      }
+      assert_startup_error(opts, function(dir)
+        return "luaecho: " .. dir .. "/h.lua: handler must return a function, got string"
+      end)
+    end)
+  end)
+
+  describe("bind errors", function()
+    it("reports an address in use with exit status 1", function()
+      local srv = server.start{ args = { "--listen", "127.0.0.1:0" } }
+      local code, lines = run_stderr{ args = { "--listen", "127.0.0.1:" .. srv.port } }
+      assert.same({ 1, { ("luaecho: cannot listen on 127.0.0.1:%d: address already in use"):format(srv.port) } },
+        { code, lines })
+    end)
+  end)
+
+  describe("usage errors", function()
+    it("reports an unknown option on stderr with exit status 2", function()
+      local code, lines = run_stderr{ args = { "--bogus" } }
+      assert.same({ 2, { "luaecho: unknown option '--bogus'", "Try 'luaecho --help'." } }, { code, lines })
+    end)
+  end)
+
+  describe("--version", function()
+    it("prints the versions on stdout and exits 0", function()
+      local code, lines = run_stdout{ args = { "--version" } }
+      assert.equal(0, code)
+      assert.equal(1, #lines)
+      assert.matches("^luaecho %d+%.%d+%.%d+ %(Lua 5%.4%.%d+, libuv %d+%.%d+%.%d+%)$", lines[1])
+    end)
+
+    it("prints nothing on stderr", function()
+      local code, lines = run_stderr{ args = { "--version" } }
+      assert.same({ 0, {} }, { code, lines })
+    end)
+  end)
+
+  describe("--help", function()
+    it("prints usage naming every option on stdout and exits 0", function()
+      local code, lines = run_stdout{ args = { "--help" } }
+      assert.equal(0, code)
+      local text = table.concat(lines, "\n")
+      for _, option in ipairs({ "--listen", "--handler", "--check", "--version", "--help", "--log-level" }) do
+        assert.matches(server.literal(option), text)
+      end
+    end)
+
+    it("prints nothing on stderr", function()
+      local code, lines = run_stderr{ args = { "--help" } }
+      assert.same({ 0, {} }, { code, lines })
+    end)
+  end)
+
+  describe("--check", function()
+    it("prints one line per listener with its handler and exits 0", function()
+      local code, lines, dir = run_stdout{
+        config = [[
+          listen = {
+            "127.0.0.1:7000",
+            { address = "[::1]:7001", handler = "@DIR@/h.lua" },
+            "unix:@DIR@/c.sock",
+          }
+        ]],
+        handlers = { ["h.lua"] = says("h") },
+        args = { "--check" },
+      }
+      assert.same({ 0, {
+        "would listen on 127.0.0.1:7000 with handler echo.lua (built-in)",
+        "would listen on [::1]:7001 with handler " .. dir .. "/h.lua",
+        "would listen on unix:" .. dir .. "/c.sock with handler echo.lua (built-in)",
+      } }, { code, lines })
+    end)
+
+    it("does not listen: it succeeds on a port another socket holds", function()
+      local holder = assert(socket.bind("127.0.0.1", 0))
+      server.defer(function() holder:close() end)
+      local _, port = holder:getsockname()
+      local code, lines = server.run{ args = { "--check", "--listen", "127.0.0.1:" .. port }, timeout = 5 }
+      assert.same({ 0, { ("would listen on 127.0.0.1:%s with handler echo.lua (built-in)"):format(port) } },
+        { code, lines })
+    end)
+
+    it("shows the built-in defaults when there is no ./config.lua", function()
+      local code, lines = run_stdout{ args = { "--check" } }
+      assert.same({ 0, { "would listen on 127.0.0.1:7000 with handler echo.lua (built-in)" } }, { code, lines })
+    end)
+  end)
+
+  describe("--listen", function()
+    it("replaces the config's listen list", function()
+      local srv = server.start{
+        config = 'listen = { "unix:@DIR@/never.sock" }\n',
+        args = { "--listen", "127.0.0.1:0" },
+      }
+      assert.equal("127.0.0.1", srv.host)
+      local sock = assert(server.connect(srv.addrs[1]))
+      assert.equal("ok", server.exchange(sock, "ok"))
+      sock:close()
+      assert.same({ nil, "timeout" }, { srv:wait_line("listening on", 0.3) })
+      assert.is_false(server.exists(srv:file("never.sock")))
+    end)
+
+    it("can be given more than once", function()
+      local srv = server.start{ args = { "--listen", "127.0.0.1:0", "--listen", "unix:@DIR@/two.sock" }, expect = 2 }
+      for _, addr in ipairs(srv.addrs) do
+        local sock = assert(server.connect(addr))
+        assert.equal(addr.text, server.exchange(sock, addr.text))
+        sock:close()
+      end
+    end)
+  end)
+
+  describe("--handler", function()
+    it("replaces the top-level handler, relative to the current directory", function()
+      local srv = server.start{
+        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/a.lua"\n',
+        handlers = { ["a.lua"] = says("A"), ["b.lua"] = says("B") },
+        args = { "--handler", "b.lua" }, -- the cwd is the temp dir
+      }
+      assert.equal("B", reply_from(srv.addrs[1]))
+    end)
+
+    it("leaves a listener's own handler in place", function()
+      local srv = server.start{
+        config = [[
+          handler = "@DIR@/a.lua"
+          listen = { "127.0.0.1:0", { address = "unix:@DIR@/c.sock", handler = "@DIR@/c.lua" } }
+        ]],
+        handlers = { ["a.lua"] = says("A"), ["b.lua"] = says("B"), ["c.lua"] = says("C") },
+        args = { "--handler", "@DIR@/b.lua" },
+        expect = 2,
+      }
+      for _, addr in ipairs(srv.addrs) do
+        assert.equal(addr.path and "C" or "B", reply_from(addr))
+      end
+    end)
+  end)
+
+  describe("config lookup", function()
+    it("uses ./config.lua when no config is given", function()
+      local srv = server.start{
+        files = { ["config.lua"] = 'listen = "127.0.0.1:0"\nhandler = "h.lua"\n' },
+        handlers = { ["h.lua"] = says("from ./config.lua") },
+        cwd = "@DIR@",
+      }
+      assert.equal("from ./config.lua", reply_from(srv.addrs[1]))
+    end)
+
+    it("resolves the handler relative to the config file's directory", function()
+      local srv = server.start{
+        config = 'listen = "127.0.0.1:0"\nhandler = "h.lua"\n',
+        handlers = { ["h.lua"] = says("next to the config") },
+        cwd = "/",
+      }
+      assert.equal("next to the config", reply_from(srv.addrs[1]))
+    end)
+  end)
+end)

@@ -1,0 +1,99 @@
+-- A handler that raises: its connection is closed, the error and a traceback
+-- are logged, and every other connection carries on.
+local server = require "server"
+
+-- Echoes, after announcing its conn.id, until it receives "boom" (line 5).
+local BOOM_HANDLER = [[
+return function(conn)
+  conn:send("id " .. conn.id .. "\n")
+  local data = conn:recv()
+  while data do
+    if data:find("boom", 1, true) then error("boom") end
+    conn:send(data)
+    data = conn:recv()
+  end
+end
+]]
+
+local function start_boom()
+  return server.start{
+    config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
+    handlers = { ["h.lua"] = BOOM_HANDLER },
+  }
+end
+
+-- Connects and reads the handler's "id N" line.  Returns the socket and N.
+local function connect(srv)
+  local sock = assert(server.connect(srv.host, srv.port))
+  local line = assert(sock:receive("*l"))
+  return sock, assert(line:match("^id (%d+)$"), line)
+end
+
+local function assert_echoes(sock, msg)
+  assert.same({ msg }, { server.exchange(sock, msg, 10) })
+end
+
+describe("handler errors", function()
+  after_each(server.cleanup)
+
+  describe("a handler that raises", function()
+    it("gets its connection closed", function()
+      local srv = start_boom()
+      local sock = connect(srv)
+      assert_echoes(sock, "fine")
+      assert.same({ "", "closed" }, { server.exchange(sock, "boom", { until_close = true }) })
+    end)
+
+    it("logs the error with the conn id and peer, then Lua's traceback", function()
+      local srv = start_boom()
+      local sock, id = connect(srv)
+      local host, port = sock:getsockname()
+      server.exchange(sock, "boom", { until_close = true })
+      local message = ("conn %s %s:%s: handler error: %s: boom"):format(id, host, port, srv:file("h.lua:5"))
+      assert(srv:wait_line(server.record("error", server.literal(message)), 10),
+        "no handler error line; log:\n" .. srv:log_text())
+      assert.equal("stack traceback:", srv:next_line(5))
+      -- Lua's traceback lines each start with a tab; one is the raising line.
+      local traceback = {}
+      repeat
+        local line = srv:next_line(5)
+        assert.matches("^\t", line)
+        traceback[#traceback + 1] = line
+      until line:find(srv:file("h.lua:5:"), 1, true) or #traceback == 20
+      assert.matches(server.literal(srv:file("h.lua:5:")) .. " in ", traceback[#traceback])
+    end)
+
+    it("leaves other open connections echoing", function()
+      local srv = start_boom()
+      local a = connect(srv)
+      local b = connect(srv)
+      assert_echoes(b, "before")
+      server.exchange(a, "boom", { until_close = true })
+      assert_echoes(b, "after")
+    end)
+
+    it("leaves the server accepting and serving new connections", function()
+      local srv = start_boom()
+      local a = connect(srv)
+      server.exchange(a, "boom", { until_close = true })
+      local c = connect(srv)
+      assert_echoes(c, "new connection")
+    end)
+
+    it("does not wear the server down when many handlers raise", function()
+      local srv = start_boom()
+      for _ = 1, 50 do
+        local sock = connect(srv)
+        assert.same({ "", "closed" }, { server.exchange(sock, "boom", { until_close = true }) })
+        sock:close()
+      end
+      assert_echoes(connect(srv), "still serving")
+      local errors = 0
+      while srv:wait_line(server.record("error", "conn %d+ .-: handler error: .*: boom"), 5) do
+        errors = errors + 1
+        if errors == 50 then break end
+      end
+      assert.equal(50, errors)
+    end)
+  end)
+end)
