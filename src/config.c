@@ -17,6 +17,7 @@ typedef struct loader {
   size_t errlen;
 } loader;
 
+/* Keys besides the connection options (opts.h), which both levels take. */
 static const char *const top_keys[] = {"listen", "handler", "backlog",
                                        "shutdown_timeout", "log_level", NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
@@ -135,7 +136,8 @@ static int get_log_level(loader *ld, int idx, const char *key,
   return 0;
 }
 
-/* Fails on the first key of the table at idx that is not in `known`;
+/* Fails on the first key of the table at idx that is neither in `known`
+ * nor a connection option;
  * `prefix` names the table in the message ("" at top level). */
 static int check_keys(loader *ld, int idx, const char *prefix,
                       const char *const *known) {
@@ -146,15 +148,20 @@ static int check_keys(loader *ld, int idx, const char *prefix,
     lua_pop(L, 1);
     int ok = 0;
     if (lua_type(L, -1) == LUA_TSTRING) {
+      ok = le_opts_known(lua_tostring(L, -1));
       for (const char *const *k = known; *k && !ok; k++)
         ok = strcmp(lua_tostring(L, -1), *k) == 0;
     }
     if (!ok) {
       char key[256];
-      const char *name = lua_type(L, -1) == LUA_TSTRING
-                             ? lua_tostring(L, -1)
-                             : luaL_tolstring(L, -1, NULL);
-      snprintf(key, sizeof key, "%s%s", prefix, name);
+      if (lua_type(L, -1) == LUA_TSTRING)
+        snprintf(key, sizeof key, "%s%s", prefix, lua_tostring(L, -1));
+      else if (lua_type(L, -1) == LUA_TNUMBER)
+        snprintf(key, sizeof key, "%s[%s]", prefix,
+                 luaL_tolstring(L, -1, NULL));
+      else
+        snprintf(key, sizeof key, "%s(a %s key)", prefix,
+                 luaL_typename(L, -1));
       lua_settop(L, idx);
       return fail(ld, "unknown key '%s'%s", key, "");
     }
@@ -169,6 +176,23 @@ static int field(lua_State *L, int idx, const char *key) {
   lua_pushstring(L, key);
   if (lua_rawget(L, idx) != LUA_TNIL) return 1;
   lua_pop(L, 1);
+  return 0;
+}
+
+/* Applies every connection option set in the table at idx to opts;
+ * `prefix` names the table in messages. */
+static int get_opts(loader *ld, int idx, const char *prefix, le_opts *opts) {
+  lua_State *L = ld->L;
+  for (const char *const *name = le_opts_names; *name; name++) {
+    if (!field(L, idx, *name)) continue;
+    char key[256], why[256];
+    le_opt_status st = le_opts_set(opts, *name, L, -1, why, sizeof why);
+    lua_pop(L, 1);
+    if (st != LE_OPT_OK) {
+      snprintf(key, sizeof key, "%s%s", prefix, *name);
+      return fail(ld, "key '%s': %s", key, why);
+    }
+  }
   return 0;
 }
 
@@ -190,13 +214,14 @@ static int set_address(loader *ld, le_listener_conf *l, const char *text,
 }
 
 /* Reads one entry of `listen` (a string or a listener table) at idx. */
-static int get_listener(loader *ld, int idx, const char *key, int backlog,
-                        le_listener_conf *l) {
+static int get_listener(loader *ld, int idx, const char *key,
+                        const le_config *cfg, le_listener_conf *l) {
   lua_State *L = ld->L;
   char sub[256];
   idx = lua_absindex(L, idx);
   memset(l, 0, sizeof *l);
-  l->backlog = backlog;
+  l->backlog = cfg->backlog;
+  l->opts = cfg->opts;
   if (lua_type(L, idx) == LUA_TSTRING)
     return set_address(ld, l, lua_tostring(L, idx), key);
   if (lua_type(L, idx) != LUA_TTABLE)
@@ -222,7 +247,23 @@ static int get_listener(loader *ld, int idx, const char *key, int backlog,
     r = get_integer(ld, -1, sub, 1, 65535, &l->backlog);
     lua_pop(L, 1);
   }
-  return r;
+  snprintf(sub, sizeof sub, "%s.", key);
+  return r == 0 ? get_opts(ld, idx, sub, &l->opts) : r;
+}
+
+/* Returns 1 when the table at idx has exactly the keys 1..n. */
+static int is_sequence(lua_State *L, int idx, size_t n) {
+  size_t count = 0;
+  int ok = 1;
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    count++;
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
+        (size_t)lua_tointeger(L, -1) > n)
+      ok = 0;
+  }
+  return ok && count == n;
 }
 
 static void listeners_free(le_listener_conf *ls, size_t n) {
@@ -247,19 +288,20 @@ static int get_listen(loader *ld, int idx, le_config *cfg) {
   if (n == 0)
     return fail(ld, "key '%s': %s", "listen",
                 "expected at least one address, got an empty list");
-  if (!single && (size_t)luaL_len(L, idx) != n)
-    return fail(ld, "key '%s': %s", "listen", "the list has holes");
+  if (!single && !is_sequence(L, idx, n))
+    return fail(ld, "key '%s': %s", "listen",
+                "expected a list of addresses (keys 1..n), got other keys");
   le_listener_conf *ls = calloc(n, sizeof *ls);
   if (ls == NULL) return out_of_memory(ld);
   for (size_t i = 0; i < n; i++) {
     char key[64];
     int r;
     if (single) {
-      r = get_listener(ld, idx, "listen", cfg->backlog, &ls[i]);
+      r = get_listener(ld, idx, "listen", cfg, &ls[i]);
     } else {
       snprintf(key, sizeof key, "listen[%zu]", i + 1);
       lua_rawgeti(L, idx, (lua_Integer)i + 1);
-      r = get_listener(ld, -1, key, cfg->backlog, &ls[i]);
+      r = get_listener(ld, -1, key, cfg, &ls[i]);
       lua_pop(L, 1);
     }
     if (r != 0) {
@@ -280,13 +322,10 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
   idx = lua_absindex(L, idx);
   int r = check_keys(ld, idx, "", top_keys);
   if (r == 0 && field(L, idx, "backlog")) {
-    int old = cfg->backlog;
     r = get_integer(ld, -1, "backlog", 1, 65535, &cfg->backlog);
-    for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++)
-      if (cfg->listeners[i].backlog == old)
-        cfg->listeners[i].backlog = cfg->backlog;
     lua_pop(L, 1);
   }
+  if (r == 0) r = get_opts(ld, idx, "", &cfg->opts);
   if (r == 0 && field(L, idx, "shutdown_timeout")) {
     r = get_seconds(ld, -1, "shutdown_timeout", &cfg->shutdown_timeout);
     lua_pop(L, 1);
@@ -302,8 +341,24 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
   if (r == 0 && field(L, idx, "listen")) {
     r = get_listen(ld, -1, cfg);
     lua_pop(L, 1);
+  } else if (r == 0) {
+    /* The built-in default listener takes this file's top-level settings;
+     * listeners a file defined keep the values they were defined with. */
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+      if (!cfg->listeners[i].builtin) continue;
+      cfg->listeners[i].backlog = cfg->backlog;
+      cfg->listeners[i].opts = cfg->opts;
+    }
   }
   return r;
+}
+
+/* lua_CFunction running apply_env(loader, env, cfg) under lua_pcall. */
+static int validate(lua_State *L) {
+  loader *ld = lua_touserdata(L, 2);
+  le_config *cfg = lua_touserdata(L, 3);
+  lua_pushboolean(L, apply_env(ld, 1, cfg) == 0);
+  return 1;
 }
 
 /* Runs the loaded chunk on top of L with a fresh environment whose reads
@@ -328,7 +383,19 @@ static int run_chunk(loader *ld, le_config *cfg) {
       snprintf(ld->err, ld->errlen, "%s: %s", ld->name, msg);
     return -1;
   }
-  return apply_env(ld, -1, cfg);
+  /* Validation only reads raw fields, but a file can still make a Lua call
+   * fail (a value whose conversion raises, memory): it runs protected so
+   * that such a file gets a message instead of aborting the process. */
+  lua_pushcfunction(L, validate);
+  lua_insert(L, -2);
+  lua_pushlightuserdata(L, ld);
+  lua_pushlightuserdata(L, cfg);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    snprintf(ld->err, ld->errlen, "%s: invalid configuration: %s", ld->name,
+             lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
+    return -1;
+  }
+  return lua_toboolean(L, -1) ? 0 : -1;
 }
 
 static int load_with(le_config *cfg, const char *chunk, const char *name,
@@ -398,6 +465,7 @@ int le_config_set_listen(le_config *cfg, const char *const *addrs, size_t n,
   if (ls == NULL) return out_of_memory(&ld);
   for (size_t i = 0; i < n; i++) {
     ls[i].backlog = cfg->backlog;
+    ls[i].opts = cfg->opts;
     char why[160];
     if (le_addr_parse(addrs[i], &ls[i].addr, why, sizeof why) != 0) {
       snprintf(err, errlen, "--listen: invalid address '%s': %s", addrs[i],
@@ -437,7 +505,10 @@ int le_config_init(le_config *cfg) {
   cfg->backlog = LE_DEFAULT_BACKLOG;
   cfg->shutdown_timeout = LE_DEFAULT_SHUTDOWN_TIMEOUT;
   cfg->log_level = LE_LOG_INFO;
-  return le_config_set_listen(cfg, &def, 1, err, sizeof err);
+  le_opts_init(&cfg->opts);
+  if (le_config_set_listen(cfg, &def, 1, err, sizeof err) != 0) return -1;
+  cfg->listeners[0].builtin = 1;
+  return 0;
 }
 
 void le_config_free(le_config *cfg) {

@@ -14,12 +14,14 @@
 
 #define READ_BUF_SIZE (64 * 1024)
 
-/* A write the kernel did not take at once. The Lua string it points into is
- * kept alive by `ref` until on_write reports it to the Lua face. */
+/* A write the kernel did not take at once: a copy of the frame header (if
+ * any) and a pointer into a Lua string, kept alive by `ref` until on_write
+ * reports it to the Lua face. */
 typedef struct write_req {
   uv_write_t req;
   size_t len;
   int ref;
+  char hdr[4];
 } write_req;
 
 static le_conn *conn_of(le_lconn *lc) {
@@ -99,9 +101,13 @@ static void on_write(uv_write_t *req, int status) {
   le_lconn_on_written(&c->lc, len, ref, status);
 }
 
+/* FIN went out (or could not): a closing connection closes now; a
+ * half-closed one (conn:shutdown("write")) stays open for reading. */
 static void on_shutdown(uv_shutdown_t *req, int status) {
+  le_conn *c = req->handle->data;
   (void)status;
-  le_conn_close(req->handle->data);
+  c->shutdown_pending = 0;
+  if (c->flushing) le_conn_close(c);
 }
 
 static void on_timer(uv_timer_t *timer) {
@@ -114,24 +120,27 @@ static void on_timer(uv_timer_t *timer) {
 
 /* ---- the I/O operations the Lua face calls ---- */
 
-static ssize_t io_try_write(le_lconn *lc, const char *data, size_t len) {
+static ssize_t io_try_write(le_lconn *lc, const uv_buf_t *bufs,
+                            unsigned nbufs) {
   le_conn *c = conn_of(lc);
-  uv_buf_t buf = {.base = (char *)data, .len = len};
-  if (c->closing) return UV_ECANCELED;
-  int n = uv_try_write(&c->sock.stream, &buf, 1);
+  if (c->closing || c->shutdown_sent) return UV_ECANCELED;
+  int n = uv_try_write(&c->sock.stream, bufs, nbufs);
   return (n == UV_EAGAIN || n == UV_ENOSYS) ? 0 : n;
 }
 
-static int io_queue_write(le_lconn *lc, const char *data, size_t len,
-                          int ref) {
+static int io_queue_write(le_lconn *lc, const char *hdr, size_t hlen,
+                          const char *data, size_t len, int ref) {
   le_conn *c = conn_of(lc);
-  uv_buf_t buf = {.base = (char *)data, .len = len};
-  if (c->closing) return UV_ECANCELED;
+  if (c->closing || c->shutdown_sent) return UV_ECANCELED;
   write_req *w = malloc(sizeof *w);
   if (w == NULL) return UV_ENOMEM;
-  w->len = len;
+  memcpy(w->hdr, hdr, hlen);
+  w->len = hlen + len;
   w->ref = ref;
-  int r = uv_write(&w->req, &c->sock.stream, &buf, 1, on_write);
+  uv_buf_t bufs[2] = {{.base = w->hdr, .len = hlen},
+                      {.base = (char *)data, .len = len}};
+  int r = hlen ? uv_write(&w->req, &c->sock.stream, bufs, 2, on_write)
+               : uv_write(&w->req, &c->sock.stream, bufs + 1, 1, on_write);
   if (r < 0) free(w);
   return r;
 }
@@ -158,24 +167,65 @@ static void io_set_timer(le_lconn *lc, int64_t ms) {
     uv_timer_start(&c->timer, on_timer, (uint64_t)ms, 0);
 }
 
+static uint64_t io_now(le_lconn *lc) { return uv_now(conn_of(lc)->ctx->loop); }
+
+/* Requests FIN after queued output; returns 0 or a libuv error. */
+static int send_fin(le_conn *c) {
+  if (c->shutdown_sent) return 0;
+  int r = uv_shutdown(&c->shutdown, &c->sock.stream, on_shutdown);
+  if (r == 0) c->shutdown_sent = c->shutdown_pending = 1;
+  return r;
+}
+
+static void io_shutdown_write(le_lconn *lc) {
+  le_conn *c = conn_of(lc);
+  if (!c->closing) send_fin(c);
+}
+
+static void io_apply_sockopts(le_lconn *lc) {
+  le_conn *c = conn_of(lc);
+  if (c->closing || c->sock.handle.type != UV_TCP) return;
+  uv_tcp_nodelay(&c->sock.tcp, lc->opts.nodelay);
+  uv_tcp_keepalive(&c->sock.tcp, lc->opts.keepalive > 0,
+                   (unsigned)lc->opts.keepalive);
+}
+
+static int io_sockname(le_lconn *lc, char *host, size_t hostlen, int *port) {
+  le_conn *c = conn_of(lc);
+  if (c->closing) return UV_EBADF;
+  if (c->sock.handle.type == UV_TCP) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    int r = uv_tcp_getsockname(&c->sock.tcp, (struct sockaddr *)&ss, &len);
+    if (r == 0)
+      le_addr_split_sockaddr((struct sockaddr *)&ss, (socklen_t)len, host,
+                             hostlen, port);
+    return r;
+  }
+  *port = -1;
+  return uv_pipe_getsockname(&c->sock.pipe, host, &hostlen);
+}
+
 /* Closes at once, or first flushes queued output and sends FIN, with a
- * deadline so a peer that never reads cannot hold the connection. */
+ * deadline (send_timeout, else LE_DEFAULT_FLUSH_TIMEOUT) so a peer that
+ * never reads cannot hold the connection. */
 static void io_close(le_lconn *lc, int abort) {
   le_conn *c = conn_of(lc);
   if (c->closing) return;
-  if (abort || lc->queued == 0) {
+  if (abort || (lc->queued == 0 && !c->shutdown_pending)) {
     le_conn_close(c);
     return;
   }
   if (c->flushing) return;
   uv_read_stop(&c->sock.stream);
-  if (uv_shutdown(&c->shutdown, &c->sock.stream, on_shutdown) != 0) {
+  if (send_fin(c) != 0) {
     le_conn_close(c);
     return;
   }
   c->flushing = 1;
-  uv_timer_start(&c->timer, on_timer,
-                 (uint64_t)(c->ctx->flush_timeout * 1000.0), 0);
+  double seconds = lc->opts.send_timeout > 0 ? lc->opts.send_timeout
+                                             : LE_DEFAULT_FLUSH_TIMEOUT;
+  uv_timer_start(&c->timer, on_timer, (uint64_t)(seconds * 1000.0), 0);
 }
 
 static void io_handler_done(le_lconn *lc) {
@@ -185,8 +235,16 @@ static void io_handler_done(le_lconn *lc) {
 }
 
 static const le_lconn_io conn_io = {
-    io_try_write, io_queue_write, io_set_reading,
-    io_set_timer, io_close,       io_handler_done,
+    .try_write = io_try_write,
+    .queue_write = io_queue_write,
+    .set_reading = io_set_reading,
+    .set_timer = io_set_timer,
+    .now = io_now,
+    .shutdown_write = io_shutdown_write,
+    .apply_sockopts = io_apply_sockopts,
+    .sockname = io_sockname,
+    .close = io_close,
+    .handler_done = io_handler_done,
 };
 
 /* ---- accept ---- */
@@ -226,7 +284,7 @@ static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_stream_t *server) {
 }
 
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_lconn_opts *opts) {
+                        const le_opts *opts) {
   le_conn *c = calloc(1, sizeof *c);
   int r = c ? init_handles(ctx, c, server) : UV_ENOMEM;
   if (r < 0) {
@@ -241,8 +299,8 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
   c->lc.id = ++ctx->next_id;
   c->lc.opts = *opts;
   r = uv_accept(server, &c->sock.stream);
-  if (r == 0 && server->type == UV_TCP) uv_tcp_nodelay(&c->sock.tcp, 1);
   if (r == 0) {
+    io_apply_sockopts(&c->lc);
     set_peer(c);
     if (le_lconn_start(&c->lc) == 0) return c;
     r = UV_ENOMEM;
@@ -262,7 +320,6 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
   ctx->loop = loop;
   ctx->L = L;
   ctx->log = log;
-  ctx->flush_timeout = LE_DEFAULT_FLUSH_TIMEOUT;
   ctx->read_buf_size = READ_BUF_SIZE;
   ctx->read_buf = malloc(READ_BUF_SIZE);
   return ctx->read_buf ? 0 : UV_ENOMEM;

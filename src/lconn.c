@@ -1,34 +1,27 @@
-/* The Lua face of a connection: see include/luaecho/lconn.h.
+/* The Lua face of a connection: see include/luaecho/lconn.h. This file
+ * holds the state machine (socket events, waiting, deadlines) and the
+ * methods that wait: recv and send. The other methods are in
+ * lconn_methods.c.
  *
- * The flow of one echo round trip through this file: the handler calls
- * conn:recv(), finds nothing buffered and yields (conn_recv); bytes arrive
- * and le_lconn_on_data resumes it with a string made straight from the read
+ * The flow of one echo round trip: the handler calls conn:recv(), finds
+ * nothing buffered and yields (conn_recv); bytes arrive and
+ * le_lconn_on_data resumes it with a string made straight from the read
  * buffer; the handler calls conn:send(), which hands the string to the
  * kernel at once (conn_send) and returns without yielding unless too much
  * output is already queued.
  */
-#include "luaecho/lconn.h"
+#include "lconn_internal.h"
 
 #include <ctype.h>
 #include <lauxlib.h>
 #include <math.h>
-#include <stddef.h>
 #include <string.h>
-#include <uv.h>
-
-/* The userdata Lua holds: only a pointer, cleared when the connection is
- * freed, so Lua's collector and the connection's lifetime stay separate. */
-typedef struct conn_ud {
-  le_lconn *lc;
-} conn_ud;
-
-#define LCONN_OF_CORO(c) \
-  ((le_lconn *)((char *)(c) - offsetof(le_lconn, coro)))
 
 char *le_lconn_errname(int err, char *out, size_t len) {
+  const char *name = uv_err_name(err);
+  if (err == UV_EOF || err == UV_ECANCELED) name = "closed";
+  if (err == UV_ETIMEDOUT) name = "timeout";
   /* uv_err_name gives "ECONNRESET"; Lua code sees the lower-case form. */
-  const char *name =
-      (err == UV_EOF || err == UV_ECANCELED) ? "closed" : uv_err_name(err);
   size_t i = 0;
   for (; name[i] && i + 1 < len; i++)
     out[i] = (char)tolower((unsigned char)name[i]);
@@ -36,17 +29,27 @@ char *le_lconn_errname(int err, char *out, size_t len) {
   return out;
 }
 
-static void push_errname(lua_State *L, int err) {
+void le__lconn_push_errname(lua_State *L, int err) {
   char name[32];
   lua_pushstring(L, le_lconn_errname(err, name, sizeof name));
 }
 
+static int framed(const le_lconn *lc) {
+  return lc->opts.packet != LE_PACKET_RAW;
+}
+
+/* ---- reading ---- */
+
 /* Pauses reading while enough input is buffered for a handler that is not
  * asking for it, and resumes once it drains, so TCP pushes back on a peer
- * that sends faster than the handler reads. */
-static void update_reading(le_lconn *lc) {
+ * that sends faster than the handler reads. A reader waiting for a message
+ * larger than recv_buffer raises the limit to what it needs. */
+void le__lconn_update_reading(le_lconn *lc) {
   size_t limit = lc->opts.recv_buffer;
-  if (lc->reader != NULL && lc->want > limit) limit = lc->want;
+  if (lc->reader != NULL) {
+    size_t need = framed(lc) ? lc->opts.packet_size + 4 : lc->want;
+    if (need > limit) limit = need;
+  }
   int on = !lc->in_err && !lc->closed && le_buf_size(&lc->in) < limit;
   if (on != (int)lc->reading) {
     lc->reading = (unsigned)on;
@@ -54,29 +57,54 @@ static void update_reading(le_lconn *lc) {
   }
 }
 
-/* Pushes nil, the error's name and every buffered byte as the partial
- * result. UV_ETIMEDOUT stands for luaecho's own timeouts here. */
+/* Pushes nil, the error's name and the partial result. In raw mode every
+ * buffered byte is the partial result and is consumed; in framed modes an
+ * unfinished message stays buffered so the stream keeps its framing. */
 static int push_failure(lua_State *L, le_lconn *lc, int err) {
   lua_pushnil(L);
-  if (err == UV_ETIMEDOUT)
-    lua_pushliteral(L, "timeout");
-  else
-    push_errname(L, err);
-  lua_pushlstring(L, le_buf_size(&lc->in) ? le_buf_peek(&lc->in) : "",
-                  le_buf_size(&lc->in));
-  le_buf_consume(&lc->in, le_buf_size(&lc->in));
+  le__lconn_push_errname(L, err);
+  if (framed(lc)) {
+    lua_pushliteral(L, "");
+  } else {
+    size_t n = le_buf_size(&lc->in);
+    lua_pushlstring(L, n ? le_buf_peek(&lc->in) : "", n);
+    le_buf_consume(&lc->in, n);
+  }
   return 3;
 }
 
-/* Pushes the result of recv(n) on L when it is ready and returns the number
- * of values pushed, or returns 0 when the caller must wait for more input. */
-static int push_recv(lua_State *L, le_lconn *lc, size_t n) {
-  size_t have = le_buf_size(&lc->in);
-  if (have > 0 && have >= n) {
-    size_t take = n ? n : have;
-    lua_pushlstring(L, le_buf_peek(&lc->in), take);
-    le_buf_consume(&lc->in, take);
+/* Finds the next message in data[0..n) for a reader asking for `want`
+ * bytes (raw mode). Returns LE_FRAME_OK with *out set, LE_FRAME_MORE, or
+ * LE_FRAME_TOOBIG. */
+static le_frame_status next_message(le_lconn *lc, const char *data, size_t n,
+                                    size_t want, size_t *scanned,
+                                    le_frame *out) {
+  if (framed(lc))
+    return le_frame_decode(lc->opts.packet, lc->opts.packet_size, data, n,
+                           scanned, out);
+  if (n == 0 || n < want) return LE_FRAME_MORE;
+  out->off = 0;
+  out->len = out->used = want ? want : n;
+  return LE_FRAME_OK;
+}
+
+/* Pushes the result of recv on L when it is ready and returns the number
+ * of values pushed, or returns 0 when the caller must wait for more. */
+static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
+  le_frame f;
+  le_frame_status st = next_message(lc, le_buf_peek(&lc->in),
+                                    le_buf_size(&lc->in), want, &lc->scanned,
+                                    &f);
+  if (st == LE_FRAME_OK) {
+    lua_pushlstring(L, le_buf_peek(&lc->in) + f.off, f.len);
+    le_buf_consume(&lc->in, f.used);
     return 1;
+  }
+  if (st == LE_FRAME_TOOBIG) {
+    /* The stream cannot be resynchronized: input ends here. */
+    lc->in_err = UV_EMSGSIZE;
+    le_buf_consume(&lc->in, le_buf_size(&lc->in));
+    lc->scanned = 0;
   }
   if (lc->in_err) return push_failure(L, lc, lc->in_err);
   return 0;
@@ -88,10 +116,7 @@ static lua_State *take_reader(le_lconn *lc) {
   lua_State *co = lc->reader;
   lc->reader = NULL;
   lc->want = 0;
-  if (lc->timer) {
-    lc->timer = 0;
-    lc->io->set_timer(lc, -1);
-  }
+  lc->read_deadline = 0;
   return co;
 }
 
@@ -99,24 +124,24 @@ static void resume(lua_State *co, int nres) {
   le_coro_resume(le_coro_of(co), nres);
 }
 
-/* Resumes the coroutine waiting in recv if its request can now be answered. */
+/* Resumes the coroutine waiting in recv if its request can be answered. */
 static void wake_reader(le_lconn *lc) {
   if (lc->reader == NULL) return;
   int nres = push_recv(lc->reader, lc, lc->want);
-  if (nres == 0) return;
-  resume(take_reader(lc), nres);
+  if (nres > 0) resume(take_reader(lc), nres);
 }
 
-/* Resumes the coroutine waiting in send once output drained below
+/* Resumes the coroutine waiting in send once output drained to
  * send_buffer or can no longer be written. */
-static void wake_writer(le_lconn *lc) {
+void le__lconn_wake_writer(le_lconn *lc) {
   lua_State *co = lc->writer;
   if (co == NULL || (lc->queued > lc->opts.send_buffer && !lc->out_err))
     return;
   lc->writer = NULL;
+  lc->write_deadline = 0;
   if (lc->out_err) {
     lua_pushnil(co);
-    push_errname(co, lc->out_err);
+    le__lconn_push_errname(co, lc->out_err);
     resume(co, 2);
   } else {
     lua_pushboolean(co, 1);
@@ -124,26 +149,40 @@ static void wake_writer(le_lconn *lc) {
   }
 }
 
+/* Answers a waiting reader straight from the bytes just read, when nothing
+ * is buffered before them: the common case of an echo loop costs one copy,
+ * into the Lua string, and no buffering. Returns the bytes used. */
+static size_t deliver_direct(le_lconn *lc, const char *data, size_t len) {
+  le_frame f;
+  size_t scanned = 0;
+  if (next_message(lc, data, len, lc->want, &scanned, &f) != LE_FRAME_OK)
+    return 0;
+  lua_State *co = take_reader(lc);
+  lua_pushlstring(co, data + f.off, f.len);
+  resume(co, 1);
+  return f.used;
+}
+
 void le_lconn_on_data(le_lconn *lc, const char *data, size_t len) {
-  /* The common case of an echo loop: the handler already waits for any
-   * bytes and none are buffered, so the string is made straight from the
-   * read buffer with one copy and nothing is buffered here. */
-  if (lc->reader != NULL && lc->want == 0 && le_buf_size(&lc->in) == 0) {
-    lua_State *co = take_reader(lc);
-    lua_pushlstring(co, data, len);
-    resume(co, 1);
-    return;
+  lc->last_active = lc->io->now(lc);
+  while (len > 0 && lc->reader != NULL && le_buf_size(&lc->in) == 0 &&
+         !lc->in_err) {
+    size_t used = deliver_direct(lc, data, len);
+    if (used == 0) break;
+    data += used;
+    len -= used;
   }
-  if (le_buf_append(&lc->in, data, len) != 0) {
+  if (len > 0 && !lc->in_err && le_buf_append(&lc->in, data, len) != 0) {
     le_lconn_on_error(lc, UV_ENOMEM);
     return;
   }
   wake_reader(lc);
-  update_reading(lc);
+  le__lconn_update_reading(lc);
+  le__lconn_rearm(lc);
 }
 
 void le_lconn_on_eof(le_lconn *lc) {
-  lc->in_err = UV_EOF;
+  if (!lc->in_err) lc->in_err = UV_EOF;
   lc->reading = 0;
   wake_reader(lc);
 }
@@ -156,38 +195,96 @@ void le_lconn_on_error(le_lconn *lc, int err) {
     lc->io->set_reading(lc, 0);
   }
   wake_reader(lc);
-  wake_writer(lc);
+  le__lconn_wake_writer(lc);
 }
 
 void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status) {
   luaL_unref(lc->L, LUA_REGISTRYINDEX, ref);
   lc->queued -= len;
+  lc->last_active = lc->io->now(lc);
   if (status < 0 && !lc->out_err) lc->out_err = status;
-  wake_writer(lc);
+  le__lconn_wake_writer(lc);
 }
 
-void le_lconn_on_timeout(le_lconn *lc) {
-  lc->timer = 0;
-  if (lc->reader == NULL) return;
-  lua_State *co = take_reader(lc);
-  int nres = push_failure(co, lc, UV_ETIMEDOUT);
-  update_reading(lc);
-  resume(co, nres);
+/* ---- deadlines ---- */
+
+static uint64_t idle_deadline(const le_lconn *lc) {
+  if (lc->opts.idle_timeout < 0 || lc->closed) return 0;
+  return lc->last_active + (uint64_t)(lc->opts.idle_timeout * 1000.0);
 }
 
-void le_lconn_abort(le_lconn *lc) {
-  if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
-  if (!lc->out_err) lc->out_err = UV_ECANCELED;
+static uint64_t earliest(uint64_t a, uint64_t b) {
+  if (a == 0) return b;
+  if (b == 0) return a;
+  return a < b ? a : b;
+}
+
+/* Points the io timer at the earliest deadline: the reader's, the
+ * writer's, or the idle one. The idle deadline moves with every byte
+ * without touching the timer; when the timer fires early, it is re-armed. */
+void le__lconn_rearm(le_lconn *lc) {
+  uint64_t d = earliest(earliest(lc->read_deadline, lc->write_deadline),
+                        idle_deadline(lc));
+  if (d == lc->armed) return;
+  lc->armed = d;
+  if (d == 0) {
+    lc->io->set_timer(lc, -1);
+    return;
+  }
+  uint64_t now = lc->io->now(lc);
+  lc->io->set_timer(lc, d > now ? (int64_t)(d - now) : 0);
+}
+
+static uint64_t deadline_after(le_lconn *lc, double seconds) {
+  double ms = ceil(seconds * 1000.0);
+  if (ms > 1e15) ms = 1e15; /* about 30,000 years: never, in practice */
+  if (ms < 1) ms = 1;         /* 0 would mean "no deadline" */
+  return lc->io->now(lc) + (uint64_t)ms;
+}
+
+/* Ends the connection from this side with `err` for both directions:
+ * waiting coroutines get nil, err and the socket closes at once. */
+static void end_with(le_lconn *lc, int err) {
+  if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = err;
+  if (!lc->out_err) lc->out_err = err;
   wake_reader(lc);
-  wake_writer(lc);
+  le__lconn_wake_writer(lc);
   lc->io->close(lc, 1);
 }
 
-/* ---- the conn methods ---- */
+void le_lconn_on_timeout(le_lconn *lc) {
+  uint64_t now = lc->io->now(lc);
+  lc->armed = 0;
+  if (lc->reader != NULL && lc->read_deadline && now >= lc->read_deadline) {
+    lua_State *co = take_reader(lc);
+    int nres = push_failure(co, lc, UV_ETIMEDOUT);
+    le__lconn_update_reading(lc);
+    resume(co, nres);
+  }
+  if (lc->writer != NULL && lc->write_deadline && now >= lc->write_deadline) {
+    lua_State *co = lc->writer;
+    lc->writer = NULL;
+    lc->write_deadline = 0;
+    if (lc->opts.send_timeout_close) end_with(lc, UV_ETIMEDOUT);
+    lua_pushnil(co);
+    lua_pushliteral(co, "timeout");
+    resume(co, 2);
+  }
+  uint64_t idle = idle_deadline(lc);
+  if (idle && now >= idle) {
+    le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
+            (unsigned long long)lc->id);
+    end_with(lc, UV_ETIMEDOUT);
+  }
+  le__lconn_rearm(lc);
+}
 
-/* Returns the connection of the conn argument; raises if it is closed. */
-static le_lconn *check_open(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+void le_lconn_abort(le_lconn *lc) { end_with(lc, UV_ECANCELED); }
+
+/* ---- recv and send ---- */
+
+le_lconn *le__lconn_check_open(lua_State *L) {
+  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
   if (ud->lc == NULL || ud->lc->closed)
     luaL_error(L, "attempt to use a closed connection");
   return ud->lc;
@@ -205,7 +302,7 @@ static void check_owner(lua_State *L, le_lconn *lc, const char *method) {
 
 static int push_error(lua_State *L, int err) {
   lua_pushnil(L);
-  push_errname(L, err);
+  le__lconn_push_errname(L, err);
   return 2;
 }
 
@@ -215,75 +312,95 @@ static int push_busy(lua_State *L) {
   return 2;
 }
 
-/* Reads an optional timeout in seconds at idx; returns -1 for none. */
-static double opt_timeout(lua_State *L, int idx) {
-  if (lua_isnoneornil(L, idx)) return -1;
+/* Reads the timeout argument at idx: seconds, or nil for the connection's
+ * recv_timeout. Returns -1 for none. */
+static double opt_timeout(lua_State *L, int idx, double dflt) {
+  if (lua_isnoneornil(L, idx)) return dflt;
   double t = (double)luaL_checknumber(L, idx);
   luaL_argcheck(L, t >= 0 && !isnan(t), idx, "timeout must be >= 0 seconds");
   return t;
 }
 
-static void arm_timer(le_lconn *lc, double seconds) {
-  double ms = ceil(seconds * 1000.0);
-  lc->timer = 1;
-  lc->io->set_timer(lc, ms > (double)INT64_MAX / 2 ? INT64_MAX / 2
-                                                   : (int64_t)ms);
-}
-
 /* conn:recv([n [, timeout]]) */
 static int conn_recv(lua_State *L) {
-  le_lconn *lc = check_open(L);
+  le_lconn *lc = le__lconn_check_open(L);
   lua_Integer n = luaL_optinteger(L, 2, 0);
   luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
-  double timeout = opt_timeout(L, 3);
+  double timeout = opt_timeout(L, 3, lc->opts.recv_timeout);
   check_owner(L, lc, "recv");
   if (lc->reader != NULL) return push_busy(L);
-  int nres = push_recv(L, lc, (size_t)n);
+  size_t want = framed(lc) ? 0 : (size_t)n;
+  int nres = push_recv(L, lc, want);
   if (nres > 0) {
-    update_reading(lc);
+    le__lconn_update_reading(lc);
     return nres;
   }
   if (timeout == 0) return push_failure(L, lc, UV_ETIMEDOUT);
   lc->reader = L;
-  lc->want = (size_t)n;
-  if (timeout > 0) arm_timer(lc, timeout);
-  update_reading(lc);
+  lc->want = want;
+  lc->read_deadline = timeout > 0 ? deadline_after(lc, timeout) : 0;
+  le__lconn_update_reading(lc);
+  le__lconn_rearm(lc);
   return le_coro_yield(L);
+}
+
+/* Writes hdr+data: at once as far as the kernel takes it, the rest queued
+ * with a ref that keeps the Lua string at idx alive until it is written,
+ * so nothing is copied. Returns 0 or a libuv error. */
+static int write_message(lua_State *L, le_lconn *lc, int idx,
+                         const unsigned char *hdr, size_t hlen,
+                         const char *data, size_t len) {
+  size_t done = 0;
+  if (lc->queued == 0) {
+    uv_buf_t bufs[2] = {{.base = (char *)hdr, .len = hlen},
+                        {.base = (char *)data, .len = len}};
+    ssize_t n = hlen ? lc->io->try_write(lc, bufs, 2)
+                     : lc->io->try_write(lc, bufs + 1, 1);
+    if (n < 0) return (int)n;
+    done = (size_t)n;
+  }
+  if (done == hlen + len) return 0;
+  size_t hdone = done < hlen ? done : hlen;
+  size_t ddone = done - hdone;
+  lua_pushvalue(L, idx);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int r = lc->io->queue_write(lc, (const char *)hdr + hdone, hlen - hdone,
+                              data + ddone, len - ddone, ref);
+  if (r < 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return r;
+  }
+  lc->queued += hlen + len - done;
+  return 0;
 }
 
 /* conn:send(data) */
 static int conn_send(lua_State *L) {
-  le_lconn *lc = check_open(L);
+  le_lconn *lc = le__lconn_check_open(L);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   check_owner(L, lc, "send");
   if (lc->writer != NULL) return push_busy(L);
   if (lc->out_err) return push_error(L, lc->out_err);
-  size_t done = 0;
-  if (lc->queued == 0) {
-    ssize_t n = lc->io->try_write(lc, data, len);
-    if (n < 0) {
-      lc->out_err = (int)n;
-      return push_error(L, lc->out_err);
-    }
-    done = (size_t)n;
+  unsigned char hdr[4];
+  int hlen = le_frame_header(lc->opts.packet, len, hdr);
+  if (hlen < 0) return push_error(L, UV_EMSGSIZE);
+  if (len == 0 && hlen == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
   }
-  if (done < len) {
-    /* The queued bytes point into the Lua string; a registry ref keeps it
-     * alive until the write completes, so nothing is copied. */
-    lua_pushvalue(L, 2);
-    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    int r = lc->io->queue_write(lc, data + done, len - done, ref);
-    if (r < 0) {
-      luaL_unref(L, LUA_REGISTRYINDEX, ref);
-      lc->out_err = r;
-      return push_error(L, r);
-    }
-    lc->queued += len - done;
-    if (lc->queued > lc->opts.send_buffer) {
-      lc->writer = L;
-      return le_coro_yield(L);
-    }
+  lc->last_active = lc->io->now(lc);
+  int r = write_message(L, lc, 2, hdr, (size_t)hlen, data, len);
+  if (r < 0) {
+    lc->out_err = r;
+    return push_error(L, r);
+  }
+  if (lc->queued > lc->opts.send_buffer) {
+    lc->writer = L;
+    if (lc->opts.send_timeout > 0)
+      lc->write_deadline = deadline_after(lc, lc->opts.send_timeout);
+    le__lconn_rearm(lc);
+    return le_coro_yield(L);
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -291,101 +408,67 @@ static int conn_send(lua_State *L) {
 
 /* conn:close(): flushes queued output and closes. Closing twice is fine. */
 static int conn_close(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
   le_lconn *lc = ud->lc;
   if (lc != NULL && !lc->closed) {
     lc->closed = 1;
     if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
     if (!lc->out_err) lc->out_err = UV_ECANCELED;
-    /* A coroutine of another owner may be waiting on it; it gets
-     * nil, "closed". */
+    /* A coroutine of another owner may be waiting; it gets nil, "closed". */
     wake_reader(lc);
-    wake_writer(lc);
-    update_reading(lc);
+    le__lconn_wake_writer(lc);
+    le__lconn_update_reading(lc);
+    le__lconn_rearm(lc);
     lc->io->close(lc, 0);
   }
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* conn:peername() -> host, port (port is nil for unix sockets) */
-static int conn_peername(lua_State *L) {
-  le_lconn *lc = check_open(L);
-  lua_pushstring(L, lc->peer_host);
-  if (lc->peer_port < 0)
-    lua_pushnil(L);
-  else
-    lua_pushinteger(L, lc->peer_port);
-  return 2;
-}
-
-static void push_peer(lua_State *L, const le_lconn *lc) {
-  if (lc->peer_port < 0)
-    lua_pushfstring(L, "unix:%s", lc->peer_host);
-  else if (strchr(lc->peer_host, ':') != NULL)
-    lua_pushfstring(L, "[%s]:%d", lc->peer_host, lc->peer_port);
-  else
-    lua_pushfstring(L, "%s:%d", lc->peer_host, lc->peer_port);
-}
-
-static int conn_tostring(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
-  if (ud->lc == NULL) {
-    lua_pushstring(L, "conn (closed)");
-    return 1;
+/* conn:shutdown("write" | "read" | "both"): half-close. */
+static int conn_shutdown(lua_State *L) {
+  static const char *const hows[] = {"write", "read", "both", NULL};
+  le_lconn *lc = le__lconn_check_open(L);
+  int how = luaL_checkoption(L, 2, NULL, hows);
+  if (how != 0) { /* read side: nothing more is delivered */
+    if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
+    le_buf_consume(&lc->in, le_buf_size(&lc->in));
+    wake_reader(lc);
+    le__lconn_update_reading(lc);
   }
-  push_peer(L, ud->lc);
-  lua_pushfstring(L, "conn %I (%s)%s", (lua_Integer)ud->lc->id,
-                  lua_tostring(L, -1), ud->lc->closed ? " closed" : "");
+  if (how != 1 && !lc->out_err) {
+    lc->out_err = UV_ECANCELED;
+    le__lconn_wake_writer(lc);
+    lc->io->shutdown_write(lc);
+  }
+  lua_pushboolean(L, 1);
   return 1;
 }
 
-/* conn.id, and method lookup for everything else. */
-static int conn_index(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
-  const char *key = lua_tostring(L, 2);
-  if (key != NULL && strcmp(key, "id") == 0 && ud->lc != NULL) {
-    lua_pushinteger(L, (lua_Integer)ud->lc->id);
-    return 1;
-  }
-  return 1;
-}
-
-static const luaL_Reg conn_methods[] = {
-    {"recv", conn_recv},         {"send", conn_send},
-    {"close", conn_close},       {"peername", conn_peername},
+const luaL_Reg le__lconn_io_methods[] = {
+    {"recv", conn_recv},   {"send", conn_send},
+    {"close", conn_close}, {"shutdown", conn_shutdown},
     {NULL, NULL}};
 
-void le_lconn_open(lua_State *L) {
-  luaL_newmetatable(L, LE_LCONN_METATABLE);
-  luaL_newlib(L, conn_methods);
-  lua_pushcclosure(L, conn_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, conn_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "luaecho.conn");
-  lua_setfield(L, -2, "__name");
-  lua_pop(L, 1);
-}
-
 /* ---- lifetime ---- */
+
+#define LCONN_OF_CORO(c) \
+  ((le_lconn *)((char *)(c) - offsetof(le_lconn, coro)))
 
 /* The handler returned or raised: log a failure with its connection, close
  * (at once after an error, else after flushing) and tell the connection. */
 static void on_handler_done(le_coro *c, const char *error) {
   le_lconn *lc = LCONN_OF_CORO(c);
   if (error != NULL) {
-    lua_State *L = lc->L;
-    push_peer(L, lc);
+    le__lconn_push_peer(lc->L, lc);
     le_logf(lc->log, LE_LOG_ERROR, "conn %llu %s: handler error: %s",
-            (unsigned long long)lc->id, lua_tostring(L, -1), error);
-    lua_pop(L, 1);
+            (unsigned long long)lc->id, lua_tostring(lc->L, -1), error);
+    lua_pop(lc->L, 1);
   }
   if (!lc->closed) {
     lc->closed = 1;
-    update_reading(lc);
+    le__lconn_update_reading(lc);
+    le__lconn_rearm(lc);
     lc->io->close(lc, error != NULL);
   }
   lc->io->handler_done(lc);
@@ -400,8 +483,7 @@ void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
   lc->ud_ref = LUA_NOREF;
   lc->coro.ref = LUA_NOREF;
   lc->peer_port = -1;
-  lc->opts.recv_buffer = LE_DEFAULT_RECV_BUFFER;
-  lc->opts.send_buffer = LE_DEFAULT_SEND_BUFFER;
+  le_opts_init(&lc->opts);
   le_buf_init(&lc->in);
 }
 
@@ -411,7 +493,8 @@ int le_lconn_start(le_lconn *lc) {
     lua_pop(L, 1);
     return -1;
   }
-  conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  lc->last_active = lc->io->now(lc);
+  le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->lc = lc;
   luaL_setmetatable(L, LE_LCONN_METATABLE);
   lua_pushvalue(L, -1);
@@ -420,7 +503,8 @@ int le_lconn_start(le_lconn *lc) {
     lua_pop(L, 2);
     return -1;
   }
-  update_reading(lc);
+  le__lconn_update_reading(lc);
+  le__lconn_rearm(lc);
   return 0;
 }
 
@@ -429,7 +513,7 @@ void le_lconn_release(le_lconn *lc) {
   le_coro_release(&lc->coro);
   if (lc->ud_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lc->ud_ref);
-    conn_ud *ud = lua_touserdata(L, -1);
+    le__conn_ud *ud = lua_touserdata(L, -1);
     ud->lc = NULL;
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, lc->ud_ref);

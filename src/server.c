@@ -77,7 +77,7 @@ static void on_connection(uv_stream_t *stream, int status) {
     return;
   }
   le_script_push(l->script, s->L);
-  le_conn_accept(&s->conns, stream, &l->opts);
+  le_conn_accept(&s->conns, stream, &l->conf->opts);
 }
 
 /* Resolves a TCP listen address: numeric forms directly, names through the
@@ -308,8 +308,6 @@ int le_server_init(le_server *s, const le_config *cfg, char *err,
     le_listener *l = &s->listeners[i];
     l->server = s;
     l->conf = &cfg->listeners[i];
-    l->opts.recv_buffer = LE_DEFAULT_RECV_BUFFER;
-    l->opts.send_buffer = LE_DEFAULT_SEND_BUFFER;
   }
   return load_handlers(s, err, errlen);
 }

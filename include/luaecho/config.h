@@ -14,6 +14,7 @@
 
 #include "luaecho/addr.h"
 #include "luaecho/log.h"
+#include "luaecho/opts.h"
 
 #define LE_DEFAULT_LISTEN "127.0.0.1:7000"
 #define LE_DEFAULT_BACKLOG 511
@@ -24,6 +25,8 @@ typedef struct le_listener_conf {
   le_addr addr;   /* parsed form */
   char *handler;  /* handler file, or NULL to use the top-level handler */
   int backlog;    /* listen(2) backlog */
+  le_opts opts;   /* options of its connections */
+  unsigned builtin : 1; /* the default listener, not named by any file */
 } le_listener_conf;
 
 typedef struct le_config {
@@ -32,6 +35,7 @@ typedef struct le_config {
   size_t nlisteners;
   char *handler;                /* default handler file, NULL for built-in echo */
   int backlog;                  /* default backlog for listeners */
+  le_opts opts;                 /* default connection options */
   double shutdown_timeout;      /* seconds connections may drain at shutdown */
   le_log_level log_level;
 } le_config;

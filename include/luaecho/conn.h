@@ -16,7 +16,7 @@
 #include "luaecho/log.h"
 
 /* Seconds a connection whose handler ended may spend flushing queued output
- * to a peer that does not read, before it is closed regardless. */
+ * to a peer that does not read, when send_timeout is off. */
 #define LE_DEFAULT_FLUSH_TIMEOUT 30.0
 
 typedef struct le_conn le_conn;
@@ -32,7 +32,6 @@ struct le_conn_ctx {
   le_conn *head;      /* every live connection, for shutdown */
   size_t count;       /* number of live connections */
   uint64_t next_id;   /* last connection id handed out */
-  double flush_timeout; /* seconds a closing connection may spend flushing */
   /* Called after a connection was freed (the count is already lower). */
   void (*on_freed)(le_conn_ctx *ctx);
 };
@@ -52,6 +51,8 @@ struct le_conn {
   int open_handles;        /* handles not yet through their close callback */
   unsigned closing : 1;    /* le_conn_close was called on the socket */
   unsigned flushing : 1;   /* waiting for queued output before closing */
+  unsigned shutdown_sent : 1;    /* FIN requested (uv_shutdown called) */
+  unsigned shutdown_pending : 1; /* ... and its callback has not run yet */
   unsigned handler_done : 1; /* the handler coroutine has ended */
 };
 
@@ -65,7 +66,7 @@ void le_conn_ctx_free(le_conn_ctx *ctx);
  * starts `handler` (the function on top of ctx->L, popped) for it with
  * `opts`, and returns the connection, or NULL after logging why. */
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_lconn_opts *opts);
+                        const le_opts *opts);
 
 /* Closes the connection at once. Idempotent; memory is released later. */
 void le_conn_close(le_conn *c);

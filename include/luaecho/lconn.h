@@ -1,15 +1,16 @@
 /* The Lua face of a connection: the `conn` object a handler receives, its
- * methods (recv, send, close, peername, id), and the handler coroutine that
- * runs with it.
+ * methods (recv, send, shutdown, close, setopts, ...), and the handler
+ * coroutine that runs with it.
  *
  * lconn keeps the connection state a handler sees, explicitly: received bytes
  * not yet returned (`in`), bytes queued for the kernel (`queued`), who waits
- * and for what (`reader`/`want`, `writer`), and how each direction ended
- * (`in_err`, `out_err`). It does no socket I/O itself: the connection that
- * embeds it supplies a table of I/O operations (le_lconn_io) and reports
- * socket events through the le_lconn_on_* functions, the way libuv reports
- * completions. So the same bindings can sit on TCP, Unix sockets and, later,
- * other transports, and can be unit-tested without a network.
+ * and for what (`reader`/`want`, `writer`), their deadlines, and how each
+ * direction ended (`in_err`, `out_err`). It does no socket I/O itself: the
+ * connection that embeds it supplies a table of I/O operations (le_lconn_io)
+ * and reports socket events through the le_lconn_on_* functions, the way
+ * libuv reports completions. So the same bindings can sit on TCP, Unix
+ * sockets and, later, other transports, and are unit-tested without a
+ * network.
  *
  * Failures follow the gen_tcp/LuaSocket convention: a failed operation
  * returns nil and an error name ("closed", "timeout", "econnreset", ...);
@@ -23,40 +24,43 @@
 #include <sys/types.h>
 
 #include <lua.h>
+#include <uv.h>
 
 #include "luaecho/buf.h"
 #include "luaecho/coro.h"
 #include "luaecho/log.h"
+#include "luaecho/opts.h"
 
 #define LE_LCONN_METATABLE "luaecho.conn"
-#define LE_DEFAULT_RECV_BUFFER (256 * 1024)
-#define LE_DEFAULT_SEND_BUFFER (256 * 1024)
 
 typedef struct le_lconn le_lconn;
 
-/* Per-connection settings, copied from the listener when it is accepted. */
-typedef struct le_lconn_opts {
-  size_t recv_buffer; /* input buffered for a handler not in recv, before
-                         reading pauses and TCP pushes back on the peer */
-  size_t send_buffer; /* queued output above which send() waits */
-} le_lconn_opts;
-
 /* The socket operations a connection provides to its Lua face. */
 typedef struct le_lconn_io {
-  /* Writes what the kernel takes at once, without queueing. Returns the
-   * number of bytes written (possibly 0) or a negative libuv error. */
-  ssize_t (*try_write)(le_lconn *lc, const char *data, size_t len);
-  /* Queues len bytes behind earlier writes. `data` stays valid until
-   * le_lconn_on_written reports this write, with the same `ref`. Returns 0
-   * or a negative libuv error (then on_written is never called). */
-  int (*queue_write)(le_lconn *lc, const char *data, size_t len, int ref);
+  /* Writes what the kernel takes at once from bufs, without queueing.
+   * Returns the number of bytes written (possibly 0) or a libuv error. */
+  ssize_t (*try_write)(le_lconn *lc, const uv_buf_t *bufs, unsigned nbufs);
+  /* Queues hdr (hlen <= 4 bytes, copied) then data behind earlier writes.
+   * `data` stays valid until le_lconn_on_written reports this write with
+   * the same `ref`. Returns 0 or a libuv error (then no report comes). */
+  int (*queue_write)(le_lconn *lc, const char *hdr, size_t hlen,
+                     const char *data, size_t len, int ref);
   /* Starts (on != 0) or stops reading from the socket. */
   void (*set_reading)(le_lconn *lc, int on);
   /* Arms the connection's timer to call le_lconn_on_timeout after `ms`
    * milliseconds, replacing any earlier deadline; ms < 0 disarms it. */
   void (*set_timer)(le_lconn *lc, int64_t ms);
+  /* Returns the loop's current time in milliseconds. */
+  uint64_t (*now)(le_lconn *lc);
+  /* Sends FIN once queued output is written (half-close). */
+  void (*shutdown_write)(le_lconn *lc);
+  /* Applies the socket-level options in lc->opts (nodelay, keepalive). */
+  void (*apply_sockopts)(le_lconn *lc);
+  /* Writes the local address; returns 0 or a libuv error. */
+  int (*sockname)(le_lconn *lc, char *host, size_t hostlen, int *port);
   /* Closes the socket: after flushing queued output, or at once when
-   * `abort` is set. Called once, when the handler ends or calls close(). */
+   * `abort` is set. May be called more than once; the first call counts,
+   * except that an abort cuts a flush short. */
   void (*close)(le_lconn *lc, int abort);
   /* The handler coroutine has ended; the connection may now be freed once
    * its handles are closed. */
@@ -72,24 +76,28 @@ struct le_lconn {
   uint64_t id;           /* unique in the process; conn.id */
   char peer_host[64];    /* peer address text ("" for an unnamed unix peer) */
   int peer_port;         /* peer port, -1 for unix sockets */
-  le_lconn_opts opts;
+  le_opts opts;          /* options in force (conn:setopts changes them) */
   le_buf in;             /* received bytes not yet returned by recv */
+  size_t scanned;        /* line mode: bytes of `in` known to hold no '\n' */
   size_t queued;         /* bytes queued by io->queue_write, not yet written */
   lua_State *reader;     /* coroutine waiting in recv, or NULL */
-  size_t want;           /* what the reader waits for: 0 any bytes, n exactly */
+  size_t want;           /* raw mode: what the reader waits for, 0 any */
   lua_State *writer;     /* coroutine waiting in send for output to drain */
-  int in_err;            /* 0; UV_EOF after the peer's FIN; or a libuv error */
-  int out_err;           /* 0, or the libuv error that ended output */
+  uint64_t read_deadline;  /* loop time the reader times out, 0 none */
+  uint64_t write_deadline; /* loop time the writer times out, 0 none */
+  uint64_t last_active;    /* loop time bytes last moved either way */
+  uint64_t armed;          /* deadline the io timer is set for, 0 none */
+  int in_err;            /* 0; UV_EOF after the peer's FIN; or an error */
+  int out_err;           /* 0, or the error that ended output */
   unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
-  unsigned closed : 1;   /* io->close was called; conn methods now raise */
-  unsigned timer : 1;    /* io->set_timer is armed for the reader */
+  unsigned closed : 1;   /* closed by the handler or ended; methods raise */
 };
 
 /* Registers the conn metatable in L. Call once per Lua state. */
 void le_lconn_open(lua_State *L);
 
-/* Prepares lc; the embedding connection fills id, peer_host, peer_port
- * and opts afterwards. */
+/* Prepares lc with default options; the embedding connection then fills
+ * id, peer_host, peer_port and opts. */
 void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
                    lua_State *L);
 
@@ -107,7 +115,7 @@ void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status);
 void le_lconn_on_timeout(le_lconn *lc);
 
 /* Ends the connection from the server's side (shutdown timeout): waiting
- * coroutines get nil, "closed" and the socket is closed. */
+ * coroutines get nil, "closed" and the socket is closed at once. */
 void le_lconn_abort(le_lconn *lc);
 
 /* Drops everything lc holds in Lua: a still-suspended handler coroutine is
@@ -117,8 +125,8 @@ void le_lconn_abort(le_lconn *lc);
 void le_lconn_release(le_lconn *lc);
 
 /* Writes the lower-case name Lua code sees for a libuv error into out and
- * returns out: "closed" for UV_EOF and UV_ECANCELED, else "econnreset" and
- * the like. */
+ * returns out: "closed" for UV_EOF and UV_ECANCELED, "timeout" for
+ * UV_ETIMEDOUT, else "econnreset" and the like. */
 char *le_lconn_errname(int err, char *out, size_t len);
 
 #endif

@@ -32,7 +32,6 @@ struct le_listener {
   le_server *server;
   const le_listener_conf *conf;
   le_script *script;             /* the handler its connections run */
-  le_lconn_opts opts;            /* options for its connections */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
   unsigned open : 1;             /* the handle was initialized */
   unsigned unlink_path : 1;      /* a unix socket file we created */

@@ -1,0 +1,30 @@
+/* Internal interface between lconn.c (state machine, recv/send) and
+ * lconn_methods.c (the other conn methods). Not for other modules. */
+#ifndef LUAECHO_LCONN_INTERNAL_H
+#define LUAECHO_LCONN_INTERNAL_H
+
+#include <lauxlib.h>
+
+#include "luaecho/lconn.h"
+
+/* The userdata Lua holds: only a pointer, cleared when the connection is
+ * freed, so Lua's collector and the connection's lifetime stay separate. */
+typedef struct le__conn_ud {
+  le_lconn *lc;
+} le__conn_ud;
+
+/* recv, send, close and shutdown, from lconn.c. */
+extern const luaL_Reg le__lconn_io_methods[];
+
+/* Returns the connection of argument 1; raises if it is closed. */
+le_lconn *le__lconn_check_open(lua_State *L);
+
+void le__lconn_update_reading(le_lconn *lc);
+void le__lconn_wake_writer(le_lconn *lc);
+void le__lconn_rearm(le_lconn *lc);
+void le__lconn_push_errname(lua_State *L, int err);
+
+/* Pushes the peer as "host:port", "[v6]:port" or "unix:path". */
+void le__lconn_push_peer(lua_State *L, const le_lconn *lc);
+
+#endif

@@ -1,0 +1,166 @@
+/* The conn methods that do not wait: options, addresses, tostring, and the
+ * metatable that ties every method together. See include/luaecho/lconn.h. */
+#include <string.h>
+
+#include "lconn_internal.h"
+
+void le__lconn_push_peer(lua_State *L, const le_lconn *lc) {
+  if (lc->peer_port < 0)
+    lua_pushfstring(L, "unix:%s", lc->peer_host);
+  else if (strchr(lc->peer_host, ':') != NULL)
+    lua_pushfstring(L, "[%s]:%d", lc->peer_host, lc->peer_port);
+  else
+    lua_pushfstring(L, "%s:%d", lc->peer_host, lc->peer_port);
+}
+
+/* Pushes host and port (nil for unix sockets); returns 2. */
+static int push_host_port(lua_State *L, const char *host, int port) {
+  lua_pushstring(L, host);
+  if (port < 0)
+    lua_pushnil(L);
+  else
+    lua_pushinteger(L, port);
+  return 2;
+}
+
+/* conn:peername() -> host, port */
+static int conn_peername(lua_State *L) {
+  le_lconn *lc = le__lconn_check_open(L);
+  return push_host_port(L, lc->peer_host, lc->peer_port);
+}
+
+/* conn:sockname() -> host, port, or nil, err */
+static int conn_sockname(lua_State *L) {
+  le_lconn *lc = le__lconn_check_open(L);
+  char host[128];
+  int port;
+  int r = lc->io->sockname(lc, host, sizeof host, &port);
+  if (r < 0) {
+    lua_pushnil(L);
+    le__lconn_push_errname(L, r);
+    return 2;
+  }
+  return push_host_port(L, host, port);
+}
+
+/* conn:setopts{name = value, ...}: all options are checked before any is
+ * applied, so a bad one leaves the connection as it was. */
+static int conn_setopts(lua_State *L) {
+  le_lconn *lc = le__lconn_check_open(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  le_opts opts = lc->opts;
+  lua_pushnil(L);
+  while (lua_next(L, 2) != 0) {
+    char why[256];
+    const char *name =
+        lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    le_opt_status st = lua_type(L, -2) == LUA_TSTRING
+                           ? le_opts_set(&opts, name, L, -1, why, sizeof why)
+                           : LE_OPT_UNKNOWN;
+    if (st == LE_OPT_UNKNOWN)
+      return luaL_error(L, "conn:setopts: unknown option '%s'",
+                        lua_tostring(L, -2) ? lua_tostring(L, -2) : "?");
+    if (st == LE_OPT_INVALID)
+      return luaL_error(L, "conn:setopts: option '%s': %s", name, why);
+    lua_pop(L, 1);
+  }
+  int sock_changed = opts.nodelay != lc->opts.nodelay ||
+                     opts.keepalive != lc->opts.keepalive;
+  if (opts.packet != lc->opts.packet) lc->scanned = 0;
+  lc->opts = opts;
+  if (sock_changed) lc->io->apply_sockopts(lc);
+  le__lconn_update_reading(lc);
+  le__lconn_wake_writer(lc);
+  le__lconn_rearm(lc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:getopts(name, ...) -> values; conn:getopts() -> table of all. */
+static int conn_getopts(lua_State *L) {
+  le_lconn *lc = le__lconn_check_open(L);
+  int n = lua_gettop(L) - 1;
+  if (n == 0) {
+    lua_createtable(L, 0, 10);
+    for (const char *const *name = le_opts_names; *name; name++) {
+      le_opts_push(&lc->opts, *name, L);
+      lua_setfield(L, -2, *name);
+    }
+    return 1;
+  }
+  luaL_checkstack(L, n, "too many options");
+  for (int i = 2; i <= n + 1; i++) {
+    const char *name = luaL_checkstring(L, i);
+    if (le_opts_push(&lc->opts, name, L) != 0)
+      return luaL_error(L, "conn:getopts: unknown option '%s'", name);
+  }
+  return n;
+}
+
+static int conn_tostring(lua_State *L) {
+  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le_lconn *lc = ud->lc;
+  if (lc == NULL) {
+    lua_pushliteral(L, "conn (closed)");
+    return 1;
+  }
+  char host[128];
+  int port;
+  le__lconn_push_peer(L, lc);
+  if (lc->closed || lc->io->sockname(lc, host, sizeof host, &port) != 0)
+    lua_pushliteral(L, "?");
+  else if (port < 0)
+    lua_pushfstring(L, "unix:%s", host);
+  else if (strchr(host, ':') != NULL)
+    lua_pushfstring(L, "[%s]:%d", host, port);
+  else
+    lua_pushfstring(L, "%s:%d", host, port);
+  lua_pushfstring(L, "conn %I (%s -> %s)%s", (lua_Integer)lc->id,
+                  lua_tostring(L, -2), lua_tostring(L, -1),
+                  lc->closed ? " closed" : "");
+  return 1;
+}
+
+/* conn.id, and method lookup for everything else. */
+static int conn_index(lua_State *L) {
+  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  const char *key = lua_tostring(L, 2);
+  if (key != NULL && strcmp(key, "id") == 0 && ud->lc != NULL)
+    lua_pushinteger(L, (lua_Integer)ud->lc->id);
+  return 1;
+}
+
+/* A connection the collector finds still open is closed at once. Accepted
+ * connections are referenced until their handler ends, so this only ever
+ * reaches connections a handler dropped. */
+static int conn_gc(lua_State *L) {
+  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  if (ud->lc != NULL && !ud->lc->closed) {
+    ud->lc->closed = 1;
+    ud->lc->io->close(ud->lc, 1);
+  }
+  return 0;
+}
+
+static const luaL_Reg info_methods[] = {
+    {"peername", conn_peername}, {"sockname", conn_sockname},
+    {"setopts", conn_setopts},   {"getopts", conn_getopts},
+    {NULL, NULL}};
+
+void le_lconn_open(lua_State *L) {
+  luaL_newmetatable(L, LE_LCONN_METATABLE);
+  lua_createtable(L, 0, 10);
+  luaL_setfuncs(L, le__lconn_io_methods, 0);
+  luaL_setfuncs(L, info_methods, 0);
+  lua_getfield(L, -1, "close");
+  lua_setfield(L, -3, "__close");
+  lua_pushcclosure(L, conn_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, conn_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, conn_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+}
