@@ -7,6 +7,7 @@
  */
 #include "luaecho/conn.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,9 +111,29 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
   if (c->flushing) le_conn_close(c);
 }
 
+/* Ends a connect in progress: the callback runs once, then (on failure)
+ * the connection closes. */
+static void finish_connect(le_conn *c, int status) {
+  le_connect_cb cb = c->on_connect;
+  c->on_connect = NULL;
+  uv_timer_stop(&c->timer);
+  if (status < 0)
+    le_conn_close(c);
+  else
+    c->lc.io->apply_sockopts(&c->lc);
+  if (cb != NULL) cb(c, status, c->connect_arg);
+}
+
+static void on_connected(uv_connect_t *req, int status) {
+  le_conn *c = req->handle->data;
+  if (c->on_connect != NULL) finish_connect(c, status);
+}
+
 static void on_timer(uv_timer_t *timer) {
   le_conn *c = timer->data;
-  if (c->flushing)
+  if (c->on_connect != NULL)
+    finish_connect(c, UV_ETIMEDOUT);
+  else if (c->flushing)
     le_conn_close(c); /* the peer did not take our output in time */
   else if (!c->closing)
     le_lconn_on_timeout(&c->lc);
@@ -172,7 +193,7 @@ static uint64_t io_now(le_lconn *lc) { return uv_now(conn_of(lc)->ctx->loop); }
 /* Requests FIN after queued output; returns 0 or a libuv error. */
 static int send_fin(le_conn *c) {
   if (c->shutdown_sent) return 0;
-  int r = uv_shutdown(&c->shutdown, &c->sock.stream, on_shutdown);
+  int r = uv_shutdown(&c->req.shutdown, &c->sock.stream, on_shutdown);
   if (r == 0) c->shutdown_sent = c->shutdown_pending = 1;
   return r;
 }
@@ -268,9 +289,9 @@ static void set_peer(le_conn *c) {
 
 /* Initializes both handles; from here on the connection is released only
  * through le_conn_close and the close callbacks. */
-static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_stream_t *server) {
-  int r = server->type == UV_TCP ? uv_tcp_init(ctx->loop, &c->sock.tcp)
-                                 : uv_pipe_init(ctx->loop, &c->sock.pipe, 0);
+static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_handle_type type) {
+  int r = type == UV_TCP ? uv_tcp_init(ctx->loop, &c->sock.tcp)
+                         : uv_pipe_init(ctx->loop, &c->sock.pipe, 0);
   if (r < 0) return r;
   c->sock.handle.data = c;
   uv_timer_init(ctx->loop, &c->timer);
@@ -286,7 +307,7 @@ static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_stream_t *server) {
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
                         const le_opts *opts) {
   le_conn *c = calloc(1, sizeof *c);
-  int r = c ? init_handles(ctx, c, server) : UV_ENOMEM;
+  int r = c ? init_handles(ctx, c, server->type) : UV_ENOMEM;
   if (r < 0) {
     free(c);
     lua_pop(ctx->L, 1);
@@ -312,6 +333,49 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
   c->handler_done = 1;
   le_conn_close(c);
   return NULL;
+}
+
+le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
+                         const char *path, const le_opts *opts,
+                         uint64_t timeout_ms, le_connect_cb cb, void *arg,
+                         int *err) {
+  le_conn *c = calloc(1, sizeof *c);
+  int r = c ? init_handles(ctx, c, sa ? UV_TCP : UV_NAMED_PIPE) : UV_ENOMEM;
+  if (r < 0) {
+    free(c);
+    *err = r;
+    return NULL;
+  }
+  c->ctx = ctx;
+  c->handler_done = 1; /* no handler of its own: it ends with its owner */
+  le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
+  c->lc.id = ++ctx->next_id;
+  c->lc.opts = *opts;
+  if (sa != NULL) {
+    le_addr_split_sockaddr(sa, sa->sa_family == AF_INET6
+                                   ? sizeof(struct sockaddr_in6)
+                                   : sizeof(struct sockaddr_in),
+                           c->lc.peer_host, sizeof c->lc.peer_host,
+                           &c->lc.peer_port);
+    r = uv_tcp_connect(&c->req.connect, &c->sock.tcp, sa, on_connected);
+  } else {
+    snprintf(c->lc.peer_host, sizeof c->lc.peer_host, "%s", path);
+    uv_pipe_connect(&c->req.connect, &c->sock.pipe, path, on_connected);
+  }
+  if (r < 0) {
+    *err = r;
+    le_conn_close(c);
+    return NULL;
+  }
+  c->on_connect = cb;
+  c->connect_arg = arg;
+  if (timeout_ms > 0) uv_timer_start(&c->timer, on_timer, timeout_ms, 0);
+  return c;
+}
+
+void le_conn_cancel_connect(le_conn *c) {
+  c->on_connect = NULL;
+  le_conn_close(c);
 }
 
 int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,

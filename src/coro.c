@@ -2,6 +2,7 @@
 #include "luaecho/coro.h"
 
 #include <lauxlib.h>
+#include <stddef.h>
 
 static void set_owner(lua_State *co, le_coro *c) {
   *(le_coro **)lua_getextraspace(co) = c;
@@ -11,29 +12,64 @@ le_coro *le_coro_of(lua_State *L) {
   return *(le_coro **)lua_getextraspace(L);
 }
 
+void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait) {
+  le_coro *c = le_coro_of(L);
+  c->cancel = cancel;
+  c->wait = wait;
+}
+
 int le_coro_yield(lua_State *L) {
   le_coro_of(L)->waiting = 1;
   return lua_yield(L, 0);
 }
 
-/* Closes pending to-be-closed variables of a coroutine that will never run
- * again, then lets the collector have it. */
-static void forget(le_coro *c) {
+/* The list a coroutine is on is reachable through its neighbours only, so
+ * le_coro_list keeps the head and unlinking goes through `prev`. */
+static void unlink_coro(le_coro *c) {
+  if (c->prev) c->prev->next = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->next = c->prev = NULL;
+}
+
+void le_coro_list_add(le_coro_list *list, le_coro *c) {
+  c->prev = NULL;
+  c->next = list->head;
+  if (list->head) list->head->prev = c;
+  list->head = c;
+  /* The head's prev points at a sentinel made from the list itself, so
+   * unlinking the head updates list->head. */
+  c->prev = (le_coro *)((char *)list - offsetof(le_coro, next));
+}
+
+/* Detaches the thread from c (c->co becomes NULL) and returns it; the
+ * caller keeps it alive on the main stack while it still needs it. */
+static lua_State *detach(le_coro *c) {
   lua_State *co = c->co;
   c->co = NULL;
+  c->cancel = NULL;
+  set_owner(co, NULL);
+  unlink_coro(c);
+  lua_rawgeti(c->L, LUA_REGISTRYINDEX, c->ref);
+  luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
+  c->ref = LUA_NOREF;
+  return co;
+}
+
+/* Closes pending to-be-closed variables of a thread that will never run
+ * again and pops its anchor from the main stack. */
+static void reset(lua_State *L, lua_State *co) {
 #if LUA_VERSION_RELEASE_NUM >= 50406
-  lua_closethread(co, c->L);
+  lua_closethread(co, L);
 #else
   lua_resetthread(co);
 #endif
-  set_owner(co, NULL);
-  luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
-  c->ref = LUA_NOREF;
+  lua_pop(L, 1);
 }
 
 /* Reports how the coroutine ended and drops it. The error text is built
  * while the dead coroutine's stack is still there to walk. */
-static void finish(le_coro *c, int status) {
+static void finish(le_coro *c, int status, int nres) {
+  lua_State *L = c->L;
   const char *error = NULL;
   if (status != LUA_OK) {
     const char *msg = lua_tostring(c->co, -1);
@@ -43,23 +79,28 @@ static void finish(le_coro *c, int status) {
     else if (msg == NULL)
       msg = lua_pushfstring(c->co, "(error object is a %s value)",
                             luaL_typename(c->co, -1));
-    luaL_traceback(c->L, c->co, msg, 0);
-    error = lua_tostring(c->L, -1);
+    luaL_traceback(L, c->co, msg, 0);
+    error = lua_tostring(L, -1);
+    nres = 0;
   }
-  forget(c);
-  c->done(c, error);
-  if (error != NULL) lua_pop(c->L, 1);
+  le_coro_done_cb done = c->done;
+  lua_State *co = detach(c); /* pushes the thread, above the message */
+  done(c, co, nres, error);
+  reset(L, co);
+  if (error != NULL) lua_pop(L, 1);
 }
 
 void le_coro_resume(le_coro *c, int nargs) {
   int nres = 0;
   c->waiting = 0;
+  c->cancel = NULL;
+  c->wait = NULL;
   int status = lua_resume(c->co, c->L, nargs, &nres);
   if (status == LUA_YIELD && c->waiting) {
     lua_pop(c->co, nres);
     return;
   }
-  finish(c, status);
+  finish(c, status, nres);
 }
 
 int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done) {
@@ -70,6 +111,7 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done) {
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->done = done;
   c->waiting = 0;
+  c->cancel = NULL;
   set_owner(co, c);
   lua_xmove(L, co, nargs + 1);
   le_coro_resume(c, nargs);
@@ -77,5 +119,13 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done) {
 }
 
 void le_coro_release(le_coro *c) {
-  if (c->co != NULL) forget(c);
+  if (c->co == NULL) return;
+  if (c->cancel != NULL) c->cancel(c);
+  lua_State *co = detach(c);
+  reset(c->L, co);
+  if (c->killed != NULL) c->killed(c);
+}
+
+void le_coro_list_release(le_coro_list *list) {
+  while (list->head != NULL) le_coro_release(list->head);
 }

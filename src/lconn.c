@@ -290,10 +290,12 @@ le_lconn *le__lconn_check_open(lua_State *L) {
   return ud->lc;
 }
 
-/* Raises unless L is the coroutine the connection belongs to: a blocking
- * call must suspend the coroutine the server will later resume. */
+/* Raises unless L is a coroutine of the connection lc belongs to (its
+ * handler or one it spawned): a blocking call must suspend a coroutine the
+ * server knows how to resume and to end. */
 static void check_owner(lua_State *L, le_lconn *lc, const char *method) {
-  if (le_coro_of(L) != &lc->coro)
+  le_coro *c = le_coro_of(L);
+  if (c == NULL || c->owner != lc->owner)
     luaL_error(L,
                "conn:%s() called from a coroutine that does not own "
                "connection %I; call it from the connection's handler",
@@ -321,6 +323,20 @@ static double opt_timeout(lua_State *L, int idx, double dflt) {
   return t;
 }
 
+/* A coroutine ended while waiting here: forget it. */
+static void cancel_reader(le_coro *c) {
+  le_lconn *lc = c->wait;
+  take_reader(lc);
+  le__lconn_rearm(lc);
+}
+
+static void cancel_writer(le_coro *c) {
+  le_lconn *lc = c->wait;
+  lc->writer = NULL;
+  lc->write_deadline = 0;
+  le__lconn_rearm(lc);
+}
+
 /* conn:recv([n [, timeout]]) */
 static int conn_recv(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
@@ -336,6 +352,7 @@ static int conn_recv(lua_State *L) {
     return nres;
   }
   if (timeout == 0) return push_failure(L, lc, UV_ETIMEDOUT);
+  le_coro_wait(L, cancel_reader, lc);
   lc->reader = L;
   lc->want = want;
   lc->read_deadline = timeout > 0 ? deadline_after(lc, timeout) : 0;
@@ -396,6 +413,7 @@ static int conn_send(lua_State *L) {
     return push_error(L, r);
   }
   if (lc->queued > lc->opts.send_buffer) {
+    le_coro_wait(L, cancel_writer, lc);
     lc->writer = L;
     if (lc->opts.send_timeout > 0)
       lc->write_deadline = deadline_after(lc, lc->opts.send_timeout);
@@ -455,16 +473,34 @@ const luaL_Reg le__lconn_io_methods[] = {
 #define LCONN_OF_CORO(c) \
   ((le_lconn *)((char *)(c) - offsetof(le_lconn, coro)))
 
+/* Ends what the handler's coroutines started: spawned coroutines and
+ * outbound connections go with it. */
+static void end_children(le_lconn *lc) {
+  le_coro_list_release(&lc->tasks);
+  while (lc->children != NULL) {
+    le_lconn *child = lc->children;
+    le_lconn_orphan(child);
+    if (!child->closed) {
+      child->closed = 1;
+      child->io->close(child, 1);
+    }
+  }
+}
+
 /* The handler returned or raised: log a failure with its connection, close
  * (at once after an error, else after flushing) and tell the connection. */
-static void on_handler_done(le_coro *c, const char *error) {
+static void on_handler_done(le_coro *c, lua_State *co, int nres,
+                            const char *error) {
   le_lconn *lc = LCONN_OF_CORO(c);
+  (void)co;
+  (void)nres;
   if (error != NULL) {
     le__lconn_push_peer(lc->L, lc);
     le_logf(lc->log, LE_LOG_ERROR, "conn %llu %s: handler error: %s",
             (unsigned long long)lc->id, lua_tostring(lc->L, -1), error);
     lua_pop(lc->L, 1);
   }
+  end_children(lc);
   if (!lc->closed) {
     lc->closed = 1;
     le__lconn_update_reading(lc);
@@ -499,6 +535,8 @@ int le_lconn_start(le_lconn *lc) {
   luaL_setmetatable(L, LE_LCONN_METATABLE);
   lua_pushvalue(L, -1);
   lc->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lc->owner = lc;
+  lc->coro.owner = lc;
   if (le_coro_start(&lc->coro, L, 1, on_handler_done) != 0) {
     lua_pop(L, 2);
     return -1;
@@ -508,16 +546,47 @@ int le_lconn_start(le_lconn *lc) {
   return 0;
 }
 
+void le_lconn_adopt(le_lconn *lc, lua_State *L) {
+  le_coro *c = le_coro_of(L);
+  le_lconn *parent = c->owner;
+  lc->owner = parent;
+  lc->parent = parent;
+  lc->next_child = parent->children;
+  if (parent->children) parent->children->prev_child = lc;
+  parent->children = lc;
+  lc->last_active = lc->io->now(lc);
+  le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->lc = lc;
+  lc->ud = ud;
+  luaL_setmetatable(L, LE_LCONN_METATABLE);
+  le__lconn_update_reading(lc);
+  le__lconn_rearm(lc);
+}
+
+void le_lconn_orphan(le_lconn *lc) {
+  le_lconn *parent = lc->parent;
+  if (parent == NULL) return;
+  if (lc->prev_child) lc->prev_child->next_child = lc->next_child;
+  else parent->children = lc->next_child;
+  if (lc->next_child) lc->next_child->prev_child = lc->prev_child;
+  lc->parent = lc->next_child = lc->prev_child = NULL;
+}
+
 void le_lconn_release(le_lconn *lc) {
   lua_State *L = lc->L;
+  end_children(lc);
+  le_lconn_orphan(lc);
   le_coro_release(&lc->coro);
   if (lc->ud_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lc->ud_ref);
-    le__conn_ud *ud = lua_touserdata(L, -1);
-    ud->lc = NULL;
+    lc->ud = lua_touserdata(L, -1);
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, lc->ud_ref);
     lc->ud_ref = LUA_NOREF;
   }
+  /* Outbound connections are not referenced: their userdata is only known
+   * through lc->ud, which __gc clears when it collects it first. */
+  if (lc->ud != NULL) lc->ud->lc = NULL;
+  lc->ud = NULL;
   le_buf_free(&lc->in);
 }

@@ -9,9 +9,10 @@
 
 /* The userdata Lua holds: only a pointer, cleared when the connection is
  * freed, so Lua's collector and the connection's lifetime stay separate. */
-typedef struct le__conn_ud {
+struct le__conn_ud {
   le_lconn *lc;
-} le__conn_ud;
+};
+typedef struct le__conn_ud le__conn_ud;
 
 /* recv, send, close and shutdown, from lconn.c. */
 extern const luaL_Reg le__lconn_io_methods[];

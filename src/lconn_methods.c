@@ -137,9 +137,14 @@ static int conn_index(lua_State *L) {
  * reaches connections a handler dropped. */
 static int conn_gc(lua_State *L) {
   le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
-  if (ud->lc != NULL && !ud->lc->closed) {
-    ud->lc->closed = 1;
-    ud->lc->io->close(ud->lc, 1);
+  le_lconn *lc = ud->lc;
+  if (lc != NULL) {
+    lc->ud = NULL;
+    ud->lc = NULL;
+    if (!lc->closed) {
+      lc->closed = 1;
+      lc->io->close(lc, 1);
+    }
   }
   return 0;
 }

@@ -13,10 +13,34 @@ const char *le_script_name(const char *path) {
   return path ? path : LE_BUILTIN_HANDLER_NAME;
 }
 
+/* Lets a handler `require` modules that sit next to it: its directory goes
+ * in front of package.path, once. */
+static void add_module_dir(lua_State *L, const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) {
+    lua_pushliteral(L, "./?.lua;./?/init.lua;");
+  } else {
+    lua_pushlstring(L, path, (size_t)(slash - path));
+    const char *dir = lua_tostring(L, -1);
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_remove(L, -2);
+  }
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  const char *prefix = lua_tostring(L, -3);
+  const char *current = lua_tostring(L, -1);
+  if (current != NULL && strstr(current, prefix) == NULL) {
+    lua_pushfstring(L, "%s%s", prefix, current);
+    lua_setfield(L, -3, "path");
+  }
+  lua_pop(L, 3);
+}
+
 static int load_chunk(lua_State *L, const char *path) {
   if (path == NULL)
     return luaL_loadbufferx(L, le_builtin_echo, le_builtin_echo_len,
                             "=" LE_BUILTIN_HANDLER_NAME, "t");
+  add_module_dir(L, path);
   return luaL_loadfilex(L, path, "t");
 }
 

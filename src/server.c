@@ -5,6 +5,8 @@
  */
 #include "luaecho/server.h"
 
+#include "luaecho/lmodule.h"
+
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -32,6 +34,16 @@ static lua_State *new_lua_state(void) {
   luaL_openlibs(L);
   le_lconn_open(L);
   return L;
+}
+
+/* Creates the loop's Lua state and connection context, with the luaecho
+ * module registered. Returns 0 or -1 (out of memory). */
+static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
+                    lua_State **out) {
+  lua_State *L = *out = new_lua_state();
+  if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
+  le_lmodule_open(ctx);
+  return 0;
 }
 
 /* Returns the script for `path` (NULL: built-in), loading it the first time
@@ -288,10 +300,9 @@ int le_server_init(le_server *s, const le_config *cfg, char *err,
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
-  s->L = new_lua_state();
   s->listeners = calloc(cfg->nlisteners, sizeof *s->listeners);
-  if (s->L == NULL || s->listeners == NULL ||
-      le_conn_ctx_init(&s->conns, &s->loop, s->L, &s->log) != 0) {
+  if (s->listeners == NULL ||
+      open_lua(&s->loop, &s->conns, &s->log, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -336,9 +347,22 @@ void le_server_free(le_server *s) {
 
 int le_server_check(const le_config *cfg, FILE *out, char *err,
                     size_t errlen) {
-  lua_State *L = new_lua_state();
-  if (L == NULL) {
+  /* Handlers are loaded exactly as the server would, luaecho module
+   * included, in a loop that never runs. */
+  uv_loop_t loop;
+  le_conn_ctx ctx;
+  le_log log;
+  lua_State *L = NULL;
+  le_log_init(&log, cfg->log_level, stderr);
+  if (uv_loop_init(&loop) != 0) {
+    snprintf(err, errlen, "cannot create the event loop");
+    return -1;
+  }
+  if (open_lua(&loop, &ctx, &log, &L) != 0) {
     snprintf(err, errlen, "out of memory");
+    if (L) lua_close(L);
+    le_conn_ctx_free(&ctx);
+    uv_loop_close(&loop);
     return -1;
   }
   int r = 0;
@@ -351,5 +375,7 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
               cfg->listeners[i].address, le_script_name(handler));
   }
   lua_close(L);
+  le_conn_ctx_free(&ctx);
+  uv_loop_close(&loop);
   return r;
 }

@@ -44,7 +44,12 @@ struct le_conn {
     uv_pipe_t pipe;
   } sock;                  /* the socket; owned here */
   uv_timer_t timer;        /* recv timeouts and the flush deadline */
-  uv_shutdown_t shutdown;  /* the flush-then-FIN request while closing */
+  union {
+    uv_connect_t connect;  /* an outbound connection's connect request */
+    uv_shutdown_t shutdown; /* the flush-then-FIN request, always later */
+  } req;
+  void (*on_connect)(le_conn *c, int status, void *arg); /* while connecting */
+  void *connect_arg;
   le_lconn lc;             /* the Lua face */
   le_conn_ctx *ctx;
   le_conn *prev, *next;    /* in ctx's list */
@@ -67,6 +72,22 @@ void le_conn_ctx_free(le_conn_ctx *ctx);
  * `opts`, and returns the connection, or NULL after logging why. */
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
                         const le_opts *opts);
+
+/* Reports the end of an outbound connect: status 0 (then the caller adopts
+ * c->lc with le_lconn_adopt) or a libuv error (then c is already closing). */
+typedef void (*le_connect_cb)(le_conn *c, int status, void *arg);
+
+/* Opens an outbound connection to `sa` (TCP) or `path` (unix; sa NULL),
+ * giving up after timeout_ms (0: no limit). `cb` runs once, from the loop,
+ * unless le_conn_cancel_connect is called first. Returns the connection,
+ * or NULL with *err set when it could not even start. */
+le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
+                         const char *path, const le_opts *opts,
+                         uint64_t timeout_ms, le_connect_cb cb, void *arg,
+                         int *err);
+
+/* Abandons a connect in progress: cb will not run, the socket closes. */
+void le_conn_cancel_connect(le_conn *c);
 
 /* Closes the connection at once. Idempotent; memory is released later. */
 void le_conn_close(le_conn *c);

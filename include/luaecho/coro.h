@@ -1,13 +1,18 @@
 /* Handler coroutines: start, resume and finish them, and report how they
  * ended. Nothing here knows about sockets.
  *
- * A le_coro is embedded in its owner (a connection). Every Lua thread started
- * here points back to its le_coro through the thread's extra space, so a
- * binding called from Lua finds the coroutine it runs in with le_coro_of().
- * Bindings that must wait return le_coro_yield(L); the owner later pushes the
- * results onto the coroutine and calls le_coro_resume. When the coroutine
- * returns or raises, the `done` callback runs once, from inside
- * le_coro_resume, like a libuv completion callback.
+ * A le_coro lives in its owner (a connection, or a task spawned by one).
+ * Every Lua thread started here points back to its le_coro through the
+ * thread's extra space, so a binding called from Lua finds the coroutine it
+ * runs in with le_coro_of(). Bindings that must wait record how to undo the
+ * wait (le_coro_wait), then return le_coro_yield(L); whoever they wait on
+ * later pushes the results onto the coroutine and calls le_coro_resume.
+ * When the coroutine returns or raises, the `done` callback runs once, from
+ * inside le_coro_resume, like a libuv completion callback.
+ *
+ * Coroutines that work for one connection share its `owner` tag; a
+ * connection's spawned coroutines are kept on a list (le_coro_list) so they
+ * can all be ended with it.
  */
 #ifndef LUAECHO_CORO_H
 #define LUAECHO_CORO_H
@@ -16,21 +21,36 @@
 
 typedef struct le_coro le_coro;
 
-/* Called once when the coroutine ends. `error` is NULL after a normal
- * return, else the error message followed by a stack traceback. */
-typedef void (*le_coro_done_cb)(le_coro *c, const char *error);
+/* Called once when the coroutine ends by returning or raising. `co` is the
+ * finished thread with its `nres` results on top (when error is NULL);
+ * `error` is the message followed by a stack traceback. The le_coro is
+ * already detached (c->co is NULL), so the callback may release the memory
+ * that holds it. */
+typedef void (*le_coro_done_cb)(le_coro *c, lua_State *co, int nres,
+                                const char *error);
 
 struct le_coro {
-  lua_State *L;         /* the main state, where the registry ref lives */
-  lua_State *co;        /* the coroutine, NULL once it ended or was released */
-  int ref;              /* registry ref that keeps co alive */
-  int waiting;          /* set by le_coro_yield: a binding will resume it */
-  le_coro_done_cb done; /* completion callback */
+  lua_State *L;          /* the main state, where the registry ref lives */
+  lua_State *co;         /* the coroutine, NULL once it ended or was released */
+  int ref;               /* registry ref that keeps co alive */
+  int waiting;           /* set by le_coro_yield: something will resume it */
+  le_coro_done_cb done;  /* completion callback */
+  void *owner;           /* tag of the connection this coroutine works for */
+  void (*cancel)(le_coro *c); /* undoes the current wait; see le_coro_wait */
+  void *wait;            /* what it waits on, for cancel */
+  void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
+  le_coro *next, *prev;  /* in a le_coro_list */
 };
+
+/* A list of coroutines that end together (a connection's spawned tasks). */
+typedef struct le_coro_list {
+  le_coro *head;
+} le_coro_list;
 
 /* Starts a coroutine running the function below `nargs` arguments on top of
  * L (all of them are popped) and runs it until it first waits or ends.
- * Returns 0, or -1 when no thread could be made (nothing is popped then). */
+ * c->owner, c->killed must be set before. Returns 0, or -1 when no thread
+ * could be made (nothing is popped then). */
 int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done);
 
 /* Resumes c with the `nargs` values already pushed on c->co. A coroutine
@@ -38,7 +58,12 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done);
  * error, since nothing would ever resume it. */
 void le_coro_resume(le_coro *c, int nargs);
 
-/* Suspends the calling coroutine until its owner resumes it; use as
+/* Records what the coroutine running L is about to wait on: if it is ended
+ * while waiting, cancel(c) runs first so the waited-on object forgets it.
+ * The record is cleared when the coroutine is resumed. */
+void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait);
+
+/* Suspends the calling coroutine until something resumes it; use as
  * `return le_coro_yield(L);` in a binding. */
 int le_coro_yield(lua_State *L);
 
@@ -49,9 +74,16 @@ le_coro *le_coro_of(lua_State *L);
 /* Returns 1 while c has not ended. */
 static inline int le_coro_alive(const le_coro *c) { return c->co != NULL; }
 
-/* Ends a coroutine that is still suspended without resuming it: its pending
- * to-be-closed variables are closed and its ref released. `done` is not
- * called. Safe to call on an ended coroutine. */
+/* Ends a coroutine that is still suspended without resuming it: its wait is
+ * cancelled, its to-be-closed variables are closed, its ref released, it
+ * leaves its list, and c->killed runs. `done` is not called. Safe to call
+ * on an ended coroutine. */
 void le_coro_release(le_coro *c);
+
+/* Adds c to list; it leaves the list by itself when it ends. */
+void le_coro_list_add(le_coro_list *list, le_coro *c);
+
+/* Releases every coroutine on the list. */
+void le_coro_list_release(le_coro_list *list);
 
 #endif

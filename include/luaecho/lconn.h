@@ -71,8 +71,14 @@ struct le_lconn {
   const le_lconn_io *io; /* socket operations of the embedding connection */
   const le_log *log;     /* where handler errors go */
   lua_State *L;          /* main state */
-  le_coro coro;          /* the handler coroutine */
-  int ud_ref;            /* registry ref of the conn userdata */
+  le_coro coro;          /* the handler coroutine (unused when outbound) */
+  void *owner;           /* tag of the coroutines that may wait on it */
+  le_coro_list tasks;    /* coroutines spawned by its handler */
+  le_lconn *children;    /* outbound connections its coroutines opened */
+  le_lconn *parent;      /* for an outbound connection: whose child it is */
+  le_lconn *next_child, *prev_child; /* in parent->children */
+  int ud_ref;            /* registry ref of the conn userdata (accepted) */
+  struct le__conn_ud *ud; /* that userdata; for outbound ones, a weak link */
   uint64_t id;           /* unique in the process; conn.id */
   char peer_host[64];    /* peer address text ("" for an unnamed unix peer) */
   int peer_port;         /* peer port, -1 for unix sockets */
@@ -100,6 +106,14 @@ void le_lconn_open(lua_State *L);
  * id, peer_host, peer_port and opts. */
 void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
                    lua_State *L);
+
+/* Makes lc an outbound connection opened by the coroutine running L: it
+ * belongs to the same connection (same owner, closed when that one ends),
+ * and pushes its conn object, which the collector may close. */
+void le_lconn_adopt(le_lconn *lc, lua_State *L);
+
+/* Unlinks an outbound connection from its parent (call when freeing). */
+void le_lconn_orphan(le_lconn *lc);
 
 /* Runs the handler function on top of L (popped) as handler(conn) in a new
  * coroutine, up to its first wait. Returns 0, or -1 when Lua is out of
