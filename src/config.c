@@ -18,8 +18,10 @@ typedef struct loader {
 } loader;
 
 /* Keys besides the connection options (opts.h), which both levels take. */
-static const char *const top_keys[] = {"listen", "handler", "backlog",
-                                       "shutdown_timeout", "log_level", NULL};
+static const char *const top_keys[] = {"listen",    "handler",
+                                       "backlog",   "shutdown_timeout",
+                                       "log_level", "watch",
+                                       NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
                                             NULL};
 
@@ -330,6 +332,13 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
     r = get_seconds(ld, -1, "shutdown_timeout", &cfg->shutdown_timeout);
     lua_pop(L, 1);
   }
+  if (r == 0 && field(L, idx, "watch")) {
+    if (lua_type(L, -1) != LUA_TBOOLEAN)
+      r = wrong_type(ld, "watch", "boolean", -1);
+    else
+      cfg->watch = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   if (r == 0 && field(L, idx, "log_level")) {
     r = get_log_level(ld, -1, "log_level", &cfg->log_level);
     lua_pop(L, 1);
@@ -505,6 +514,7 @@ int le_config_init(le_config *cfg) {
   cfg->backlog = LE_DEFAULT_BACKLOG;
   cfg->shutdown_timeout = LE_DEFAULT_SHUTDOWN_TIMEOUT;
   cfg->log_level = LE_LOG_INFO;
+  cfg->watch = 1;
   le_opts_init(&cfg->opts);
   if (le_config_set_listen(cfg, &def, 1, err, sizeof err) != 0) return -1;
   cfg->listeners[0].builtin = 1;

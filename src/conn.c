@@ -36,6 +36,7 @@ static void on_closed(uv_handle_t *handle) {
   if (c->prev) c->prev->next = c->next; else ctx->head = c->next;
   if (c->next) c->next->prev = c->prev;
   le_lconn_release(&c->lc);
+  if (c->lc.script != NULL) le_script_unref(c->lc.script);
   ctx->count--;
   free(c);
   ctx->on_freed(ctx);
@@ -305,12 +306,11 @@ static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_handle_type type) {
 }
 
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_opts *opts) {
+                        const le_opts *opts, le_script *script) {
   le_conn *c = calloc(1, sizeof *c);
   int r = c ? init_handles(ctx, c, server->type) : UV_ENOMEM;
   if (r < 0) {
     free(c);
-    lua_pop(ctx->L, 1);
     le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
             uv_strerror(r));
     return NULL;
@@ -319,14 +319,16 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
   le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
   c->lc.id = ++ctx->next_id;
   c->lc.opts = *opts;
+  c->lc.script = script;
+  c->lc.version = script->version;
+  le_script_ref(script);
   r = uv_accept(server, &c->sock.stream);
   if (r == 0) {
     io_apply_sockopts(&c->lc);
     set_peer(c);
+    le_script_push(script, ctx->L);
     if (le_lconn_start(&c->lc) == 0) return c;
     r = UV_ENOMEM;
-  } else {
-    lua_pop(ctx->L, 1);
   }
   le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
           uv_strerror(r));

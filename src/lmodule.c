@@ -405,11 +405,42 @@ static int l_connect(lua_State *L) {
   return le_coro_yield(L);
 }
 
+/* ---- versions ---- */
+
+/* Returns the accepted connection the calling coroutine works for. */
+static le_lconn *owner_conn(lua_State *L, const char *fn) {
+  le_lconn *lc = current(L, fn)->owner;
+  if (lc == NULL || lc->script == NULL)
+    luaL_error(L, "luaecho.%s: this coroutine has no handler", fn);
+  return lc;
+}
+
+/* luaecho.latest() -> the newest version of the connection's handler
+ * function, and its version number. `return luaecho.latest()(conn, state)`
+ * moves a live connection to new code with its state, as Erlang's
+ * ?MODULE:loop(State) does. */
+static int l_latest(lua_State *L) {
+  le_lconn *lc = owner_conn(L, "latest");
+  le_script_push(lc->script, L);
+  lua_pushinteger(L, (lua_Integer)lc->script->version);
+  return 2;
+}
+
+/* luaecho.version() -> the handler version this connection started with,
+ * and the newest one. */
+static int l_version(lua_State *L) {
+  le_lconn *lc = owner_conn(L, "version");
+  lua_pushinteger(L, (lua_Integer)lc->version);
+  lua_pushinteger(L, (lua_Integer)lc->script->version);
+  return 2;
+}
+
 /* ---- the module ---- */
 
 static const luaL_Reg module_fns[] = {
     {"connect", l_connect}, {"spawn", l_spawn}, {"sleep", l_sleep},
-    {"now", l_now},         {"log", l_log},     {NULL, NULL}};
+    {"now", l_now},         {"log", l_log},     {"latest", l_latest},
+    {"version", l_version}, {NULL, NULL}};
 
 static int open_module(lua_State *L) {
   luaL_newlibtable(L, module_fns);

@@ -131,15 +131,25 @@ static int configure(const options *o, le_config *cfg, char *err,
   return 0;
 }
 
-static int serve(const le_config *cfg) {
+/* le_config_loader for SIGHUP: the same file and options as at start. */
+static int reload_config(void *arg, le_config *cfg, char *err,
+                         size_t errlen) {
+  return configure(arg, cfg, err, errlen);
+}
+
+/* Runs the server on cfg, which it takes over. */
+static int serve(le_config *cfg, options *o) {
   char err[1024];
   le_server server;
   int status = EXIT_CONFIG;
   if (le_server_init(&server, cfg, err, sizeof err) == 0 &&
-      le_server_listen(&server, err, sizeof err) == 0)
+      le_server_listen(&server, err, sizeof err) == 0) {
+    server.reload_config = reload_config;
+    server.reload_arg = o;
     status = le_server_run(&server);
-  else
+  } else {
     fprintf(stderr, "luaecho: %s\n", err);
+  }
   le_server_free(&server);
   return status;
 }
@@ -155,18 +165,20 @@ int main(int argc, char **argv) {
   /* A peer that goes away while we write must cost one connection, never
    * the process: write errors come back as EPIPE instead. */
   signal(SIGPIPE, SIG_IGN);
-  le_config cfg;
+  le_config *cfg = calloc(1, sizeof *cfg);
   char err[1024];
-  if (configure(&o, &cfg, err, sizeof err) != 0) {
-    fprintf(stderr, "luaecho: %s\n", err);
+  if (cfg == NULL || configure(&o, cfg, err, sizeof err) != 0) {
+    fprintf(stderr, "luaecho: %s\n", cfg ? err : "out of memory");
     status = EXIT_CONFIG;
   } else if (o.check) {
-    status = le_server_check(&cfg, stdout, err, sizeof err) == 0 ? 0 : EXIT_CONFIG;
+    status = le_server_check(cfg, stdout, err, sizeof err) == 0 ? 0 : EXIT_CONFIG;
     if (status != 0) fprintf(stderr, "luaecho: %s\n", err);
   } else {
-    status = serve(&cfg);
+    status = serve(cfg, &o);
+    cfg = NULL; /* the server freed it */
   }
-  le_config_free(&cfg);
+  if (cfg != NULL) le_config_free(cfg);
+  free(cfg);
   free(o.listen);
   return status;
 }

@@ -13,18 +13,23 @@ const char *le_script_name(const char *path) {
   return path ? path : LE_BUILTIN_HANDLER_NAME;
 }
 
-/* Lets a handler `require` modules that sit next to it: its directory goes
- * in front of package.path, once. */
-static void add_module_dir(lua_State *L, const char *path) {
+/* Pushes the package.path fragment for modules next to `path`. */
+static void push_module_path(lua_State *L, const char *path) {
   const char *slash = strrchr(path, '/');
   if (slash == NULL) {
     lua_pushliteral(L, "./?.lua;./?/init.lua;");
-  } else {
-    lua_pushlstring(L, path, (size_t)(slash - path));
-    const char *dir = lua_tostring(L, -1);
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-    lua_remove(L, -2);
+    return;
   }
+  lua_pushlstring(L, path, (size_t)(slash - path));
+  const char *dir = lua_tostring(L, -1);
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+  lua_remove(L, -2);
+}
+
+/* Lets a handler `require` modules that sit next to it: its directory goes
+ * in front of package.path, once. */
+static void add_module_dir(lua_State *L, const char *path) {
+  push_module_path(L, path);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "path");
   const char *prefix = lua_tostring(L, -3);
@@ -34,6 +39,33 @@ static void add_module_dir(lua_State *L, const char *path) {
     lua_setfield(L, -3, "path");
   }
   lua_pop(L, 3);
+}
+
+/* Forgets the loaded modules that come from the handler's directory, so the
+ * next require loads them afresh for the new version. Versions already
+ * running keep the module tables they hold. */
+static void forget_local_modules(lua_State *L, const char *path) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_getfield(L, -2, "searchpath");
+  push_module_path(L, path);
+  /* stack: package loaded searchpath modpath */
+  lua_pushnil(L);
+  while (lua_next(L, -4) != 0) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) continue;
+    lua_pushvalue(L, -3); /* searchpath */
+    lua_pushvalue(L, -2); /* the module name */
+    lua_pushvalue(L, -4); /* modpath */
+    int found = lua_pcall(L, 2, 1, 0) == LUA_OK && lua_isstring(L, -1);
+    lua_pop(L, 1);
+    if (found) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, -6); /* clearing a field during traversal is allowed */
+    }
+  }
+  lua_pop(L, 4);
 }
 
 static int load_chunk(lua_State *L, const char *path) {
@@ -65,25 +97,36 @@ int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
   return 0;
 }
 
-int le_script_open(le_script *s, lua_State *L, const char *path, char *err,
-                   size_t errlen) {
-  memset(s, 0, sizeof *s);
-  s->fn_ref = LUA_NOREF;
-  if (path != NULL) {
-    s->path = malloc(strlen(path) + 1);
-    if (s->path == NULL) {
-      snprintf(err, errlen, "%s: out of memory", path);
-      return -1;
-    }
-    strcpy(s->path, path);
+le_script *le_script_new(lua_State *L, const char *path, char *err,
+                         size_t errlen) {
+  le_script *s = calloc(1, sizeof *s);
+  if (s != NULL && path != NULL) s->path = malloc(strlen(path) + 1);
+  if (s == NULL || (path != NULL && s->path == NULL)) {
+    if (s) free(s);
+    snprintf(err, errlen, "%s: out of memory", le_script_name(path));
+    return NULL;
   }
+  if (path != NULL) strcpy(s->path, path);
+  s->L = L;
   if (le_script_load(L, path, err, errlen) != 0) {
     free(s->path);
-    s->path = NULL;
-    return -1;
+    free(s);
+    return NULL;
   }
   s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   s->version = 1;
+  s->refs = 1;
+  return s;
+}
+
+int le_script_reload(le_script *s, char *err, size_t errlen) {
+  if (s->path != NULL) forget_local_modules(s->L, s->path);
+  if (le_script_load(s->L, s->path, err, errlen) != 0) return -1;
+  /* The old version's function is only unreferenced here: coroutines
+   * still running it keep it alive until they end. */
+  luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
+  s->fn_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+  s->version++;
   return 0;
 }
 
@@ -91,9 +134,11 @@ void le_script_push(const le_script *s, lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
 }
 
-void le_script_close(le_script *s, lua_State *L) {
-  luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
+void le_script_ref(le_script *s) { s->refs++; }
+
+void le_script_unref(le_script *s) {
+  if (--s->refs > 0) return;
+  luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
   free(s->path);
-  memset(s, 0, sizeof *s);
-  s->fn_ref = LUA_NOREF;
+  free(s);
 }

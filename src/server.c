@@ -1,11 +1,10 @@
-/* Listeners, signals and shutdown: see include/luaecho/server.h.
+/* Listeners, handler scripts, signals, reloads and shutdown: see
+ * include/luaecho/server.h.
  *
  * The path of a new connection starts in on_connection: the listener's
- * handler function is pushed and le_conn_accept takes over.
+ * handler script goes to le_conn_accept, which takes over.
  */
 #include "luaecho/server.h"
-
-#include "luaecho/lmodule.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -19,11 +18,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "luaecho/lmodule.h"
+
 static le_server *server_of_conns(le_conn_ctx *ctx) {
   return (le_server *)((char *)ctx - offsetof(le_server, conns));
 }
 
-/* ---- Lua state and handlers ---- */
+/* ---- Lua state ---- */
 
 static lua_State *new_lua_state(void) {
   lua_State *L = luaL_newstate();
@@ -46,34 +47,123 @@ static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
   return 0;
 }
 
-/* Returns the script for `path` (NULL: built-in), loading it the first time
- * a listener names it, or NULL with err set. */
-static le_script *script_for(le_server *s, const char *path, char *err,
-                             size_t errlen) {
-  for (size_t i = 0; i < s->nscripts; i++) {
-    const char *p = s->scripts[i].path;
-    if ((p == NULL && path == NULL) || (p && path && strcmp(p, path) == 0))
-      return &s->scripts[i];
-  }
-  le_script *sc = &s->scripts[s->nscripts];
-  if (le_script_open(sc, s->L, path, err, errlen) != 0) return NULL;
-  s->nscripts++;
+/* ---- handler scripts ---- */
+
+static int same_path(const char *a, const char *b) {
+  return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+static le_script *find_script(le_server *s, const char *path) {
+  for (le_script *sc = s->scripts; sc != NULL; sc = sc->next)
+    if (same_path(sc->path, path)) return sc;
+  return NULL;
+}
+
+/* Makes sure the handler at path is on the server's list (which holds one
+ * reference to each script) and returns it, or NULL with err set. */
+static le_script *load_script(le_server *s, const char *path, char *err,
+                              size_t errlen) {
+  le_script *sc = find_script(s, path);
+  if (sc != NULL) return sc;
+  sc = le_script_new(s->L, path, err, errlen);
+  if (sc == NULL) return NULL;
+  sc->next = s->scripts;
+  s->scripts = sc;
   return sc;
 }
 
 static int load_handlers(le_server *s, char *err, size_t errlen) {
-  s->scripts = calloc(s->cfg->nlisteners, sizeof *s->scripts);
-  if (s->scripts == NULL) {
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < s->nlisteners; i++) {
-    le_listener *l = &s->listeners[i];
-    l->script = script_for(s, le_config_listener_handler(s->cfg, l->conf),
-                           err, errlen);
-    if (l->script == NULL) return -1;
+  for (size_t i = 0; i < s->cfg->nlisteners; i++) {
+    const char *path =
+        le_config_listener_handler(s->cfg, &s->cfg->listeners[i]);
+    if (load_script(s, path, err, errlen) == NULL) return -1;
   }
   return 0;
+}
+
+/* Loads a new version of one handler; logs the outcome either way. */
+static void reload_script(le_server *s, le_script *sc) {
+  char err[1024];
+  if (le_script_reload(sc, err, sizeof err) == 0)
+    le_logf(&s->log, LE_LOG_INFO, "reloaded %s (version %u)",
+            le_script_name(sc->path), sc->version);
+  else
+    le_logf(&s->log, LE_LOG_ERROR,
+            "reload of %s failed: %s; version %u keeps serving",
+            le_script_name(sc->path), err, sc->version);
+}
+
+/* Drops the scripts no listener uses from the list; connections still
+ * running them keep their own references. */
+static void prune_scripts(le_server *s) {
+  for (le_script **p = &s->scripts; *p != NULL;) {
+    le_script *sc = *p;
+    int used = 0;
+    for (le_listener *l = s->listeners; l != NULL && !used; l = l->next)
+      used = l->script == sc;
+    if (used) {
+      p = &sc->next;
+      continue;
+    }
+    *p = sc->next;
+    le_script_unref(sc);
+  }
+}
+
+/* ---- watching handler directories ---- */
+
+/* Returns a malloc'd copy of the directory part of path ("." for none). */
+static char *dir_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  size_t n = slash == NULL ? 1 : slash == path ? 1 : (size_t)(slash - path);
+  char *dir = malloc(n + 1);
+  if (dir == NULL) return NULL;
+  memcpy(dir, slash == NULL ? "." : path, n);
+  dir[n] = '\0';
+  return dir;
+}
+
+/* A .lua file changed in a watched directory: every handler there loads a
+ * new version (a module it requires may be the file that changed). */
+static void on_dir_change(le_watch *w) {
+  le_server *s = w->data;
+  for (le_script *sc = s->scripts; sc != NULL; sc = sc->next) {
+    if (sc->path == NULL) continue;
+    char *dir = dir_of(sc->path);
+    if (dir != NULL && strcmp(dir, w->dir) == 0) reload_script(s, sc);
+    free(dir);
+  }
+}
+
+static void stop_watches(le_server *s) {
+  while (s->watches != NULL) {
+    le_watch *w = s->watches;
+    s->watches = w->next;
+    le_watch_close(w);
+  }
+}
+
+/* Watches the directory of every handler file, once per directory. */
+static void start_watches(le_server *s) {
+  stop_watches(s);
+  if (!s->cfg->watch) return;
+  for (le_script *sc = s->scripts; sc != NULL; sc = sc->next) {
+    char *dir = sc->path ? dir_of(sc->path) : NULL;
+    int seen = dir == NULL;
+    for (le_watch *w = s->watches; w != NULL && !seen; w = w->next)
+      seen = strcmp(w->dir, dir) == 0;
+    int err = 0;
+    le_watch *w = seen ? NULL : le_watch_start(&s->loop, dir, on_dir_change,
+                                               s, &err);
+    if (w != NULL) {
+      w->next = s->watches;
+      s->watches = w;
+    } else if (!seen) {
+      le_logf(&s->log, LE_LOG_WARN, "cannot watch %s for changes: %s", dir,
+              uv_strerror(err));
+    }
+    free(dir);
+  }
 }
 
 /* ---- listeners ---- */
@@ -88,8 +178,7 @@ static void on_connection(uv_stream_t *stream, int status) {
             uv_strerror(status));
     return;
   }
-  le_script_push(l->script, s->L);
-  le_conn_accept(&s->conns, stream, &l->conf->opts);
+  le_conn_accept(&s->conns, stream, &l->conf->opts, l->script);
 }
 
 /* Resolves a TCP listen address: numeric forms directly, names through the
@@ -187,27 +276,165 @@ fail:
   return -1;
 }
 
+static void free_listener(uv_handle_t *h) { free(h->data); }
+
+/* Closes a listener; its memory goes in the close callback. Connections it
+ * accepted are not affected. */
+static void close_listener(le_listener *l) {
+  if (l->unlink_path) unlink(l->conf->addr.path);
+  l->unlink_path = 0;
+  le_script_unref(l->script);
+  if (l->open)
+    uv_close(&l->sock.handle, free_listener);
+  else
+    free(l);
+}
+
+/* Binds a listener for conf running script. Returns it (not yet on the
+ * list), or NULL with a message in err. */
+static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
+                                  le_script *script, char *err,
+                                  size_t errlen) {
+  le_listener *l = calloc(1, sizeof *l);
+  if (l == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  l->server = s;
+  l->conf = conf;
+  l->script = script;
+  le_script_ref(script);
+  l->sock.handle.data = l;
+  char why[300];
+  int r = conf->addr.kind == LE_ADDR_UNIX ? listen_unix(l, why, sizeof why)
+                                          : listen_tcp(l, why, sizeof why);
+  l->sock.handle.data = l;
+  if (r != 0) {
+    snprintf(err, errlen, "cannot listen on %s: %s", conf->address, why);
+    close_listener(l);
+    return NULL;
+  }
+  return l;
+}
+
+static le_script *script_for(le_server *s, const le_config *cfg,
+                             const le_listener_conf *conf) {
+  return find_script(s, le_config_listener_handler(cfg, conf));
+}
+
 int le_server_listen(le_server *s, char *err, size_t errlen) {
-  for (size_t i = 0; i < s->nlisteners; i++) {
-    le_listener *l = &s->listeners[i];
-    char why[300];
-    int r = l->conf->addr.kind == LE_ADDR_UNIX
-                ? listen_unix(l, why, sizeof why)
-                : listen_tcp(l, why, sizeof why);
-    if (r != 0) {
-      snprintf(err, errlen, "cannot listen on %s: %s", l->conf->address, why);
-      return -1;
-    }
-    l->sock.handle.data = l;
+  le_listener **tail = &s->listeners;
+  for (size_t i = 0; i < s->cfg->nlisteners; i++) {
+    const le_listener_conf *conf = &s->cfg->listeners[i];
+    le_listener *l =
+        open_listener(s, conf, script_for(s, s->cfg, conf), err, errlen);
+    if (l == NULL) return -1;
+    *tail = l;
+    tail = &l->next;
     le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
   }
+  start_watches(s);
   return 0;
 }
 
-static void close_listener(le_listener *l) {
-  if (!l->open || uv_is_closing(&l->sock.handle)) return;
-  uv_close(&l->sock.handle, NULL);
-  if (l->unlink_path) unlink(l->conf->addr.path);
+static void close_listeners(le_server *s) {
+  while (s->listeners != NULL) {
+    le_listener *l = s->listeners;
+    s->listeners = l->next;
+    close_listener(l);
+  }
+}
+
+/* ---- reloading the configuration ---- */
+
+static le_listener *find_listener(le_server *s, const char *address) {
+  for (le_listener *l = s->listeners; l != NULL; l = l->next)
+    if (!l->keep && strcmp(l->conf->address, address) == 0) return l;
+  return NULL;
+}
+
+/* Switches to cfg: listeners that stay keep their sockets and take the new
+ * settings, new ones are opened, removed ones closed (their connections
+ * finish normally). All or nothing: if a handler fails to load or a new
+ * address cannot be bound, nothing changes. Takes cfg on success. */
+static int apply_config(le_server *s, le_config *cfg, char *err,
+                        size_t errlen) {
+  size_t n = cfg->nlisteners;
+  le_listener **same = calloc(n, sizeof *same), **fresh = calloc(n, sizeof *fresh);
+  int r = same && fresh ? 0 : -1;
+  if (r != 0) snprintf(err, errlen, "out of memory");
+  for (size_t i = 0; r == 0 && i < n; i++)
+    if (load_script(s, le_config_listener_handler(cfg, &cfg->listeners[i]),
+                    err, errlen) == NULL)
+      r = -1;
+  for (size_t i = 0; r == 0 && i < n; i++) {
+    const le_listener_conf *conf = &cfg->listeners[i];
+    same[i] = find_listener(s, conf->address);
+    if (same[i] != NULL)
+      same[i]->keep = 1;
+    else if ((fresh[i] = open_listener(s, conf, script_for(s, cfg, conf), err,
+                                       errlen)) == NULL)
+      r = -1;
+  }
+  for (le_listener **p = &s->listeners; *p != NULL;) {
+    le_listener *l = *p;
+    if (r != 0 || l->keep) {
+      l->keep = 0;
+      p = &l->next;
+      continue;
+    }
+    *p = l->next;
+    le_logf(&s->log, LE_LOG_INFO, "stopped listening on %s", l->bound);
+    close_listener(l);
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (r != 0) {
+      if (fresh && fresh[i]) close_listener(fresh[i]);
+      continue;
+    }
+    le_listener *l = same[i] ? same[i] : fresh[i];
+    le_script *script = script_for(s, cfg, &cfg->listeners[i]);
+    le_script_ref(script);
+    le_script_unref(l->script);
+    l->script = script;
+    l->conf = &cfg->listeners[i];
+    if (fresh[i] != NULL) {
+      l->next = s->listeners;
+      s->listeners = l;
+      le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
+    }
+  }
+  free(same);
+  free(fresh);
+  prune_scripts(s);
+  return r;
+}
+
+int le_server_reload(le_server *s) {
+  for (le_script *sc = s->scripts; sc != NULL; sc = sc->next)
+    if (sc->path != NULL) reload_script(s, sc);
+  if (s->reload_config == NULL) return 0;
+  char err[1024];
+  le_config *cfg = calloc(1, sizeof *cfg);
+  int r = cfg ? s->reload_config(s->reload_arg, cfg, err, sizeof err) : -1;
+  if (cfg == NULL) snprintf(err, sizeof err, "out of memory");
+  if (r == 0) r = apply_config(s, cfg, err, sizeof err);
+  if (r != 0) {
+    le_logf(&s->log, LE_LOG_ERROR,
+            "config reload failed: %s; keeping the running configuration",
+            err);
+    if (cfg) le_config_free(cfg);
+    free(cfg);
+    return -1;
+  }
+  le_config_free(s->cfg);
+  free(s->cfg);
+  s->cfg = cfg;
+  s->log.level = cfg->log_level;
+  start_watches(s);
+  le_logf(&s->log, LE_LOG_INFO, "config reloaded%s%s",
+          cfg->path ? " from " : "", cfg->path ? cfg->path : "");
+  return 0;
 }
 
 /* ---- shutdown ---- */
@@ -221,6 +448,7 @@ static void finish(le_server *s) {
   if (s->signals_open) {
     close_if_open((uv_handle_t *)&s->sigint);
     close_if_open((uv_handle_t *)&s->sigterm);
+    close_if_open((uv_handle_t *)&s->sighup);
   }
   close_if_open((uv_handle_t *)&s->drain_timer);
 }
@@ -252,7 +480,8 @@ void le_server_stop(le_server *s, const char *why) {
     return;
   }
   s->stopping = 1;
-  for (size_t i = 0; i < s->nlisteners; i++) close_listener(&s->listeners[i]);
+  close_listeners(s);
+  stop_watches(s);
   le_logf(&s->log, LE_LOG_INFO,
           "shutting down on %s: %zu connections to drain (up to %gs)", why,
           s->conns.count, s->cfg->shutdown_timeout);
@@ -265,16 +494,24 @@ void le_server_stop(le_server *s, const char *why) {
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
-  le_server_stop(h->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+  le_server *s = h->data;
+  if (signum == SIGHUP) {
+    le_logf(&s->log, LE_LOG_INFO, "reloading on SIGHUP");
+    if (!s->stopping) le_server_reload(s);
+    return;
+  }
+  le_server_stop(s, signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 static int start_signals(le_server *s) {
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
-  s->sigint.data = s->sigterm.data = s;
+  uv_signal_init(&s->loop, &s->sighup);
+  s->sigint.data = s->sigterm.data = s->sighup.data = s;
   s->signals_open = 1;
   int r = uv_signal_start(&s->sigint, on_signal, SIGINT);
   if (r == 0) r = uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  if (r == 0) r = uv_signal_start(&s->sighup, on_signal, SIGHUP);
   return r;
 }
 
@@ -286,8 +523,7 @@ int le_server_run(le_server *s) {
 
 /* ---- set-up and tear-down ---- */
 
-int le_server_init(le_server *s, const le_config *cfg, char *err,
-                   size_t errlen) {
+int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   int r;
   memset(s, 0, sizeof *s);
   s->cfg = cfg;
@@ -300,9 +536,7 @@ int le_server_init(le_server *s, const le_config *cfg, char *err,
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
-  s->listeners = calloc(cfg->nlisteners, sizeof *s->listeners);
-  if (s->listeners == NULL ||
-      open_lua(&s->loop, &s->conns, &s->log, &s->L) != 0) {
+  if (open_lua(&s->loop, &s->conns, &s->log, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -314,34 +548,29 @@ int le_server_init(le_server *s, const le_config *cfg, char *err,
     snprintf(err, errlen, "cannot handle signals: %s", uv_strerror(r));
     return -1;
   }
-  s->nlisteners = cfg->nlisteners;
-  for (size_t i = 0; i < s->nlisteners; i++) {
-    le_listener *l = &s->listeners[i];
-    l->server = s;
-    l->conf = &cfg->listeners[i];
-  }
   return load_handlers(s, err, errlen);
 }
 
 void le_server_free(le_server *s) {
   if (s->loop_open) {
-    for (size_t i = 0; i < s->nlisteners; i++)
-      close_listener(&s->listeners[i]);
+    close_listeners(s);
+    stop_watches(s);
     abort_connections(s);
     finish(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
   }
   /* Lua goes last: write callbacks run by the loop above release strings
-   * that live in it. */
-  if (s->L != NULL) {
-    for (size_t i = 0; i < s->nscripts; i++)
-      le_script_close(&s->scripts[i], s->L);
-    lua_close(s->L);
+   * that live in it, and scripts release their functions. */
+  while (s->scripts != NULL) {
+    le_script *sc = s->scripts;
+    s->scripts = sc->next;
+    le_script_unref(sc);
   }
+  if (s->L != NULL) lua_close(s->L);
   le_conn_ctx_free(&s->conns);
-  free(s->scripts);
-  free(s->listeners);
+  if (s->cfg != NULL) le_config_free(s->cfg);
+  free(s->cfg);
   memset(s, 0, sizeof *s);
 }
 
@@ -353,19 +582,14 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
   le_conn_ctx ctx;
   le_log log;
   lua_State *L = NULL;
+  memset(&ctx, 0, sizeof ctx);
   le_log_init(&log, cfg->log_level, stderr);
   if (uv_loop_init(&loop) != 0) {
     snprintf(err, errlen, "cannot create the event loop");
     return -1;
   }
-  if (open_lua(&loop, &ctx, &log, &L) != 0) {
-    snprintf(err, errlen, "out of memory");
-    if (L) lua_close(L);
-    le_conn_ctx_free(&ctx);
-    uv_loop_close(&loop);
-    return -1;
-  }
-  int r = 0;
+  int r = open_lua(&loop, &ctx, &log, &L);
+  if (r != 0) snprintf(err, errlen, "out of memory");
   for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++) {
     const char *handler = le_config_listener_handler(cfg, &cfg->listeners[i]);
     r = le_script_load(L, handler, err, errlen);
@@ -374,7 +598,7 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
       fprintf(out, "would listen on %s with handler %s\n",
               cfg->listeners[i].address, le_script_name(handler));
   }
-  lua_close(L);
+  if (L != NULL) lua_close(L);
   le_conn_ctx_free(&ctx);
   uv_loop_close(&loop);
   return r;

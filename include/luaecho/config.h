@@ -38,6 +38,7 @@ typedef struct le_config {
   le_opts opts;                 /* default connection options */
   double shutdown_timeout;      /* seconds connections may drain at shutdown */
   le_log_level log_level;
+  int watch;                    /* reload handlers when their files change */
 } le_config;
 
 /* Fills cfg with the built-in defaults. Returns 0, or -1 when out of memory. */

@@ -67,11 +67,12 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
                      const le_log *log);
 void le_conn_ctx_free(le_conn_ctx *ctx);
 
-/* Accepts a pending connection from `server` (a TCP or pipe listener),
- * starts `handler` (the function on top of ctx->L, popped) for it with
- * `opts`, and returns the connection, or NULL after logging why. */
+/* Accepts a pending connection from `server` (a TCP or pipe listener) and
+ * runs the newest version of `script` for it with `opts`. Returns the
+ * connection, or NULL after logging why. The connection holds a reference
+ * to the script until it is freed. */
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_opts *opts);
+                        const le_opts *opts, le_script *script);
 
 /* Reports the end of an outbound connect: status 0 (then the caller adopts
  * c->lc with le_lconn_adopt) or a libuv error (then c is already closing). */

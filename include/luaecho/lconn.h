@@ -30,6 +30,7 @@
 #include "luaecho/coro.h"
 #include "luaecho/log.h"
 #include "luaecho/opts.h"
+#include "luaecho/script.h"
 
 #define LE_LCONN_METATABLE "luaecho.conn"
 
@@ -73,6 +74,8 @@ struct le_lconn {
   lua_State *L;          /* main state */
   le_coro coro;          /* the handler coroutine (unused when outbound) */
   void *owner;           /* tag of the coroutines that may wait on it */
+  le_script *script;     /* the handler it runs (accepted connections) */
+  unsigned version;      /* the handler version it started with */
   le_coro_list tasks;    /* coroutines spawned by its handler */
   le_lconn *children;    /* outbound connections its coroutines opened */
   le_lconn *parent;      /* for an outbound connection: whose child it is */

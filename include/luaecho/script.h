@@ -1,8 +1,13 @@
-/* Handler scripts: load a handler file (or the built-in echo handler) into
- * a Lua state and check that it returns a function.
+/* Handler scripts: load a handler file (or the built-in echo handler),
+ * check that it returns a function, and keep versions of it.
  *
  * A handler file is a Lua chunk that returns function(conn). Loading runs the
  * chunk once; the function it returns is what every new connection runs.
+ * Reloading loads a new version beside the old one, the way Erlang keeps two
+ * versions of a module: new connections get the newest function, open ones
+ * keep running the function they started with, and an old version is
+ * collected by Lua once no coroutine uses it any more. A version that fails
+ * to load is rejected and the previous one keeps serving.
  */
 #ifndef LUAECHO_SCRIPT_H
 #define LUAECHO_SCRIPT_H
@@ -14,11 +19,16 @@
 /* The name the built-in echo handler goes by in messages. */
 #define LE_BUILTIN_HANDLER_NAME "echo.lua (built-in)"
 
-typedef struct le_script {
-  char *path;     /* handler file, or NULL for the built-in echo handler */
-  int fn_ref;     /* registry ref of the handler function */
-  unsigned version; /* 1 for the first load */
-} le_script;
+typedef struct le_script le_script;
+
+struct le_script {
+  char *path;       /* handler file, or NULL for the built-in handler */
+  lua_State *L;     /* the state its versions live in */
+  int fn_ref;       /* registry ref of the newest version's function */
+  unsigned version; /* 1 for the first load, +1 for each good reload */
+  int refs;         /* users: listeners and connections */
+  le_script *next;  /* in the owner's list */
+};
 
 /* Loads the handler at `path` (NULL: built-in echo) into L and pushes the
  * function it returns. Returns 0, or -1 with the message in err: Lua's own
@@ -27,16 +37,22 @@ typedef struct le_script {
  * "h.lua: handler must return a function, got nil" for a wrong result. */
 int le_script_load(lua_State *L, const char *path, char *err, size_t errlen);
 
-/* Loads the handler into s, keeping its function in the registry of L.
- * Returns 0 or -1 with err set as for le_script_load. */
-int le_script_open(le_script *s, lua_State *L, const char *path, char *err,
-                   size_t errlen);
+/* Loads version 1 of a handler into a new script with one reference.
+ * Returns it, or NULL with err set as for le_script_load. */
+le_script *le_script_new(lua_State *L, const char *path, char *err,
+                         size_t errlen);
 
-/* Pushes the handler function of s. */
+/* Loads a new version: modules the handler required from its own directory
+ * are loaded afresh too. Returns 0 (version is now one higher), or -1 with
+ * err set; the newest good version stays in force either way. */
+int le_script_reload(le_script *s, char *err, size_t errlen);
+
+/* Pushes the newest version's function. */
 void le_script_push(const le_script *s, lua_State *L);
 
-/* Releases what s holds in L. */
-void le_script_close(le_script *s, lua_State *L);
+/* Adds and drops a reference; the script is freed with its last one. */
+void le_script_ref(le_script *s);
+void le_script_unref(le_script *s);
 
 /* Returns the name of the handler for messages. */
 const char *le_script_name(const char *path);

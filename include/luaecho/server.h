@@ -1,12 +1,18 @@
-/* The server: one libuv loop, one Lua state, the listeners and the signal
- * handling around them. Everything mutable lives in le_server; there is no
- * process-wide state, so later several servers (one per worker thread) can
- * run side by side.
+/* The server: one libuv loop, one Lua state, the listeners, the handler
+ * scripts and their directory watches, and the signal handling around them.
+ * Everything mutable lives in le_server; there is no process-wide state, so
+ * later several servers (one per worker thread) can run side by side.
  *
  * Start-up: le_server_init loads every handler, le_server_listen binds every
  * listener and logs "listening on ADDR" for each, le_server_run serves until
  * SIGINT or SIGTERM. Shutdown closes the listeners, lets open connections
  * finish for up to shutdown_timeout seconds, closes the rest, and returns.
+ *
+ * Hot swap: a saved handler file (or a module next to it) is loaded as a
+ * new version for new connections while open ones finish on theirs; SIGHUP
+ * reloads the handlers and the configuration (listeners added and removed,
+ * options for new connections). A version or configuration that fails to
+ * load is rejected with a log line and the running one stays in force.
  */
 #ifndef LUAECHO_SERVER_H
 #define LUAECHO_SERVER_H
@@ -18,9 +24,15 @@
 #include "luaecho/conn.h"
 #include "luaecho/log.h"
 #include "luaecho/script.h"
+#include "luaecho/watch.h"
 
 typedef struct le_server le_server;
 typedef struct le_listener le_listener;
+
+/* Builds a fresh configuration for a reload (main knows the config file
+ * and the command-line overrides). Returns 0 or -1 with err set. */
+typedef int (*le_config_loader)(void *arg, le_config *cfg, char *err,
+                                size_t errlen);
 
 struct le_listener {
   union {
@@ -30,11 +42,13 @@ struct le_listener {
     uv_pipe_t pipe;
   } sock;                        /* the listening socket; owned here */
   le_server *server;
-  const le_listener_conf *conf;
+  const le_listener_conf *conf;  /* in the configuration in force */
   le_script *script;             /* the handler its connections run */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
   unsigned open : 1;             /* the handle was initialized */
   unsigned unlink_path : 1;      /* a unix socket file we created */
+  unsigned keep : 1;             /* scratch flag while applying a reload */
+  le_listener *next;             /* in the server's list */
 };
 
 struct le_server {
@@ -42,26 +56,28 @@ struct le_server {
   lua_State *L;                  /* handlers and their coroutines live here */
   le_log log;
   le_conn_ctx conns;             /* every connection of this loop */
-  const le_config *cfg;
+  le_config *cfg;                /* the configuration in force; owned */
+  le_config_loader reload_config; /* for SIGHUP; may be NULL */
+  void *reload_arg;
   le_listener *listeners;
-  size_t nlisteners;
   le_script *scripts;            /* one per distinct handler file */
-  size_t nscripts;
-  uv_signal_t sigint, sigterm;
+  le_watch *watches;             /* one per handler directory */
+  uv_signal_t sigint, sigterm, sighup;
   uv_timer_t drain_timer;        /* bounds the shutdown drain */
   unsigned loop_open : 1;
   unsigned signals_open : 1;
   unsigned stopping : 1;         /* shutdown has begun */
 };
 
-/* Creates the loop and the Lua state and loads every handler of cfg, which
- * must outlive the server. Returns 0, or -1 with the message in err. */
-int le_server_init(le_server *s, const le_config *cfg, char *err,
-                   size_t errlen);
+/* Creates the loop and the Lua state and loads every handler of cfg; the
+ * server owns cfg from here on (even on failure). Returns 0, or -1 with the
+ * message in err. */
+int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen);
 
 /* Binds and listens on every listener, logging "listening on ADDR" with
- * the address actually bound. Returns 0, or -1 with a message such as
- * "cannot listen on 127.0.0.1:7000: address already in use". */
+ * the address actually bound, and starts watching handler directories
+ * unless the configuration says watch = false. Returns 0, or -1 with a
+ * message such as "cannot listen on 127.0.0.1:7000: address already in use". */
 int le_server_listen(le_server *s, char *err, size_t errlen);
 
 /* Serves until a shutdown completes. Returns the process exit status. */
@@ -70,6 +86,11 @@ int le_server_run(le_server *s);
 /* Begins an orderly shutdown, as SIGTERM does; a second call closes every
  * connection at once. `why` names the cause in the log. */
 void le_server_stop(le_server *s, const char *why);
+
+/* Reloads every handler and, when reload_config is set, the configuration,
+ * as SIGHUP does. Returns 0, or -1 when the new configuration was rejected
+ * (the reason is logged). */
+int le_server_reload(le_server *s);
 
 /* Closes whatever is still open and releases everything. */
 void le_server_free(le_server *s);
