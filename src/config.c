@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +33,21 @@ static char *dup_string(const char *s) {
   return copy;
 }
 
-static int fail(loader *ld, const char *fmt, const char *key,
-                const char *detail) {
-  char msg[512];
-  snprintf(msg, sizeof msg, fmt, key, detail);
-  snprintf(ld->err, ld->errlen, "%s: %s", ld->name, msg);
+/* Writes "<file>: <formatted message>" into the loader's error buffer and
+ * returns -1. Messages longer than the buffer are cut, never overrun. */
+static int fail(loader *ld, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static int fail(loader *ld, const char *fmt, ...) {
+  va_list ap;
+  int n = snprintf(ld->err, ld->errlen, "%s: ", ld->name);
+  if (n < 0 || (size_t)n >= ld->errlen) return -1;
+  va_start(ap, fmt);
+  vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+  va_end(ap);
   return -1;
 }
 
@@ -45,18 +56,10 @@ static int out_of_memory(loader *ld) {
   return -1;
 }
 
-/* The type name used in messages: Lua's, except that integers and other
- * numbers are told apart where it matters. */
-static const char *value_type(lua_State *L, int idx) {
-  return luaL_typename(L, idx);
-}
-
 static int wrong_type(loader *ld, const char *key, const char *expected,
                       int idx) {
-  char detail[128];
-  snprintf(detail, sizeof detail, "%s, got %s", expected,
-           value_type(ld->L, idx));
-  return fail(ld, "key '%s': expected %s", key, detail);
+  return fail(ld, "key '%s': expected %s, got %s", key, expected,
+              luaL_typename(ld->L, idx));
 }
 
 /* Reads the integer at idx into *out, within [min, max]. */
@@ -73,12 +76,9 @@ static int get_integer(loader *ld, int idx, const char *key, long min,
   } else {
     return wrong_type(ld, key, "integer", idx);
   }
-  if (v < min || v > max) {
-    char detail[128];
-    snprintf(detail, sizeof detail, "integer in %ld..%ld, got %lld", min, max,
-             (long long)v);
-    return fail(ld, "key '%s': expected %s", key, detail);
-  }
+  if (v < min || v > max)
+    return fail(ld, "key '%s': expected integer in %ld..%ld, got %lld", key,
+                min, max, (long long)v);
   *out = (int)v;
   return 0;
 }
@@ -87,12 +87,9 @@ static int get_seconds(loader *ld, int idx, const char *key, double *out) {
   if (lua_type(ld->L, idx) != LUA_TNUMBER)
     return wrong_type(ld, key, "number of seconds", idx);
   double v = (double)lua_tonumber(ld->L, idx);
-  if (!(v >= 0) || isinf(v)) {
-    char detail[128];
-    snprintf(detail, sizeof detail, "a finite number of seconds >= 0, got %g",
-             v);
-    return fail(ld, "key '%s': expected %s", key, detail);
-  }
+  if (!(v >= 0) || isinf(v))
+    return fail(ld, "key '%s': expected a finite number of seconds >= 0, got %g",
+                key, v);
   *out = v;
   return 0;
 }
@@ -116,7 +113,7 @@ static int get_path(loader *ld, int idx, const char *key, char **out) {
   if (lua_type(ld->L, idx) != LUA_TSTRING)
     return wrong_type(ld, key, "string (a file path)", idx);
   const char *s = lua_tostring(ld->L, idx);
-  if (*s == '\0') return fail(ld, "key '%s': %s", key, "the path is empty");
+  if (*s == '\0') return fail(ld, "key '%s': the path is empty", key);
   char *path = resolve_path(ld, s);
   if (path == NULL) return -1;
   free(*out);
@@ -129,12 +126,9 @@ static int get_log_level(loader *ld, int idx, const char *key,
   const char *expected = "one of \"debug\", \"info\", \"warn\", \"error\"";
   if (lua_type(ld->L, idx) != LUA_TSTRING)
     return wrong_type(ld, key, expected, idx);
-  if (le_log_level_parse(lua_tostring(ld->L, idx), out) != 0) {
-    char detail[160];
-    snprintf(detail, sizeof detail, "%s, got \"%s\"", expected,
-             lua_tostring(ld->L, idx));
-    return fail(ld, "key '%s': expected %s", key, detail);
-  }
+  if (le_log_level_parse(lua_tostring(ld->L, idx), out) != 0)
+    return fail(ld, "key '%s': expected %s, got \"%s\"", key, expected,
+                lua_tostring(ld->L, idx));
   return 0;
 }
 
@@ -155,17 +149,14 @@ static int check_keys(loader *ld, int idx, const char *prefix,
         ok = strcmp(lua_tostring(L, -1), *k) == 0;
     }
     if (!ok) {
-      char key[256];
       if (lua_type(L, -1) == LUA_TSTRING)
-        snprintf(key, sizeof key, "%s%s", prefix, lua_tostring(L, -1));
+        fail(ld, "unknown key '%s%s'", prefix, lua_tostring(L, -1));
       else if (lua_type(L, -1) == LUA_TNUMBER)
-        snprintf(key, sizeof key, "%s[%s]", prefix,
-                 luaL_tolstring(L, -1, NULL));
+        fail(ld, "unknown key '%s[%s]'", prefix, luaL_tolstring(L, -1, NULL));
       else
-        snprintf(key, sizeof key, "%s(a %s key)", prefix,
-                 luaL_typename(L, -1));
+        fail(ld, "unknown key '%s(a %s key)'", prefix, luaL_typename(L, -1));
       lua_settop(L, idx);
-      return fail(ld, "unknown key '%s'%s", key, "");
+      return -1;
     }
   }
   return 0;
@@ -187,13 +178,11 @@ static int get_opts(loader *ld, int idx, const char *prefix, le_opts *opts) {
   lua_State *L = ld->L;
   for (const char *const *name = le_opts_names; *name; name++) {
     if (!field(L, idx, *name)) continue;
-    char key[256], why[256];
+    char why[256];
     le_opt_status st = le_opts_set(opts, *name, L, -1, why, sizeof why);
     lua_pop(L, 1);
-    if (st != LE_OPT_OK) {
-      snprintf(key, sizeof key, "%s%s", prefix, *name);
-      return fail(ld, "key '%s': %s", key, why);
-    }
+    if (st != LE_OPT_OK)
+      return fail(ld, "key '%s%s': %s", prefix, *name, why);
   }
   return 0;
 }
@@ -206,11 +195,9 @@ static void listener_free(le_listener_conf *l) {
 
 static int set_address(loader *ld, le_listener_conf *l, const char *text,
                        const char *key) {
-  char why[160], detail[512];
-  if (le_addr_parse(text, &l->addr, why, sizeof why) != 0) {
-    snprintf(detail, sizeof detail, "'%s': %s", text, why);
-    return fail(ld, "key '%s': invalid address %s", key, detail);
-  }
+  char why[160];
+  if (le_addr_parse(text, &l->addr, why, sizeof why) != 0)
+    return fail(ld, "key '%s': invalid address '%s': %s", key, text, why);
   l->address = dup_string(text);
   return l->address ? 0 : out_of_memory(ld);
 }
@@ -233,7 +220,7 @@ static int get_listener(loader *ld, int idx, const char *key,
   int r;
   snprintf(sub, sizeof sub, "%s.address", key);
   if (!field(L, idx, "address"))
-    return fail(ld, "key '%s': %s", sub, "missing (every listener needs one)");
+    return fail(ld, "key '%s': missing (every listener needs one)", sub);
   if (lua_type(L, -1) != LUA_TSTRING)
     r = wrong_type(ld, sub, "address string", -1);
   else
@@ -288,11 +275,11 @@ static int get_listen(loader *ld, int idx, le_config *cfg) {
   }
   size_t n = single ? 1 : (size_t)lua_rawlen(L, idx);
   if (n == 0)
-    return fail(ld, "key '%s': %s", "listen",
-                "expected at least one address, got an empty list");
+    return fail(ld, "key 'listen': expected at least one address, got an "
+                    "empty list");
   if (!single && !is_sequence(L, idx, n))
-    return fail(ld, "key '%s': %s", "listen",
-                "expected a list of addresses (keys 1..n), got other keys");
+    return fail(ld, "key 'listen': expected a list of addresses (keys 1..n), "
+                    "got other keys");
   le_listener_conf *ls = calloc(n, sizeof *ls);
   if (ls == NULL) return out_of_memory(ld);
   for (size_t i = 0; i < n; i++) {
