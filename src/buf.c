@@ -18,10 +18,11 @@ void le_buf_free(le_buf *b) {
 }
 
 /* Makes room for n more bytes at the end, first by moving unread bytes to the
- * front, then by growing geometrically. Returns 0 or -ENOMEM. */
+ * front when that frees enough, else by growing geometrically. Returns 0 or
+ * -ENOMEM. */
 static int reserve(le_buf *b, size_t n) {
   if (b->cap - b->off - b->len >= n) return 0;
-  if (b->cap - b->len >= n && b->len <= b->cap / 2) {
+  if (b->cap - b->len >= n) {
     memmove(b->data, b->data + b->off, b->len);
     b->off = 0;
     return 0;

@@ -18,6 +18,15 @@ void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait) {
   c->wait = wait;
 }
 
+void le_coro_check_yieldable(lua_State *L, const char *what) {
+  if (!lua_isyieldable(L))
+    luaL_error(L,
+               "%s cannot wait here: attempt to yield across a C-call "
+               "boundary (inside a C function such as a table.sort "
+               "comparator or a string.gsub callback)",
+               what);
+}
+
 int le_coro_yield(lua_State *L) {
   le_coro_of(L)->waiting = 1;
   return lua_yield(L, 0);

@@ -20,7 +20,7 @@
 char *le_lconn_errname(int err, char *out, size_t len) {
   const char *name = uv_err_name(err);
   if (err == UV_EOF || err == UV_ECANCELED) name = "closed";
-  if (err == UV_ETIMEDOUT) name = "timeout";
+  if (err == LE_TIMEOUT) name = "timeout";
   /* uv_err_name gives "ECONNRESET"; Lua code sees the lower-case form. */
   size_t i = 0;
   for (; name[i] && i + 1 < len; i++)
@@ -33,6 +33,8 @@ void le__lconn_push_errname(lua_State *L, int err) {
   char name[32];
   lua_pushstring(L, le_lconn_errname(err, name, sizeof name));
 }
+
+static int push_error(lua_State *L, int err);
 
 static int framed(const le_lconn *lc) {
   return lc->opts.packet != LE_PACKET_RAW;
@@ -149,30 +151,32 @@ void le__lconn_wake_writer(le_lconn *lc) {
   }
 }
 
-/* Answers a waiting reader straight from the bytes just read, when nothing
+/* Answers a waiting reader straight from the bytes just read when nothing
  * is buffered before them: the common case of an echo loop costs one copy,
- * into the Lua string, and no buffering. Returns the bytes used. */
-static size_t deliver_direct(le_lconn *lc, const char *data, size_t len) {
+ * into the Lua string, and no buffering. Whatever follows the message is
+ * buffered before the reader resumes, so the reader sees all of it.
+ * Returns 1 when it answered the reader, -1 when out of memory. */
+static int deliver_direct(le_lconn *lc, const char *data, size_t len) {
   le_frame f;
   size_t scanned = 0;
   if (next_message(lc, data, len, lc->want, &scanned, &f) != LE_FRAME_OK)
     return 0;
+  if (f.used < len && le_buf_append(&lc->in, data + f.used, len - f.used))
+    return -1;
   lua_State *co = take_reader(lc);
   lua_pushlstring(co, data + f.off, f.len);
   resume(co, 1);
-  return f.used;
+  return 1;
 }
 
 void le_lconn_on_data(le_lconn *lc, const char *data, size_t len) {
   lc->last_active = lc->io->now(lc);
-  while (len > 0 && lc->reader != NULL && le_buf_size(&lc->in) == 0 &&
-         !lc->in_err) {
-    size_t used = deliver_direct(lc, data, len);
-    if (used == 0) break;
-    data += used;
-    len -= used;
-  }
-  if (len > 0 && !lc->in_err && le_buf_append(&lc->in, data, len) != 0) {
+  int r = 0;
+  if (lc->reader != NULL && le_buf_size(&lc->in) == 0 && !lc->in_err)
+    r = deliver_direct(lc, data, len);
+  if (r == 0 && !lc->in_err && le_buf_append(&lc->in, data, len) != 0)
+    r = -1;
+  if (r < 0) {
     le_lconn_on_error(lc, UV_ENOMEM);
     return;
   }
@@ -219,18 +223,16 @@ static uint64_t earliest(uint64_t a, uint64_t b) {
   return a < b ? a : b;
 }
 
-/* Points the io timer at the earliest deadline: the reader's, the
- * writer's, or the idle one. The idle deadline moves with every byte
- * without touching the timer; when the timer fires early, it is re-armed. */
+/* Makes sure the io timer fires no later than the earliest deadline: the
+ * reader's, the writer's, or the idle one. A timer already set to fire
+ * earlier is left alone; when it fires early, on_timeout finds nothing due
+ * and re-arms. So the idle deadline, which moves with every byte, costs no
+ * timer work per message. */
 void le__lconn_rearm(le_lconn *lc) {
   uint64_t d = earliest(earliest(lc->read_deadline, lc->write_deadline),
                         idle_deadline(lc));
-  if (d == lc->armed) return;
+  if (d == 0 || (lc->armed != 0 && lc->armed <= d)) return;
   lc->armed = d;
-  if (d == 0) {
-    lc->io->set_timer(lc, -1);
-    return;
-  }
   uint64_t now = lc->io->now(lc);
   lc->io->set_timer(lc, d > now ? (int64_t)(d - now) : 0);
 }
@@ -242,13 +244,23 @@ static uint64_t deadline_after(le_lconn *lc, double seconds) {
   return lc->io->now(lc) + (uint64_t)ms;
 }
 
-/* Ends the connection from this side with `err` for both directions:
- * waiting coroutines get nil, err and the socket closes at once. */
+/* Ends the connection from this side: coroutines waiting now get
+ * nil, err; every later call gets nil, "closed" (set before anyone is
+ * resumed), so a loop that retries on "timeout" cannot spin. The socket
+ * closes at once. */
 static void end_with(le_lconn *lc, int err) {
-  if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = err;
-  if (!lc->out_err) lc->out_err = err;
-  wake_reader(lc);
-  le__lconn_wake_writer(lc);
+  if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
+  if (!lc->out_err) lc->out_err = UV_ECANCELED;
+  if (lc->reader != NULL) {
+    lua_State *co = take_reader(lc);
+    resume(co, push_failure(co, lc, err));
+  }
+  lua_State *co = lc->writer;
+  if (co != NULL) {
+    lc->writer = NULL;
+    lc->write_deadline = 0;
+    resume(co, push_error(co, err));
+  }
   lc->io->close(lc, 1);
 }
 
@@ -257,24 +269,25 @@ void le_lconn_on_timeout(le_lconn *lc) {
   lc->armed = 0;
   if (lc->reader != NULL && lc->read_deadline && now >= lc->read_deadline) {
     lua_State *co = take_reader(lc);
-    int nres = push_failure(co, lc, UV_ETIMEDOUT);
+    int nres = push_failure(co, lc, LE_TIMEOUT);
     le__lconn_update_reading(lc);
     resume(co, nres);
   }
   if (lc->writer != NULL && lc->write_deadline && now >= lc->write_deadline) {
-    lua_State *co = lc->writer;
-    lc->writer = NULL;
-    lc->write_deadline = 0;
-    if (lc->opts.send_timeout_close) end_with(lc, UV_ETIMEDOUT);
-    lua_pushnil(co);
-    lua_pushliteral(co, "timeout");
-    resume(co, 2);
+    if (lc->opts.send_timeout_close) {
+      end_with(lc, LE_TIMEOUT);
+    } else {
+      lua_State *co = lc->writer;
+      lc->writer = NULL;
+      lc->write_deadline = 0;
+      resume(co, push_error(co, LE_TIMEOUT));
+    }
   }
   uint64_t idle = idle_deadline(lc);
   if (idle && now >= idle) {
     le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
             (unsigned long long)lc->id);
-    end_with(lc, UV_ETIMEDOUT);
+    end_with(lc, LE_TIMEOUT);
   }
   le__lconn_rearm(lc);
 }
@@ -351,7 +364,12 @@ static int conn_recv(lua_State *L) {
     le__lconn_update_reading(lc);
     return nres;
   }
-  if (timeout == 0) return push_failure(L, lc, UV_ETIMEDOUT);
+  if (timeout == 0) {
+    nres = push_failure(L, lc, LE_TIMEOUT);
+    le__lconn_update_reading(lc);
+    return nres;
+  }
+  le_coro_check_yieldable(L, "conn:recv");
   le_coro_wait(L, cancel_reader, lc);
   lc->reader = L;
   lc->want = want;
@@ -413,6 +431,7 @@ static int conn_send(lua_State *L) {
     return push_error(L, r);
   }
   if (lc->queued > lc->opts.send_buffer) {
+    le_coro_check_yieldable(L, "conn:send");
     le_coro_wait(L, cancel_writer, lc);
     lc->writer = L;
     if (lc->opts.send_timeout > 0)

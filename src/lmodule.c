@@ -56,6 +56,7 @@ static int l_sleep(lua_State *L) {
   luaL_argcheck(L, seconds >= 0 && !isnan(seconds), 1,
                 "seconds must be >= 0");
   le_coro *c = current(L, "sleep");
+  le_coro_check_yieldable(L, "luaecho.sleep");
   sleep_req *r = malloc(sizeof *r);
   if (r == NULL) return luaL_error(L, "luaecho.sleep: out of memory");
   uv_timer_init(ctx_of(L)->loop, &r->timer);
@@ -193,6 +194,7 @@ static int task_join(lua_State *L) {
     lua_pushliteral(L, "busy");
     return 2;
   }
+  le_coro_check_yieldable(L, "task:join");
   t->joiner = L;
   le_coro_wait(L, cancel_join, t);
   return le_coro_yield(L);
@@ -383,6 +385,7 @@ static int l_connect(lua_State *L) {
   luaL_argcheck(L, !is_unix || (host[5] && strlen(host + 5) < LE_ADDR_PATH_MAX),
                 1, "bad unix socket path");
   le_coro *c = current(L, "connect");
+  le_coro_check_yieldable(L, "luaecho.connect");
   connect_req req = {0};
   read_connect_opts(L, is_unix ? 2 : 3, &req);
   connect_req *r = malloc(sizeof *r);

@@ -41,31 +41,52 @@ static void add_module_dir(lua_State *L, const char *path) {
   lua_pop(L, 3);
 }
 
-/* Forgets the loaded modules that come from the handler's directory, so the
- * next require loads them afresh for the new version. Versions already
- * running keep the module tables they hold. */
+/* Moves the loaded modules that come from the handler's directory out of
+ * package.loaded into a table left on the stack, so the next require loads
+ * them afresh for the new version. Versions already running keep the
+ * module tables they hold. */
 static void forget_local_modules(lua_State *L, const char *path) {
+  lua_newtable(L); /* the forgotten modules */
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "loaded");
   lua_getfield(L, -2, "searchpath");
   push_module_path(L, path);
-  /* stack: package loaded searchpath modpath */
+  /* stack: saved package loaded searchpath modpath */
   lua_pushnil(L);
   while (lua_next(L, -4) != 0) {
-    lua_pop(L, 1);
-    if (lua_type(L, -1) != LUA_TSTRING) continue;
-    lua_pushvalue(L, -3); /* searchpath */
-    lua_pushvalue(L, -2); /* the module name */
-    lua_pushvalue(L, -4); /* modpath */
-    int found = lua_pcall(L, 2, 1, 0) == LUA_OK && lua_isstring(L, -1);
-    lua_pop(L, 1);
-    if (found) {
-      lua_pushvalue(L, -1);
-      lua_pushnil(L);
-      lua_rawset(L, -6); /* clearing a field during traversal is allowed */
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      lua_pushvalue(L, -4); /* searchpath */
+      lua_pushvalue(L, -3); /* the module name */
+      lua_pushvalue(L, -5); /* modpath */
+      int found = lua_pcall(L, 2, 1, 0) == LUA_OK && lua_isstring(L, -1);
+      lua_pop(L, 1);
+      if (found) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -8);    /* saved[name] = module */
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, -6);    /* loaded[name] = nil, allowed mid-traversal */
+        continue;
+      }
     }
+    lua_pop(L, 1);
   }
   lua_pop(L, 4);
+}
+
+/* Puts the modules saved by forget_local_modules (on top) back, for a
+ * version that failed to load, and pops them. */
+static void restore_modules(lua_State *L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_pushnil(L);
+  while (lua_next(L, -4) != 0) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_pop(L, 3);
 }
 
 static int load_chunk(lua_State *L, const char *path) {
@@ -120,8 +141,15 @@ le_script *le_script_new(lua_State *L, const char *path, char *err,
 }
 
 int le_script_reload(le_script *s, char *err, size_t errlen) {
-  if (s->path != NULL) forget_local_modules(s->L, s->path);
-  if (le_script_load(s->L, s->path, err, errlen) != 0) return -1;
+  if (s->path != NULL)
+    forget_local_modules(s->L, s->path);
+  else
+    lua_newtable(s->L);
+  if (le_script_load(s->L, s->path, err, errlen) != 0) {
+    restore_modules(s->L);
+    return -1;
+  }
+  lua_remove(s->L, -2); /* the saved modules are no longer needed */
   /* The old version's function is only unreferenced here: coroutines
    * still running it keep it alive until they end. */
   luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);

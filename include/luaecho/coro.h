@@ -63,6 +63,12 @@ void le_coro_resume(le_coro *c, int nargs);
  * The record is cleared when the coroutine is resumed. */
 void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait);
 
+/* Raises "<what> cannot wait here: ..." unless L can yield. Bindings call
+ * it before they record any waiting state, so a call made where Lua cannot
+ * yield (a table.sort comparator, a metamethod called from C) fails
+ * cleanly instead of leaving a waiter behind. */
+void le_coro_check_yieldable(lua_State *L, const char *what);
+
 /* Suspends the calling coroutine until something resumes it; use as
  * `return le_coro_yield(L);` in a binding. */
 int le_coro_yield(lua_State *L);

@@ -38,10 +38,12 @@ typedef struct le_frame {
   size_t used;
 } le_frame;
 
-/* Looks for one whole message at the front of data[0..n). `scanned` is for
- * line mode: how many bytes earlier calls already found free of '\n' (pass
- * 0, or the previous value while only appending), updated on LE_FRAME_MORE
- * so a long line is scanned once. Raw mode returns every byte (n > 0). */
+/* Looks for one whole message at the front of data[0..n) (data may be NULL
+ * when n is 0). `scanned` is for line mode: how many bytes earlier calls
+ * already found free of '\n' (pass 0, or the previous value while only
+ * appending); it grows on LE_FRAME_MORE so a long line is scanned once, and
+ * goes back to 0 when a message is found, ready for the bytes after it.
+ * Raw mode returns every byte (n > 0) and ignores max. */
 le_frame_status le_frame_decode(le_packet mode, size_t max, const char *data,
                                 size_t n, size_t *scanned, le_frame *out);
 

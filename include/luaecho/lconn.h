@@ -34,6 +34,10 @@
 
 #define LE_LCONN_METATABLE "luaecho.conn"
 
+/* luaecho's own deadline passed (Lua sees "timeout"); distinct from the
+ * kernel's UV_ETIMEDOUT ("etimedout"). Outside libuv's error range. */
+#define LE_TIMEOUT (-0x10000)
+
 typedef struct le_lconn le_lconn;
 
 /* The socket operations a connection provides to its Lua face. */
@@ -143,7 +147,7 @@ void le_lconn_release(le_lconn *lc);
 
 /* Writes the lower-case name Lua code sees for a libuv error into out and
  * returns out: "closed" for UV_EOF and UV_ECANCELED, "timeout" for
- * UV_ETIMEDOUT, else "econnreset" and the like. */
+ * LE_TIMEOUT, else "econnreset", "etimedout" and the like. */
 char *le_lconn_errname(int err, char *out, size_t len);
 
 #endif
