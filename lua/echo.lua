@@ -1,5 +1,6 @@
 -- The default handler: echo every byte back until the peer closes its side.
+-- (`local data` inside the loop also lets the last message be collected
+-- while the next recv waits.)
 return function(conn)
-  local data = conn:recv()
-  while data and conn:send(data) do data = conn:recv() end
+  repeat local data = conn:recv() until not (data and conn:send(data))
 end

@@ -1,4 +1,4 @@
-/* One accepted connection: see include/luaecho/conn.h.
+/* One connection: see include/luaecho/conn.h.
  *
  * The data path: on_read receives bytes into the loop's shared read buffer
  * and hands them to the Lua face (le_lconn_on_data), which resumes the
@@ -25,16 +25,36 @@ typedef struct write_req {
   char hdr[4];
 } write_req;
 
+/* A connection's timer, allocated on first use. It outlives nothing: when
+ * the connection closes, `c` is cleared and the timer frees itself. */
+struct le_conn_timer {
+  uv_timer_t timer;
+  le_conn *c;
+};
+
+/* An outbound connect in flight; freed by on_connected, which libuv always
+ * calls (with UV_ECANCELED if the socket closed first). */
+struct le_connect_req {
+  uv_connect_t req;
+  le_connect_cb cb; /* NULL once reported or cancelled */
+  void *arg;
+};
+
 static le_conn *conn_of(le_lconn *lc) {
   return (le_conn *)((char *)lc - offsetof(le_conn, lc));
 }
 
-static void on_closed(uv_handle_t *handle) {
-  le_conn *c = handle->data;
-  if (--c->open_handles > 0) return;
+/* ---- lifetime ---- */
+
+static void unlink_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
   if (c->prev) c->prev->next = c->next; else ctx->head = c->next;
   if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+static void free_conn(le_conn *c) {
+  le_conn_ctx *ctx = c->ctx;
   le_lconn_release(&c->lc);
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
   ctx->count--;
@@ -42,22 +62,50 @@ static void on_closed(uv_handle_t *handle) {
   ctx->on_freed(ctx);
 }
 
-/* The timer is the last handle to go: it closes once the socket is closing
- * and the handler has ended, so a handler never outlives its connection's
- * memory. */
-static void close_timer_when_done(le_conn *c) {
-  if (c->closing && c->handler_done &&
-      !uv_is_closing((uv_handle_t *)&c->timer))
-    uv_close((uv_handle_t *)&c->timer, on_closed);
+static void on_reap(uv_check_t *check) {
+  le_conn_ctx *ctx = check->data;
+  uv_check_stop(check);
+  while (ctx->reap != NULL) {
+    le_conn *c = ctx->reap;
+    ctx->reap = c->next;
+    free_conn(c);
+  }
 }
+
+/* Frees c once both its socket is closed and its handler has ended: here
+ * when called from the socket's close callback, else by the reaper at the
+ * end of this loop iteration. */
+static void release_when_done(le_conn *c, int in_close_callback) {
+  if (!c->sock_closed || !c->handler_done) return;
+  unlink_conn(c);
+  if (in_close_callback) {
+    free_conn(c);
+    return;
+  }
+  le_conn_ctx *ctx = c->ctx;
+  c->next = ctx->reap;
+  ctx->reap = c;
+  uv_check_start(&ctx->reaper, on_reap);
+}
+
+static void on_sock_closed(uv_handle_t *handle) {
+  le_conn *c = handle->data;
+  c->sock_closed = 1;
+  release_when_done(c, 1);
+}
+
+static void free_timer(uv_handle_t *handle) { free(handle->data); }
 
 void le_conn_close(le_conn *c) {
   if (c->closing) return;
   c->closing = 1;
   c->flushing = 0;
-  uv_timer_stop(&c->timer);
-  uv_close(&c->sock.handle, on_closed);
-  close_timer_when_done(c);
+  if (c->timer != NULL) {
+    c->timer->c = NULL;
+    uv_close((uv_handle_t *)&c->timer->timer, free_timer);
+    c->timer = NULL;
+  }
+  uv_close(&c->sock.handle, on_sock_closed);
 }
 
 void le_conn_abort(le_conn *c) {
@@ -68,7 +116,7 @@ void le_conn_abort(le_conn *c) {
      * never be resumed, so it is ended here. */
     le_coro_release(&c->lc.coro);
     c->handler_done = 1;
-    close_timer_when_done(c);
+    release_when_done(c, 0);
   }
 }
 
@@ -108,36 +156,53 @@ static void on_write(uv_write_t *req, int status) {
 static void on_shutdown(uv_shutdown_t *req, int status) {
   le_conn *c = req->handle->data;
   (void)status;
+  free(req);
   c->shutdown_pending = 0;
   if (c->flushing) le_conn_close(c);
 }
 
-/* Ends a connect in progress: the callback runs once, then (on failure)
- * the connection closes. */
+/* Reports the end of a connect once; on failure the connection closes. */
 static void finish_connect(le_conn *c, int status) {
-  le_connect_cb cb = c->on_connect;
-  c->on_connect = NULL;
-  uv_timer_stop(&c->timer);
+  le_connect_req *cr = c->connect;
+  le_connect_cb cb = cr->cb;
+  cr->cb = NULL;
   if (status < 0)
     le_conn_close(c);
   else
     c->lc.io->apply_sockopts(&c->lc);
-  if (cb != NULL) cb(c, status, c->connect_arg);
+  if (cb != NULL) cb(c, status, cr->arg);
 }
 
 static void on_connected(uv_connect_t *req, int status) {
+  le_connect_req *cr = (le_connect_req *)req;
   le_conn *c = req->handle->data;
-  if (c->on_connect != NULL) finish_connect(c, status);
+  if (cr->cb != NULL) finish_connect(c, status);
+  c->connect = NULL;
+  free(cr);
 }
 
 static void on_timer(uv_timer_t *timer) {
-  le_conn *c = timer->data;
-  if (c->on_connect != NULL)
+  le_conn *c = ((le_conn_timer *)timer)->c;
+  if (c == NULL) return;
+  if (c->connect != NULL && c->connect->cb != NULL)
     finish_connect(c, UV_ETIMEDOUT);
   else if (c->flushing)
     le_conn_close(c); /* the peer did not take our output in time */
   else if (!c->closing)
     le_lconn_on_timeout(&c->lc);
+}
+
+/* Arms the connection's timer for `ms`, creating it on first use. */
+static void start_timer(le_conn *c, uint64_t ms) {
+  if (c->timer == NULL) {
+    le_conn_timer *t = malloc(sizeof *t);
+    if (t == NULL) return; /* the deadline is lost, never the connection */
+    uv_timer_init(c->ctx->loop, &t->timer);
+    t->timer.data = t;
+    t->c = c;
+    c->timer = t;
+  }
+  uv_timer_start(&c->timer->timer, on_timer, ms, 0);
 }
 
 /* ---- the I/O operations the Lua face calls ---- */
@@ -183,10 +248,10 @@ static void io_set_reading(le_lconn *lc, int on) {
 static void io_set_timer(le_lconn *lc, int64_t ms) {
   le_conn *c = conn_of(lc);
   if (c->closing || c->flushing) return;
-  if (ms < 0)
-    uv_timer_stop(&c->timer);
-  else
-    uv_timer_start(&c->timer, on_timer, (uint64_t)ms, 0);
+  if (ms >= 0)
+    start_timer(c, (uint64_t)ms);
+  else if (c->timer != NULL)
+    uv_timer_stop(&c->timer->timer);
 }
 
 static uint64_t io_now(le_lconn *lc) { return uv_now(conn_of(lc)->ctx->loop); }
@@ -194,9 +259,15 @@ static uint64_t io_now(le_lconn *lc) { return uv_now(conn_of(lc)->ctx->loop); }
 /* Requests FIN after queued output; returns 0 or a libuv error. */
 static int send_fin(le_conn *c) {
   if (c->shutdown_sent) return 0;
-  int r = uv_shutdown(&c->req.shutdown, &c->sock.stream, on_shutdown);
-  if (r == 0) c->shutdown_sent = c->shutdown_pending = 1;
-  return r;
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (req == NULL) return UV_ENOMEM;
+  int r = uv_shutdown(req, &c->sock.stream, on_shutdown);
+  if (r < 0) {
+    free(req);
+    return r;
+  }
+  c->shutdown_sent = c->shutdown_pending = 1;
+  return 0;
 }
 
 static void io_shutdown_write(le_lconn *lc) {
@@ -247,13 +318,13 @@ static void io_close(le_lconn *lc, int abort) {
   c->flushing = 1;
   double seconds = lc->opts.send_timeout > 0 ? lc->opts.send_timeout
                                              : LE_DEFAULT_FLUSH_TIMEOUT;
-  uv_timer_start(&c->timer, on_timer, (uint64_t)(seconds * 1000.0), 0);
+  start_timer(c, (uint64_t)(seconds * 1000.0));
 }
 
 static void io_handler_done(le_lconn *lc) {
   le_conn *c = conn_of(lc);
   c->handler_done = 1;
-  close_timer_when_done(c);
+  release_when_done(c, 0);
 }
 
 static const le_lconn_io conn_io = {
@@ -269,60 +340,57 @@ static const le_lconn_io conn_io = {
     .handler_done = io_handler_done,
 };
 
-/* ---- accept ---- */
+/* ---- accept and connect ---- */
 
 static void set_peer(le_conn *c) {
-  le_lconn *lc = &c->lc;
-  if (c->sock.handle.type == UV_TCP) {
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
-    if (uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &len) == 0)
-      le_addr_split_sockaddr((struct sockaddr *)&ss, (socklen_t)len,
-                             lc->peer_host, sizeof lc->peer_host,
-                             &lc->peer_port);
-    return;
-  }
-  size_t len = sizeof lc->peer_host;
-  if (uv_pipe_getpeername(&c->sock.pipe, lc->peer_host, &len) != 0)
-    lc->peer_host[0] = '\0';
-  lc->peer_port = -1;
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (c->sock.handle.type == UV_TCP &&
+      uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &len) == 0)
+    le_lconn_set_peer(&c->lc, (struct sockaddr *)&ss);
+  else
+    le_lconn_set_peer(&c->lc, NULL);
 }
 
-/* Initializes both handles; from here on the connection is released only
- * through le_conn_close and the close callbacks. */
-static int init_handles(le_conn_ctx *ctx, le_conn *c, uv_handle_type type) {
+/* Allocates a connection with its socket handle initialized and puts it on
+ * ctx's list; from here on it is released only through le_conn_close.
+ * Returns NULL with *err set on failure. */
+static le_conn *new_conn(le_conn_ctx *ctx, uv_handle_type type,
+                         const le_opts *opts, int *err) {
+  le_conn *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    *err = UV_ENOMEM;
+    return NULL;
+  }
   int r = type == UV_TCP ? uv_tcp_init(ctx->loop, &c->sock.tcp)
                          : uv_pipe_init(ctx->loop, &c->sock.pipe, 0);
-  if (r < 0) return r;
+  if (r < 0) {
+    free(c);
+    *err = r;
+    return NULL;
+  }
   c->sock.handle.data = c;
-  uv_timer_init(ctx->loop, &c->timer);
-  c->timer.data = c;
-  c->open_handles = 2;
+  c->ctx = ctx;
   c->next = ctx->head;
   if (ctx->head) ctx->head->prev = c;
   ctx->head = c;
   ctx->count++;
-  return 0;
+  le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
+  c->lc.id = ++ctx->next_id;
+  c->lc.opts = *opts;
+  return c;
 }
 
 le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
                         const le_opts *opts, le_script *script) {
-  le_conn *c = calloc(1, sizeof *c);
-  int r = c ? init_handles(ctx, c, server->type) : UV_ENOMEM;
-  if (r < 0) {
-    free(c);
-    le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
-            uv_strerror(r));
-    return NULL;
+  int r = 0;
+  le_conn *c = new_conn(ctx, server->type, opts, &r);
+  if (c != NULL) {
+    c->lc.script = script;
+    c->lc.version = script->version;
+    le_script_ref(script);
+    r = uv_accept(server, &c->sock.stream);
   }
-  c->ctx = ctx;
-  le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
-  c->lc.id = ++ctx->next_id;
-  c->lc.opts = *opts;
-  c->lc.script = script;
-  c->lc.version = script->version;
-  le_script_ref(script);
-  r = uv_accept(server, &c->sock.stream);
   if (r == 0) {
     io_apply_sockopts(&c->lc);
     set_peer(c);
@@ -332,8 +400,10 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
   }
   le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
           uv_strerror(r));
-  c->handler_done = 1;
-  le_conn_close(c);
+  if (c != NULL) {
+    c->handler_done = 1;
+    le_conn_close(c);
+  }
   return NULL;
 }
 
@@ -341,43 +411,50 @@ le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
                          const char *path, const le_opts *opts,
                          uint64_t timeout_ms, le_connect_cb cb, void *arg,
                          int *err) {
-  le_conn *c = calloc(1, sizeof *c);
-  int r = c ? init_handles(ctx, c, sa ? UV_TCP : UV_NAMED_PIPE) : UV_ENOMEM;
-  if (r < 0) {
-    free(c);
-    *err = r;
+  le_connect_req *cr = malloc(sizeof *cr);
+  le_conn *c = cr ? new_conn(ctx, sa ? UV_TCP : UV_NAMED_PIPE, opts, err)
+                  : NULL;
+  if (c == NULL) {
+    if (cr == NULL) *err = UV_ENOMEM;
+    free(cr);
     return NULL;
   }
-  c->ctx = ctx;
   c->handler_done = 1; /* no handler of its own: it ends with its owner */
-  le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
-  c->lc.id = ++ctx->next_id;
-  c->lc.opts = *opts;
-  if (sa != NULL) {
-    le_addr_split_sockaddr(sa, sa->sa_family == AF_INET6
-                                   ? sizeof(struct sockaddr_in6)
-                                   : sizeof(struct sockaddr_in),
-                           c->lc.peer_host, sizeof c->lc.peer_host,
-                           &c->lc.peer_port);
-    r = uv_tcp_connect(&c->req.connect, &c->sock.tcp, sa, on_connected);
-  } else {
-    snprintf(c->lc.peer_host, sizeof c->lc.peer_host, "%s", path);
-    uv_pipe_connect(&c->req.connect, &c->sock.pipe, path, on_connected);
-  }
+  cr->cb = cb;
+  cr->arg = arg;
+  c->connect = cr;
+  le_lconn_set_peer(&c->lc, sa);
+  int r = 0;
+  if (sa != NULL)
+    r = uv_tcp_connect(&cr->req, &c->sock.tcp, sa, on_connected);
+  else
+    uv_pipe_connect(&cr->req, &c->sock.pipe, path, on_connected);
   if (r < 0) {
+    free(cr);
+    c->connect = NULL;
     *err = r;
     le_conn_close(c);
     return NULL;
   }
-  c->on_connect = cb;
-  c->connect_arg = arg;
-  if (timeout_ms > 0) uv_timer_start(&c->timer, on_timer, timeout_ms, 0);
+  if (timeout_ms > 0) start_timer(c, timeout_ms);
   return c;
 }
 
 void le_conn_cancel_connect(le_conn *c) {
-  c->on_connect = NULL;
+  if (c->connect != NULL) c->connect->cb = NULL;
   le_conn_close(c);
+}
+
+/* ---- the loop's context ---- */
+
+/* Ends connections that moved no bytes for their idle_timeout. */
+static void on_sweep(uv_timer_t *t) {
+  le_conn_ctx *ctx = t->data;
+  uint64_t now = uv_now(ctx->loop);
+  for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
+    next = c->next;
+    if (!c->closing) le_lconn_check_idle(&c->lc, now);
+  }
 }
 
 int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
@@ -388,7 +465,21 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
   ctx->log = log;
   ctx->read_buf_size = READ_BUF_SIZE;
   ctx->read_buf = malloc(READ_BUF_SIZE);
+  uv_timer_init(loop, &ctx->sweep);
+  uv_check_init(loop, &ctx->reaper);
+  ctx->sweep.data = ctx->reaper.data = ctx;
+  /* The sweep alone must not keep the loop running. */
+  uv_timer_start(&ctx->sweep, on_sweep, LE_IDLE_SWEEP_MS, LE_IDLE_SWEEP_MS);
+  uv_unref((uv_handle_t *)&ctx->sweep);
   return ctx->read_buf ? 0 : UV_ENOMEM;
+}
+
+void le_conn_ctx_close(le_conn_ctx *ctx) {
+  if (ctx->loop == NULL) return;
+  if (!uv_is_closing((uv_handle_t *)&ctx->sweep))
+    uv_close((uv_handle_t *)&ctx->sweep, NULL);
+  if (!uv_is_closing((uv_handle_t *)&ctx->reaper))
+    uv_close((uv_handle_t *)&ctx->reaper, NULL);
 }
 
 void le_conn_ctx_free(le_conn_ctx *ctx) {

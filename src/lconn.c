@@ -212,10 +212,6 @@ void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status) {
 
 /* ---- deadlines ---- */
 
-static uint64_t idle_deadline(const le_lconn *lc) {
-  if (lc->opts.idle_timeout < 0 || lc->closed) return 0;
-  return lc->last_active + (uint64_t)(lc->opts.idle_timeout * 1000.0);
-}
 
 static uint64_t earliest(uint64_t a, uint64_t b) {
   if (a == 0) return b;
@@ -223,14 +219,13 @@ static uint64_t earliest(uint64_t a, uint64_t b) {
   return a < b ? a : b;
 }
 
-/* Makes sure the io timer fires no later than the earliest deadline: the
- * reader's, the writer's, or the idle one. A timer already set to fire
- * earlier is left alone; when it fires early, on_timeout finds nothing due
- * and re-arms. So the idle deadline, which moves with every byte, costs no
- * timer work per message. */
+/* Makes sure the io timer fires no later than the earliest deadline, the
+ * reader's or the writer's. A timer already set to fire earlier is left
+ * alone; when it fires early, on_timeout finds nothing due and re-arms.
+ * Idle deadlines need no timer: the loop sweeps every connection with
+ * le_lconn_check_idle. */
 void le__lconn_rearm(le_lconn *lc) {
-  uint64_t d = earliest(earliest(lc->read_deadline, lc->write_deadline),
-                        idle_deadline(lc));
+  uint64_t d = earliest(lc->read_deadline, lc->write_deadline);
   if (d == 0 || (lc->armed != 0 && lc->armed <= d)) return;
   lc->armed = d;
   uint64_t now = lc->io->now(lc);
@@ -283,13 +278,18 @@ void le_lconn_on_timeout(le_lconn *lc) {
       resume(co, push_error(co, LE_TIMEOUT));
     }
   }
-  uint64_t idle = idle_deadline(lc);
-  if (idle && now >= idle) {
-    le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
-            (unsigned long long)lc->id);
-    end_with(lc, LE_TIMEOUT);
-  }
   le__lconn_rearm(lc);
+}
+
+void le_lconn_check_idle(le_lconn *lc, uint64_t now) {
+  if (lc->opts.idle_timeout < 0 || lc->closed ||
+      lc->in_err == UV_ECANCELED)
+    return;
+  if (now < lc->last_active + (uint64_t)(lc->opts.idle_timeout * 1000.0))
+    return;
+  le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
+          (unsigned long long)lc->id);
+  end_with(lc, LE_TIMEOUT);
 }
 
 void le_lconn_abort(le_lconn *lc) { end_with(lc, UV_ECANCELED); }
@@ -535,11 +535,18 @@ void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
   lc->io = io;
   lc->log = log;
   lc->L = L;
-  lc->ud_ref = LUA_NOREF;
   lc->coro.ref = LUA_NOREF;
-  lc->peer_port = -1;
+  lc->peer.sa.sa_family = AF_UNIX;
   le_opts_init(&lc->opts);
   le_buf_init(&lc->in);
+}
+
+/* Pushes a new conn object for lc on L. */
+static void push_conn_object(le_lconn *lc, lua_State *L) {
+  le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->lc = lc;
+  lc->ud = ud;
+  luaL_setmetatable(L, LE_LCONN_METATABLE);
 }
 
 int le_lconn_start(le_lconn *lc) {
@@ -549,11 +556,9 @@ int le_lconn_start(le_lconn *lc) {
     return -1;
   }
   lc->last_active = lc->io->now(lc);
-  le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  ud->lc = lc;
-  luaL_setmetatable(L, LE_LCONN_METATABLE);
-  lua_pushvalue(L, -1);
-  lc->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* The conn object is not referenced from C: the handler holds it, and
+   * lc->ud is a weak link that __gc clears if it goes first. */
+  push_conn_object(lc, L);
   lc->owner = lc;
   lc->coro.owner = lc;
   if (le_coro_start(&lc->coro, L, 1, on_handler_done) != 0) {
@@ -574,10 +579,7 @@ void le_lconn_adopt(le_lconn *lc, lua_State *L) {
   if (parent->children) parent->children->prev_child = lc;
   parent->children = lc;
   lc->last_active = lc->io->now(lc);
-  le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  ud->lc = lc;
-  lc->ud = ud;
-  luaL_setmetatable(L, LE_LCONN_METATABLE);
+  push_conn_object(lc, L);
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);
 }
@@ -592,19 +594,10 @@ void le_lconn_orphan(le_lconn *lc) {
 }
 
 void le_lconn_release(le_lconn *lc) {
-  lua_State *L = lc->L;
   end_children(lc);
   le_lconn_orphan(lc);
   le_coro_release(&lc->coro);
-  if (lc->ud_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->ud_ref);
-    lc->ud = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, lc->ud_ref);
-    lc->ud_ref = LUA_NOREF;
-  }
-  /* Outbound connections are not referenced: their userdata is only known
-   * through lc->ud, which __gc clears when it collects it first. */
+  /* Later use of a conn object that outlives its connection raises. */
   if (lc->ud != NULL) lc->ud->lc = NULL;
   lc->ud = NULL;
   le_buf_free(&lc->in);

@@ -3,14 +3,42 @@
 #include <string.h>
 
 #include "lconn_internal.h"
+#include "luaecho/addr.h"
+
+void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa) {
+  memset(&lc->peer, 0, sizeof lc->peer);
+  if (sa == NULL)
+    lc->peer.sa.sa_family = AF_UNIX;
+  else if (sa->sa_family == AF_INET6)
+    lc->peer.in6 = *(const struct sockaddr_in6 *)sa;
+  else if (sa->sa_family == AF_INET)
+    lc->peer.in = *(const struct sockaddr_in *)sa;
+}
+
+void le_lconn_peer(const le_lconn *lc, char *host, size_t hostlen,
+                   int *port) {
+  *port = -1;
+  host[0] = '\0';
+  if (lc->peer.sa.sa_family == AF_INET || lc->peer.sa.sa_family == AF_INET6)
+    le_addr_split_sockaddr(&lc->peer.sa, sizeof lc->peer, host, hostlen,
+                           port);
+}
+
+/* Pushes "host:port", "[v6]:port" or "unix:" for the address given. */
+static void push_address(lua_State *L, const char *host, int port) {
+  if (port < 0)
+    lua_pushfstring(L, "unix:%s", host);
+  else if (strchr(host, ':') != NULL)
+    lua_pushfstring(L, "[%s]:%d", host, port);
+  else
+    lua_pushfstring(L, "%s:%d", host, port);
+}
 
 void le__lconn_push_peer(lua_State *L, const le_lconn *lc) {
-  if (lc->peer_port < 0)
-    lua_pushfstring(L, "unix:%s", lc->peer_host);
-  else if (strchr(lc->peer_host, ':') != NULL)
-    lua_pushfstring(L, "[%s]:%d", lc->peer_host, lc->peer_port);
-  else
-    lua_pushfstring(L, "%s:%d", lc->peer_host, lc->peer_port);
+  char host[64];
+  int port;
+  le_lconn_peer(lc, host, sizeof host, &port);
+  push_address(L, host, port);
 }
 
 /* Pushes host and port (nil for unix sockets); returns 2. */
@@ -26,7 +54,10 @@ static int push_host_port(lua_State *L, const char *host, int port) {
 /* conn:peername() -> host, port */
 static int conn_peername(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
-  return push_host_port(L, lc->peer_host, lc->peer_port);
+  char host[64];
+  int port;
+  le_lconn_peer(lc, host, sizeof host, &port);
+  return push_host_port(L, host, port);
 }
 
 /* conn:sockname() -> host, port, or nil, err */
@@ -109,12 +140,8 @@ static int conn_tostring(lua_State *L) {
   le__lconn_push_peer(L, lc);
   if (lc->closed || lc->io->sockname(lc, host, sizeof host, &port) != 0)
     lua_pushliteral(L, "?");
-  else if (port < 0)
-    lua_pushfstring(L, "unix:%s", host);
-  else if (strchr(host, ':') != NULL)
-    lua_pushfstring(L, "[%s]:%d", host, port);
   else
-    lua_pushfstring(L, "%s:%d", host, port);
+    push_address(L, host, port);
   lua_pushfstring(L, "conn %I (%s -> %s)%s", (lua_Integer)lc->id,
                   lua_tostring(L, -2), lua_tostring(L, -1),
                   lc->closed ? " closed" : "");
@@ -132,9 +159,9 @@ static int conn_index(lua_State *L) {
   return 1;
 }
 
-/* A connection the collector finds still open is closed at once. Accepted
- * connections are referenced until their handler ends, so this only ever
- * reaches connections a handler dropped. */
+/* A connection whose conn object the collector finds still open is closed
+ * at once: no Lua code can use it any more. A handler's own connection is
+ * held by the handler's argument while it runs. */
 static int conn_gc(lua_State *L) {
   le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
   le_lconn *lc = ud->lc;

@@ -451,6 +451,7 @@ static void finish(le_server *s) {
     close_if_open((uv_handle_t *)&s->sighup);
   }
   close_if_open((uv_handle_t *)&s->drain_timer);
+  le_conn_ctx_close(&s->conns);
 }
 
 static void abort_connections(le_server *s) {
@@ -599,6 +600,8 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
               cfg->listeners[i].address, le_script_name(handler));
   }
   if (L != NULL) lua_close(L);
+  le_conn_ctx_close(&ctx);
+  uv_run(&loop, UV_RUN_DEFAULT);
   le_conn_ctx_free(&ctx);
   uv_loop_close(&loop);
   return r;

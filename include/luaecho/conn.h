@@ -1,11 +1,20 @@
-/* One accepted connection: its libuv handles, its write requests and the one
- * close path. Its Lua face (le_lconn) is embedded and driven from here.
+/* One connection, accepted or outbound: its socket, its timer and requests,
+ * and the one close path. Its Lua face (le_lconn) is embedded and driven
+ * from here.
  *
- * Lifetime: a connection is freed in its close callback, and only once both
- * its handles are closed and its handler coroutine has ended, so neither
- * libuv nor Lua can ever reach freed memory. Every socket event of a
- * connection passes through one function in conn.c (on_read, on_write,
- * on_timer, le_conn_close), the place where a trace line can be emitted.
+ * Memory: an idle connection holds only what it must (the socket handle and
+ * the Lua face); its timer and its connect or shutdown request are
+ * allocated when first needed and released on their own close callbacks.
+ * Idleness needs no per-connection timer: the loop sweeps every connection
+ * four times a second (le_lconn_check_idle).
+ *
+ * Lifetime: a connection ends when its socket is closed and its handler
+ * has ended, in either order. If the socket closes last, the connection is
+ * freed in the socket's close callback; if the handler ends last, it is
+ * freed at the end of that loop iteration (the loop's reaper), never inside
+ * a call chain that still uses it. Every socket event passes through one
+ * function here (on_read, on_write, on_timer, le_conn_close), the place
+ * where a trace line can be emitted.
  */
 #ifndef LUAECHO_CONN_H
 #define LUAECHO_CONN_H
@@ -19,8 +28,13 @@
  * to a peer that does not read, when send_timeout is off. */
 #define LE_DEFAULT_FLUSH_TIMEOUT 30.0
 
+/* How often the loop checks every connection's idle deadline. */
+#define LE_IDLE_SWEEP_MS 250
+
 typedef struct le_conn le_conn;
 typedef struct le_conn_ctx le_conn_ctx;
+typedef struct le_conn_timer le_conn_timer;
+typedef struct le_connect_req le_connect_req;
 
 /* What connections share within one loop: per-loop state, never global. */
 struct le_conn_ctx {
@@ -29,9 +43,12 @@ struct le_conn_ctx {
   const le_log *log;
   char *read_buf;     /* one read buffer for every connection of the loop */
   size_t read_buf_size;
-  le_conn *head;      /* every live connection, for shutdown */
+  le_conn *head;      /* every live connection */
   size_t count;       /* number of live connections */
   uint64_t next_id;   /* last connection id handed out */
+  uv_timer_t sweep;   /* the idle sweep; owned here */
+  uv_check_t reaper;  /* frees connections whose handler ended last */
+  le_conn *reap;      /* connections waiting for the reaper */
   /* Called after a connection was freed (the count is already lower). */
   void (*on_freed)(le_conn_ctx *ctx);
 };
@@ -42,29 +59,29 @@ struct le_conn {
     uv_stream_t stream;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
-  } sock;                  /* the socket; owned here */
-  uv_timer_t timer;        /* recv timeouts and the flush deadline */
-  union {
-    uv_connect_t connect;  /* an outbound connection's connect request */
-    uv_shutdown_t shutdown; /* the flush-then-FIN request, always later */
-  } req;
-  void (*on_connect)(le_conn *c, int status, void *arg); /* while connecting */
-  void *connect_arg;
-  le_lconn lc;             /* the Lua face */
+  } sock;                   /* the socket; owned here */
+  le_conn_timer *timer;     /* deadlines; created on first use */
+  le_connect_req *connect;  /* an outbound connect in flight, or NULL */
+  le_lconn lc;              /* the Lua face */
   le_conn_ctx *ctx;
-  le_conn *prev, *next;    /* in ctx's list */
-  int open_handles;        /* handles not yet through their close callback */
-  unsigned closing : 1;    /* le_conn_close was called on the socket */
-  unsigned flushing : 1;   /* waiting for queued output before closing */
+  le_conn *prev, *next;     /* in ctx's list (next: in the reap list) */
+  unsigned closing : 1;     /* le_conn_close was called on the socket */
+  unsigned sock_closed : 1; /* ... and its close callback has run */
+  unsigned flushing : 1;    /* waiting for queued output before closing */
   unsigned shutdown_sent : 1;    /* FIN requested (uv_shutdown called) */
   unsigned shutdown_pending : 1; /* ... and its callback has not run yet */
-  unsigned handler_done : 1; /* the handler coroutine has ended */
+  unsigned handler_done : 1;     /* the handler coroutine has ended */
 };
 
-/* Initializes ctx for `loop`; the read buffer is allocated here.
- * Returns 0 or UV_ENOMEM. */
+/* Initializes ctx for `loop` and starts its idle sweep; the read buffer is
+ * allocated here. Returns 0 or UV_ENOMEM. */
 int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
                      const le_log *log);
+
+/* Closes the context's handles; the loop must then run to let them go. */
+void le_conn_ctx_close(le_conn_ctx *ctx);
+
+/* Frees the read buffer, after the loop has run the handles' close. */
 void le_conn_ctx_free(le_conn_ctx *ctx);
 
 /* Accepts a pending connection from `server` (a TCP or pipe listener) and

@@ -19,8 +19,10 @@
 #ifndef LUAECHO_LCONN_H
 #define LUAECHO_LCONN_H
 
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <lua.h>
@@ -84,11 +86,13 @@ struct le_lconn {
   le_lconn *children;    /* outbound connections its coroutines opened */
   le_lconn *parent;      /* for an outbound connection: whose child it is */
   le_lconn *next_child, *prev_child; /* in parent->children */
-  int ud_ref;            /* registry ref of the conn userdata (accepted) */
-  struct le__conn_ud *ud; /* that userdata; for outbound ones, a weak link */
+  struct le__conn_ud *ud; /* the conn object; a weak link (see __gc) */
   uint64_t id;           /* unique in the process; conn.id */
-  char peer_host[64];    /* peer address text ("" for an unnamed unix peer) */
-  int peer_port;         /* peer port, -1 for unix sockets */
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } peer;                /* peer address; family AF_UNIX for unix sockets */
   le_opts opts;          /* options in force (conn:setopts changes them) */
   le_buf in;             /* received bytes not yet returned by recv */
   size_t scanned;        /* line mode: bytes of `in` known to hold no '\n' */
@@ -110,7 +114,7 @@ struct le_lconn {
 void le_lconn_open(lua_State *L);
 
 /* Prepares lc with default options; the embedding connection then fills
- * id, peer_host, peer_port and opts. */
+ * id, peer (le_lconn_set_peer) and opts. */
 void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
                    lua_State *L);
 
@@ -121,6 +125,18 @@ void le_lconn_adopt(le_lconn *lc, lua_State *L);
 
 /* Unlinks an outbound connection from its parent (call when freeing). */
 void le_lconn_orphan(le_lconn *lc);
+
+/* Records the peer address (IPv4 or IPv6; NULL for a unix socket). */
+void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa);
+
+/* Writes the peer's host text and port (port -1 and host "" for unix
+ * sockets). */
+void le_lconn_peer(const le_lconn *lc, char *host, size_t hostlen, int *port);
+
+/* Checks the idle deadline at loop time `now`: a connection without
+ * traffic for idle_timeout is ended (a waiting recv gets nil, "timeout").
+ * The connection's loop calls it periodically for every connection. */
+void le_lconn_check_idle(le_lconn *lc, uint64_t now);
 
 /* Runs the handler function on top of L (popped) as handler(conn) in a new
  * coroutine, up to its first wait. Returns 0, or -1 when Lua is out of
