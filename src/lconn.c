@@ -296,8 +296,19 @@ void le_lconn_abort(le_lconn *lc) { end_with(lc, UV_ECANCELED); }
 
 /* ---- recv and send ---- */
 
+le__conn_ud *le__lconn_to_ud(lua_State *L) {
+  le__conn_ud *ud = lua_touserdata(L, 1);
+  int ok = ud != NULL && lua_getmetatable(L, 1);
+  if (ok) {
+    ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+  }
+  if (!ok) luaL_typeerror(L, 1, LE_LCONN_METATABLE);
+  return ud;
+}
+
 le_lconn *le__lconn_check_open(lua_State *L) {
-  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le__conn_ud *ud = le__lconn_to_ud(L);
   if (ud->lc == NULL || ud->lc->closed)
     luaL_error(L, "attempt to use a closed connection");
   return ud->lc;
@@ -445,7 +456,7 @@ static int conn_send(lua_State *L) {
 
 /* conn:close(): flushes queued output and closes. Closing twice is fine. */
 static int conn_close(lua_State *L) {
-  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le__conn_ud *ud = le__lconn_to_ud(L);
   le_lconn *lc = ud->lc;
   if (lc != NULL && !lc->closed) {
     lc->closed = 1;

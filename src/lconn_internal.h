@@ -17,6 +17,12 @@ typedef struct le__conn_ud le__conn_ud;
 /* recv, send, close and shutdown, from lconn.c. */
 extern const luaL_Reg le__lconn_io_methods[];
 
+/* Returns the conn object at argument 1, or raises a type error. Every
+ * conn method and metamethod has the conn metatable as upvalue 1; comparing
+ * with it is cheaper than luaL_checkudata's registry lookup, and this check
+ * runs on every recv and send. */
+le__conn_ud *le__lconn_to_ud(lua_State *L);
+
 /* Returns the connection of argument 1; raises if it is closed. */
 le_lconn *le__lconn_check_open(lua_State *L);
 

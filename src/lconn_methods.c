@@ -129,7 +129,7 @@ static int conn_getopts(lua_State *L) {
 }
 
 static int conn_tostring(lua_State *L) {
-  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le__conn_ud *ud = le__lconn_to_ud(L);
   le_lconn *lc = ud->lc;
   if (lc == NULL) {
     lua_pushliteral(L, "conn (closed)");
@@ -148,11 +148,13 @@ static int conn_tostring(lua_State *L) {
   return 1;
 }
 
-/* conn.id, and method lookup for everything else. */
+/* conn.id, and method lookup for everything else (the methods table is
+ * upvalue 2). Only the VM calls it, with a conn object: the metatable is
+ * hidden from Lua code by __metatable. */
 static int conn_index(lua_State *L) {
-  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le__conn_ud *ud = lua_touserdata(L, 1);
   lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
   const char *key = lua_tostring(L, 2);
   if (key != NULL && strcmp(key, "id") == 0 && ud->lc != NULL)
     lua_pushinteger(L, (lua_Integer)ud->lc->id);
@@ -163,7 +165,7 @@ static int conn_index(lua_State *L) {
  * at once: no Lua code can use it any more. A handler's own connection is
  * held by the handler's argument while it runs. */
 static int conn_gc(lua_State *L) {
-  le__conn_ud *ud = luaL_checkudata(L, 1, LE_LCONN_METATABLE);
+  le__conn_ud *ud = le__lconn_to_ud(L);
   le_lconn *lc = ud->lc;
   if (lc != NULL) {
     lc->ud = NULL;
@@ -181,18 +183,29 @@ static const luaL_Reg info_methods[] = {
     {"setopts", conn_setopts},   {"getopts", conn_getopts},
     {NULL, NULL}};
 
+/* Sets mt[name] = fn with the metatable (on top) as its upvalue. */
+static void set_metamethod(lua_State *L, const char *name, lua_CFunction fn) {
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, fn, 1);
+  lua_setfield(L, -2, name);
+}
+
 void le_lconn_open(lua_State *L) {
   luaL_newmetatable(L, LE_LCONN_METATABLE);
-  lua_createtable(L, 0, 10);
-  luaL_setfuncs(L, le__lconn_io_methods, 0);
-  luaL_setfuncs(L, info_methods, 0);
+  lua_createtable(L, 0, 10); /* the methods */
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, le__lconn_io_methods, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, info_methods, 1);
   lua_getfield(L, -1, "close");
   lua_setfield(L, -3, "__close");
-  lua_pushcclosure(L, conn_index, 1);
+  lua_pushvalue(L, -2);
+  lua_insert(L, -2);
+  lua_pushcclosure(L, conn_index, 2);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, conn_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, conn_gc);
-  lua_setfield(L, -2, "__gc");
+  set_metamethod(L, "__tostring", conn_tostring);
+  set_metamethod(L, "__gc", conn_gc);
+  lua_pushliteral(L, LE_LCONN_METATABLE);
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 }
