@@ -131,10 +131,21 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   le_conn *c = stream->data;
+  if (c->flushing) {
+    /* Lingering after the handler ended: input is discarded until the
+     * peer's FIN (see io_close). */
+    if (nread < 0) {
+      uv_read_stop(stream);
+      c->input_ended = 1;
+      if (!c->shutdown_pending) le_conn_close(c);
+    }
+    return;
+  }
   if (nread > 0) {
     le_lconn_on_data(&c->lc, buf->base, (size_t)nread);
   } else if (nread < 0) {
     uv_read_stop(stream);
+    c->input_ended = 1;
     if (nread == UV_EOF)
       le_lconn_on_eof(&c->lc);
     else
@@ -151,14 +162,21 @@ static void on_write(uv_write_t *req, int status) {
   le_lconn_on_written(&c->lc, len, ref, status);
 }
 
-/* FIN went out (or could not): a closing connection closes now; a
- * half-closed one (conn:shutdown("write")) stays open for reading. */
+static void start_timer(le_conn *c, uint64_t ms);
+
+/* Our FIN went out (or could not). A half-closed connection
+ * (conn:shutdown("write")) stays open for reading. A closing one closes
+ * once the peer has finished sending too, lingering up to LE_LINGER_MS
+ * for its FIN. */
 static void on_shutdown(uv_shutdown_t *req, int status) {
   le_conn *c = req->handle->data;
-  (void)status;
   free(req);
   c->shutdown_pending = 0;
-  if (c->flushing) le_conn_close(c);
+  if (!c->flushing) return;
+  if (c->input_ended || status < 0)
+    le_conn_close(c);
+  else
+    start_timer(c, LE_LINGER_MS);
 }
 
 /* Reports the end of a connect once; on failure the connection closes. */
@@ -185,15 +203,16 @@ static void on_timer(uv_timer_t *timer) {
   le_conn *c = ((le_conn_timer *)timer)->c;
   if (c == NULL) return;
   if (c->connect != NULL && c->connect->cb != NULL)
-    finish_connect(c, UV_ETIMEDOUT);
+    finish_connect(c, LE_TIMEOUT);
   else if (c->flushing)
-    le_conn_close(c); /* the peer did not take our output in time */
+    le_conn_close(c); /* output not taken, or no FIN from the peer, in time */
   else if (!c->closing)
     le_lconn_on_timeout(&c->lc);
 }
 
 /* Arms the connection's timer for `ms`, creating it on first use. */
 static void start_timer(le_conn *c, uint64_t ms) {
+  if (c->closing) return;
   if (c->timer == NULL) {
     le_conn_timer *t = malloc(sizeof *t);
     if (t == NULL) return; /* the deadline is lost, never the connection */
@@ -299,26 +318,44 @@ static int io_sockname(le_lconn *lc, char *host, size_t hostlen, int *port) {
   return uv_pipe_getsockname(&c->sock.pipe, host, &hostlen);
 }
 
-/* Closes at once, or first flushes queued output and sends FIN, with a
- * deadline (send_timeout, else LE_DEFAULT_FLUSH_TIMEOUT) so a peer that
- * never reads cannot hold the connection. */
+static void io_peer_path(le_lconn *lc, char *path, size_t len) {
+  le_conn *c = conn_of(lc);
+  if (c->closing || c->sock.handle.type != UV_NAMED_PIPE ||
+      uv_pipe_getpeername(&c->sock.pipe, path, &len) != 0)
+    len = 0;
+  path[len < 1 ? 0 : len] = '\0';
+}
+
+/* Closes at once when `abort` is set. Otherwise closes the way a
+ * production server does, so that the peer gets every byte:
+ *  1. queued output is flushed, then FIN is sent (within send_timeout,
+ *     else LE_DEFAULT_FLUSH_TIMEOUT, so a peer that never reads cannot hold
+ *     the connection);
+ *  2. input still arriving is read and discarded until the peer's FIN, for
+ *     up to LE_LINGER_MS. Closing a socket with unread input makes the
+ *     kernel send RST, and an RST can destroy the reply the peer has not
+ *     read yet. */
 static void io_close(le_lconn *lc, int abort) {
   le_conn *c = conn_of(lc);
   if (c->closing) return;
-  if (abort || (lc->queued == 0 && !c->shutdown_pending)) {
+  if (abort || (c->input_ended && lc->queued == 0 && !c->shutdown_pending)) {
     le_conn_close(c);
     return;
   }
   if (c->flushing) return;
-  uv_read_stop(&c->sock.stream);
+  c->flushing = 1;
+  if (!c->input_ended) uv_read_start(&c->sock.stream, on_alloc, on_read);
   if (send_fin(c) != 0) {
     le_conn_close(c);
-    return;
+  } else if (c->shutdown_pending) {
+    double seconds = lc->opts.send_timeout > 0 ? lc->opts.send_timeout
+                                               : LE_DEFAULT_FLUSH_TIMEOUT;
+    start_timer(c, (uint64_t)(seconds * 1000.0));
+  } else if (c->input_ended) {
+    le_conn_close(c); /* FIN went out earlier (conn:shutdown) */
+  } else {
+    start_timer(c, LE_LINGER_MS);
   }
-  c->flushing = 1;
-  double seconds = lc->opts.send_timeout > 0 ? lc->opts.send_timeout
-                                             : LE_DEFAULT_FLUSH_TIMEOUT;
-  start_timer(c, (uint64_t)(seconds * 1000.0));
 }
 
 static void io_handler_done(le_lconn *lc) {
@@ -336,6 +373,7 @@ static const le_lconn_io conn_io = {
     .shutdown_write = io_shutdown_write,
     .apply_sockopts = io_apply_sockopts,
     .sockname = io_sockname,
+    .peer_path = io_peer_path,
     .close = io_close,
     .handler_done = io_handler_done,
 };
@@ -378,6 +416,7 @@ static le_conn *new_conn(le_conn_ctx *ctx, uv_handle_type type,
   le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
   c->lc.id = ++ctx->next_id;
   c->lc.opts = *opts;
+  c->lc.last_active = uv_now(ctx->loop);
   return c;
 }
 
@@ -453,7 +492,7 @@ static void on_sweep(uv_timer_t *t) {
   uint64_t now = uv_now(ctx->loop);
   for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
     next = c->next;
-    if (!c->closing) le_lconn_check_idle(&c->lc, now);
+    if (!c->closing && c->connect == NULL) le_lconn_check_idle(&c->lc, now);
   }
 }
 

@@ -32,6 +32,6 @@ void le__lconn_rearm(le_lconn *lc);
 void le__lconn_push_errname(lua_State *L, int err);
 
 /* Pushes the peer as "host:port", "[v6]:port" or "unix:path". */
-void le__lconn_push_peer(lua_State *L, const le_lconn *lc);
+void le__lconn_push_peer(lua_State *L, le_lconn *lc);
 
 #endif

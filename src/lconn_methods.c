@@ -15,18 +15,23 @@ void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa) {
     lc->peer.in = *(const struct sockaddr_in *)sa;
 }
 
-void le_lconn_peer(const le_lconn *lc, char *host, size_t hostlen,
+void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen,
                    int *port) {
   *port = -1;
   host[0] = '\0';
   if (lc->peer.sa.sa_family == AF_INET || lc->peer.sa.sa_family == AF_INET6)
     le_addr_split_sockaddr(&lc->peer.sa, sizeof lc->peer, host, hostlen,
                            port);
+  else if (lc->io->peer_path != NULL)
+    lc->io->peer_path(lc, host, hostlen);
 }
 
-/* Pushes "host:port", "[v6]:port" or "unix:" for the address given. */
+/* Pushes "host:port", "[v6]:port", "unix:PATH", or "unix" for an unnamed
+ * unix socket, for the address given. */
 static void push_address(lua_State *L, const char *host, int port) {
-  if (port < 0)
+  if (port < 0 && *host == '\0')
+    lua_pushliteral(L, "unix");
+  else if (port < 0)
     lua_pushfstring(L, "unix:%s", host);
   else if (strchr(host, ':') != NULL)
     lua_pushfstring(L, "[%s]:%d", host, port);
@@ -34,7 +39,7 @@ static void push_address(lua_State *L, const char *host, int port) {
     lua_pushfstring(L, "%s:%d", host, port);
 }
 
-void le__lconn_push_peer(lua_State *L, const le_lconn *lc) {
+void le__lconn_push_peer(lua_State *L, le_lconn *lc) {
   char host[64];
   int port;
   le_lconn_peer(lc, host, sizeof host, &port);

@@ -16,11 +16,13 @@ static le_conn_ctx *ctx_of(lua_State *L) {
 }
 
 /* Returns the coroutine L runs in; raises when it is not a handler's. */
+/* Returns the coroutine L runs in; raises when it is not a handler's.
+ * `fn` names the function in the message ("luaecho.sleep"). */
 static le_coro *current(lua_State *L, const char *fn) {
   le_coro *c = le_coro_of(L);
   if (c == NULL)
-    luaL_error(L, "luaecho.%s must be called from a connection's handler "
-                  "or a coroutine it spawned", fn);
+    luaL_error(L, "%s must be called from a connection's handler or a "
+                  "coroutine it spawned", fn);
   return c;
 }
 
@@ -55,7 +57,7 @@ static int l_sleep(lua_State *L) {
   double seconds = (double)luaL_checknumber(L, 1);
   luaL_argcheck(L, seconds >= 0 && !isnan(seconds), 1,
                 "seconds must be >= 0");
-  le_coro *c = current(L, "sleep");
+  le_coro *c = current(L, "luaecho.sleep");
   le_coro_check_yieldable(L, "luaecho.sleep");
   sleep_req *r = malloc(sizeof *r);
   if (r == NULL) return luaL_error(L, "luaecho.sleep: out of memory");
@@ -186,8 +188,12 @@ static void cancel_join(le_coro *c) {
 /* task:join() -> the function's results, or nil, err */
 static int task_join(lua_State *L) {
   task *t = luaL_checkudata(L, 1, TASK_METATABLE);
-  le_coro *me = current(L, "join");
+  le_coro *me = current(L, "task:join");
   if (me == &t->coro) return luaL_error(L, "a task cannot join itself");
+  /* Tasks end with their connection; a joiner of another connection could
+   * otherwise wait for a resume that never comes. */
+  if (me->owner != t->coro.owner)
+    return luaL_error(L, "task:join: the task belongs to another connection");
   if (t->state != TASK_RUNNING) return push_outcome(L, t);
   if (t->joiner != NULL) {
     lua_pushnil(L);
@@ -218,7 +224,7 @@ static int task_tostring(lua_State *L) {
  * connection, at once, until it first waits; returns its handle. */
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  le_coro *parent = current(L, "spawn");
+  le_coro *parent = current(L, "luaecho.spawn");
   lua_State *M = ctx_of(L)->L;
   int nargs = lua_gettop(L) - 1;
   task *t = lua_newuserdatauv(L, sizeof *t, 0);
@@ -384,7 +390,7 @@ static int l_connect(lua_State *L) {
                 "port must be 1..65535");
   luaL_argcheck(L, !is_unix || (host[5] && strlen(host + 5) < LE_ADDR_PATH_MAX),
                 1, "bad unix socket path");
-  le_coro *c = current(L, "connect");
+  le_coro *c = current(L, "luaecho.connect");
   le_coro_check_yieldable(L, "luaecho.connect");
   connect_req req = {0};
   read_connect_opts(L, is_unix ? 2 : 3, &req);
@@ -414,7 +420,7 @@ static int l_connect(lua_State *L) {
 static le_lconn *owner_conn(lua_State *L, const char *fn) {
   le_lconn *lc = current(L, fn)->owner;
   if (lc == NULL || lc->script == NULL)
-    luaL_error(L, "luaecho.%s: this coroutine has no handler", fn);
+    luaL_error(L, "%s: this coroutine has no handler", fn);
   return lc;
 }
 
@@ -423,7 +429,7 @@ static le_lconn *owner_conn(lua_State *L, const char *fn) {
  * moves a live connection to new code with its state, as Erlang's
  * ?MODULE:loop(State) does. */
 static int l_latest(lua_State *L) {
-  le_lconn *lc = owner_conn(L, "latest");
+  le_lconn *lc = owner_conn(L, "luaecho.latest");
   le_script_push(lc->script, L);
   lua_pushinteger(L, (lua_Integer)lc->script->version);
   return 2;
@@ -432,7 +438,7 @@ static int l_latest(lua_State *L) {
 /* luaecho.version() -> the handler version this connection started with,
  * and the newest one. */
 static int l_version(lua_State *L) {
-  le_lconn *lc = owner_conn(L, "version");
+  le_lconn *lc = owner_conn(L, "luaecho.version");
   lua_pushinteger(L, (lua_Integer)lc->version);
   lua_pushinteger(L, (lua_Integer)lc->script->version);
   return 2;

@@ -46,24 +46,34 @@ static le_opt_status invalid(lua_State *L, int idx, const char *what,
   return LE_OPT_INVALID;
 }
 
+/* Reads an integer, accepting floats with an integral value (2^20, 64.0) as
+ * Lua itself does for integer arguments. Returns 1 and sets *out, or 0. */
+static int get_int(lua_State *L, int idx, lua_Integer *out) {
+  int isnum = 0;
+  if (lua_type(L, idx) != LUA_TNUMBER) return 0;
+  *out = lua_tointegerx(L, idx, &isnum);
+  return isnum;
+}
+
 static le_opt_status set_packet(le_opts *o, lua_State *L, int idx,
                                 char *err, size_t errlen) {
   const char *what = "\"raw\", \"line\", 0, 1, 2 or 4";
   int ok = -1;
+  lua_Integer n;
   if (lua_type(L, idx) == LUA_TSTRING)
     ok = le_packet_parse(lua_tostring(L, idx), 0, &o->packet);
-  else if (lua_isinteger(L, idx))
-    ok = le_packet_parse(NULL, (long)lua_tointeger(L, idx), &o->packet);
+  else if (get_int(L, idx, &n))
+    ok = le_packet_parse(NULL, (long)n, &o->packet);
   return ok == 0 ? LE_OPT_OK : invalid(L, idx, what, err, errlen);
 }
 
 static le_opt_status set_size(size_t *out, lua_State *L, int idx, char *err,
                               size_t errlen) {
-  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < 1 ||
-      lua_tointeger(L, idx) > LE_MAX_SIZE_OPT)
+  lua_Integer n;
+  if (!get_int(L, idx, &n) || n < 1 || n > LE_MAX_SIZE_OPT)
     return invalid(L, idx, "an integer byte count in 1..1073741824", err,
                    errlen);
-  *out = (size_t)lua_tointeger(L, idx);
+  *out = (size_t)n;
   return LE_OPT_OK;
 }
 
@@ -97,11 +107,11 @@ static le_opt_status set_keepalive(int *out, lua_State *L, int idx,
     *out = lua_toboolean(L, idx) ? 60 : 0;
     return LE_OPT_OK;
   }
-  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < 1 ||
-      lua_tointeger(L, idx) > 86400)
+  lua_Integer n;
+  if (!get_int(L, idx, &n) || n < 1 || n > 86400)
     return invalid(L, idx, "a boolean or a delay in seconds (1..86400)", err,
                    errlen);
-  *out = (int)lua_tointeger(L, idx);
+  *out = (int)n;
   return LE_OPT_OK;
 }
 

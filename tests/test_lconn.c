@@ -961,7 +961,7 @@ static void test_peername_of_unix_peer(void **state) {
   start(f, "host, port = conn:peername()\n"
            "name = tostring(conn)");
   assert_lua(f, "host, port, name",
-             "'', nil, 'conn 7 (unix: -> 127.0.0.1:7000)'");
+             "'', nil, 'conn 7 (unix -> 127.0.0.1:7000)'");
 }
 
 static void test_use_after_close_raises(void **state) {

@@ -28,6 +28,10 @@
  * to a peer that does not read, when send_timeout is off. */
 #define LE_DEFAULT_FLUSH_TIMEOUT 30.0
 
+/* How long a closing connection waits for the peer's FIN after sending its
+ * own, reading and discarding input meanwhile (see io_close in conn.c). */
+#define LE_LINGER_MS 2000
+
 /* How often the loop checks every connection's idle deadline. */
 #define LE_IDLE_SWEEP_MS 250
 
@@ -67,7 +71,8 @@ struct le_conn {
   le_conn *prev, *next;     /* in ctx's list (next: in the reap list) */
   unsigned closing : 1;     /* le_conn_close was called on the socket */
   unsigned sock_closed : 1; /* ... and its close callback has run */
-  unsigned flushing : 1;    /* waiting for queued output before closing */
+  unsigned flushing : 1;    /* closing gracefully: flushing, then lingering */
+  unsigned input_ended : 1; /* the peer's FIN or a read error was seen */
   unsigned shutdown_sent : 1;    /* FIN requested (uv_shutdown called) */
   unsigned shutdown_pending : 1; /* ... and its callback has not run yet */
   unsigned handler_done : 1;     /* the handler coroutine has ended */

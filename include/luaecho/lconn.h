@@ -65,6 +65,8 @@ typedef struct le_lconn_io {
   void (*apply_sockopts)(le_lconn *lc);
   /* Writes the local address; returns 0 or a libuv error. */
   int (*sockname)(le_lconn *lc, char *host, size_t hostlen, int *port);
+  /* Writes a unix socket peer's path ("" when unnamed or unknown). */
+  void (*peer_path)(le_lconn *lc, char *path, size_t len);
   /* Closes the socket: after flushing queued output, or at once when
    * `abort` is set. May be called more than once; the first call counts,
    * except that an abort cuts a flush short. */
@@ -131,7 +133,7 @@ void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa);
 
 /* Writes the peer's host text and port (port -1 and host "" for unix
  * sockets). */
-void le_lconn_peer(const le_lconn *lc, char *host, size_t hostlen, int *port);
+void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen, int *port);
 
 /* Checks the idle deadline at loop time `now`: a connection without
  * traffic for idle_timeout is ended (a waiting recv gets nil, "timeout").
