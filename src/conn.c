@@ -492,7 +492,15 @@ static void on_sweep(uv_timer_t *t) {
   uint64_t now = uv_now(ctx->loop);
   for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
     next = c->next;
-    if (!c->closing && c->connect == NULL) le_lconn_check_idle(&c->lc, now);
+    if (c->closing || c->connect != NULL) continue;
+    /* A large write in progress completes only at its end; the queue
+     * shrinking meanwhile is traffic too. */
+    size_t queued = c->sock.stream.write_queue_size;
+    if (queued != c->swept_queue) {
+      c->swept_queue = queued;
+      c->lc.last_active = now;
+    }
+    le_lconn_check_idle(&c->lc, now);
   }
 }
 

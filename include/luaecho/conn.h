@@ -69,6 +69,7 @@ struct le_conn {
   le_lconn lc;              /* the Lua face */
   le_conn_ctx *ctx;
   le_conn *prev, *next;     /* in ctx's list (next: in the reap list) */
+  size_t swept_queue;       /* write queue size at the last idle sweep */
   unsigned closing : 1;     /* le_conn_close was called on the socket */
   unsigned sock_closed : 1; /* ... and its close callback has run */
   unsigned flushing : 1;    /* closing gracefully: flushing, then lingering */
