@@ -427,16 +427,19 @@ static le_lconn *owner_conn(lua_State *L, const char *fn) {
 /* luaecho.latest() -> the newest version of the connection's handler
  * function, and its version number. `return luaecho.latest()(conn, state)`
  * moves a live connection to new code with its state, as Erlang's
- * ?MODULE:loop(State) does. */
+ * ?MODULE:loop(State) does; from then on the connection counts as running
+ * that version, so luaecho.version() reports it. */
 static int l_latest(lua_State *L) {
   le_lconn *lc = owner_conn(L, "luaecho.latest");
   le_script_push(lc->script, L);
-  lua_pushinteger(L, (lua_Integer)lc->script->version);
+  lc->version = lc->script->version;
+  lua_pushinteger(L, (lua_Integer)lc->version);
   return 2;
 }
 
-/* luaecho.version() -> the handler version this connection started with,
- * and the newest one. */
+/* luaecho.version() -> the handler version this connection runs (the one
+ * it started with, or the last one luaecho.latest() handed it), and the
+ * newest one. */
 static int l_version(lua_State *L) {
   le_lconn *lc = owner_conn(L, "luaecho.version");
   lua_pushinteger(L, (lua_Integer)lc->version);

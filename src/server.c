@@ -323,6 +323,9 @@ static le_script *script_for(le_server *s, const le_config *cfg,
 }
 
 int le_server_listen(le_server *s, char *err, size_t errlen) {
+  /* Watches go in before the first "listening on" line, so a save made as
+   * soon as the server reports ready is seen. */
+  start_watches(s);
   le_listener **tail = &s->listeners;
   for (size_t i = 0; i < s->cfg->nlisteners; i++) {
     const le_listener_conf *conf = &s->cfg->listeners[i];
@@ -333,7 +336,6 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
     tail = &l->next;
     le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
   }
-  start_watches(s);
   return 0;
 }
 

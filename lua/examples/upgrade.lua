@@ -15,9 +15,10 @@
 -- * Upgrade where the state is whole: here between reading a line and
 --   answering it, with the unanswered line kept in the state, so the first
 --   line after a save is already answered by the new code.
--- * luaecho.version() returns the version the connection started with and
---   the newest good one. The first does not change when a connection
---   upgrades, so the state records the version the code in hand came from.
+-- * luaecho.version() returns the version this connection runs (the one it
+--   started with, or the last one luaecho.latest() handed it) and the
+--   newest good one. The state keeps its own copy too, so a version's code
+--   can tell which version the state was last handled by.
 -- * A save that fails to load (a syntax error, say) is logged and leaves
 --   the newest good version in force: nobody upgrades to broken code.
 -- * One-time setup (setopts) runs only for a new connection, not on each
