@@ -15,17 +15,19 @@
 #include <ctype.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 char *le_lconn_errname(int err, char *out, size_t len) {
-  const char *name = uv_err_name(err);
-  if (err == UV_EOF || err == UV_ECANCELED) name = "closed";
-  if (err == LE_TIMEOUT) name = "timeout";
-  /* uv_err_name gives "ECONNRESET"; Lua code sees the lower-case form. */
-  size_t i = 0;
-  for (; name[i] && i + 1 < len; i++)
-    out[i] = (char)tolower((unsigned char)name[i]);
-  out[i] = '\0';
+  if (err == UV_EOF || err == UV_ECANCELED)
+    snprintf(out, len, "closed");
+  else if (err == LE_TIMEOUT)
+    snprintf(out, len, "timeout");
+  else /* the _r form: uv_err_name leaks a string for unknown codes */
+    uv_err_name_r(err, out, len);
+  /* libuv says "ECONNRESET"; Lua code sees the lower-case form. */
+  for (size_t i = 0; out[i]; i++)
+    out[i] = (char)tolower((unsigned char)out[i]);
   return out;
 }
 
