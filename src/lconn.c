@@ -38,6 +38,16 @@ void le__lconn_push_errname(lua_State *L, int err) {
 
 static int push_error(lua_State *L, int err);
 
+/* Bookkeeping each queued write costs besides its payload: the write
+ * request and the Lua string's header, rounded up. */
+#define WRITE_OVERHEAD 128
+
+/* Returns 1 when queued output holds more than send_buffer bytes of
+ * memory, so that send must wait for the peer to read. */
+static int over_send_buffer(const le_lconn *lc) {
+  return lc->queued + lc->nqueued * WRITE_OVERHEAD > lc->opts.send_buffer;
+}
+
 static int framed(const le_lconn *lc) {
   return lc->opts.packet != LE_PACKET_RAW;
 }
@@ -139,8 +149,7 @@ static void wake_reader(le_lconn *lc) {
  * send_buffer or can no longer be written. */
 void le__lconn_wake_writer(le_lconn *lc) {
   lua_State *co = lc->writer;
-  if (co == NULL || (lc->queued > lc->opts.send_buffer && !lc->out_err))
-    return;
+  if (co == NULL || (over_send_buffer(lc) && !lc->out_err)) return;
   lc->writer = NULL;
   lc->write_deadline = 0;
   if (lc->out_err) {
@@ -207,6 +216,7 @@ void le_lconn_on_error(le_lconn *lc, int err) {
 void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status) {
   luaL_unref(lc->L, LUA_REGISTRYINDEX, ref);
   lc->queued -= len;
+  lc->nqueued--;
   lc->last_active = lc->io->now(lc);
   if (status < 0 && !lc->out_err) lc->out_err = status;
   le__lconn_wake_writer(lc);
@@ -419,6 +429,7 @@ static int write_message(lua_State *L, le_lconn *lc, int idx,
     return r;
   }
   lc->queued += hlen + len - done;
+  lc->nqueued++;
   return 0;
 }
 
@@ -443,7 +454,7 @@ static int conn_send(lua_State *L) {
     lc->out_err = r;
     return push_error(L, r);
   }
-  if (lc->queued > lc->opts.send_buffer) {
+  if (over_send_buffer(lc)) {
     le_coro_check_yieldable(L, "conn:send");
     le_coro_wait(L, cancel_writer, lc);
     lc->writer = L;

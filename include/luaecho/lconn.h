@@ -99,6 +99,7 @@ struct le_lconn {
   le_buf in;             /* received bytes not yet returned by recv */
   size_t scanned;        /* line mode: bytes of `in` known to hold no '\n' */
   size_t queued;         /* bytes queued by io->queue_write, not yet written */
+  size_t nqueued;        /* writes queued by io->queue_write, not yet done */
   lua_State *reader;     /* coroutine waiting in recv, or NULL */
   size_t want;           /* raw mode: what the reader waits for, 0 any */
   lua_State *writer;     /* coroutine waiting in send for output to drain */
