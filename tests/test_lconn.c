@@ -583,15 +583,15 @@ static void test_partial_write_queues_the_rest(void **state) {
 static void test_send_waits_only_above_send_buffer(void **state) {
   fake *f = *state;
   f->accept = 0;
-  /* Each queued write also counts 128 bytes of bookkeeping, so this buffer
+  /* Each queued write also counts 320 bytes of bookkeeping, so this buffer
    * holds two queued writes of 4 bytes in all. */
-  f->lc.opts.send_buffer = 4 + 2 * 128;
-  start(f, "a = conn:send('abcd')\n" /* 4 + 128 queued: no wait */
-           "b = conn:send('e')\n"    /* 5 + 256 queued: above, waits */
-           "c = conn:send('f')");    /* 2 + 256 after 'abcd': no wait */
+  f->lc.opts.send_buffer = 4 + 2 * 320;
+  start(f, "a = conn:send('abcd')\n" /* 4 + 320 queued: no wait */
+           "b = conn:send('e')\n"    /* 5 + 640 queued: above, waits */
+           "c = conn:send('f')");    /* 2 + 640 after 'abcd': no wait */
   assert_lua(f, "a, b", "true, nil");
   assert_waiting(f);
-  complete_write(f, 0); /* 'abcd' written, 1 byte (+128) left */
+  complete_write(f, 0); /* 'abcd' written, 1 byte (+320) left */
   assert_lua(f, "b, c", "true, true");
   assert_ended(f, 0);
 }
