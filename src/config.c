@@ -90,7 +90,7 @@ static int get_seconds(loader *ld, int idx, const char *key, double *out) {
   if (!(v >= 0) || isinf(v))
     return fail(ld, "key '%s': expected a finite number of seconds >= 0, got %g",
                 key, v);
-  *out = v;
+  *out = v > LE_MAX_TIMEOUT ? LE_MAX_TIMEOUT : v;
   return 0;
 }
 

@@ -55,6 +55,7 @@ static void unlink_conn(le_conn *c) {
 
 static void free_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
+  unlink_conn(c);
   le_lconn_release(&c->lc);
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
   ctx->count--;
@@ -67,23 +68,23 @@ static void on_reap(uv_check_t *check) {
   uv_check_stop(check);
   while (ctx->reap != NULL) {
     le_conn *c = ctx->reap;
-    ctx->reap = c->next;
+    ctx->reap = c->next_reap;
     free_conn(c);
   }
 }
 
 /* Frees c once both its socket is closed and its handler has ended: here
  * when called from the socket's close callback, else by the reaper at the
- * end of this loop iteration. */
+ * end of this loop iteration. Until then c stays on the live list, so code
+ * walking that list (shutdown, the idle sweep) never loses its place. */
 static void release_when_done(le_conn *c, int in_close_callback) {
   if (!c->sock_closed || !c->handler_done) return;
-  unlink_conn(c);
   if (in_close_callback) {
     free_conn(c);
     return;
   }
   le_conn_ctx *ctx = c->ctx;
-  c->next = ctx->reap;
+  c->next_reap = ctx->reap;
   ctx->reap = c;
   uv_check_start(&ctx->reaper, on_reap);
 }
@@ -414,6 +415,7 @@ static le_conn *new_conn(le_conn_ctx *ctx, uv_handle_type type,
   ctx->head = c;
   ctx->count++;
   le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
+  c->lc.coro.sched = &ctx->sched;
   c->lc.id = ++ctx->next_id;
   c->lc.opts = *opts;
   c->lc.last_active = uv_now(ctx->loop);
@@ -504,6 +506,17 @@ static void on_sweep(uv_timer_t *t) {
   }
 }
 
+static void on_waker(uv_idle_t *idle) {
+  le_conn_ctx *ctx = idle->data;
+  uv_idle_stop(idle);
+  le_coro_sched_run(&ctx->sched);
+}
+
+static void kick_waker(le_coro_sched *s) {
+  le_conn_ctx *ctx = (le_conn_ctx *)((char *)s - offsetof(le_conn_ctx, sched));
+  uv_idle_start(&ctx->waker, on_waker);
+}
+
 int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
                      const le_log *log) {
   memset(ctx, 0, sizeof *ctx);
@@ -514,7 +527,9 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
   ctx->read_buf = malloc(READ_BUF_SIZE);
   uv_timer_init(loop, &ctx->sweep);
   uv_check_init(loop, &ctx->reaper);
-  ctx->sweep.data = ctx->reaper.data = ctx;
+  uv_idle_init(loop, &ctx->waker);
+  ctx->sweep.data = ctx->reaper.data = ctx->waker.data = ctx;
+  ctx->sched.kick = kick_waker;
   /* The sweep alone must not keep the loop running. */
   uv_timer_start(&ctx->sweep, on_sweep, LE_IDLE_SWEEP_MS, LE_IDLE_SWEEP_MS);
   uv_unref((uv_handle_t *)&ctx->sweep);
@@ -527,6 +542,8 @@ void le_conn_ctx_close(le_conn_ctx *ctx) {
     uv_close((uv_handle_t *)&ctx->sweep, NULL);
   if (!uv_is_closing((uv_handle_t *)&ctx->reaper))
     uv_close((uv_handle_t *)&ctx->reaper, NULL);
+  if (!uv_is_closing((uv_handle_t *)&ctx->waker))
+    uv_close((uv_handle_t *)&ctx->waker, NULL);
 }
 
 void le_conn_ctx_free(le_conn_ctx *ctx) {

@@ -27,9 +27,26 @@ void le_coro_check_yieldable(lua_State *L, const char *what) {
                what);
 }
 
+/* Continues a binding after its coroutine was resumed. le_coro_resume
+ * clears `waiting` first; finding it still set means coroutine.resume did
+ * it, and whatever the binding waited on must forget this coroutine. */
+static int after_yield(lua_State *L, int status, lua_KContext base) {
+  le_coro *c = le_coro_of(L);
+  (void)status;
+  if (c != NULL && c->waiting) {
+    if (c->cancel != NULL) c->cancel(c);
+    c->cancel = NULL;
+    c->wait = NULL;
+    c->waiting = 0;
+    return luaL_error(L, "a luaecho coroutine was resumed by "
+                         "coroutine.resume; only luaecho may resume it");
+  }
+  return lua_gettop(L) - (int)base;
+}
+
 int le_coro_yield(lua_State *L) {
   le_coro_of(L)->waiting = 1;
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), after_yield);
 }
 
 /* The list a coroutine is on is reachable through its neighbours only, so
@@ -50,6 +67,15 @@ void le_coro_list_add(le_coro_list *list, le_coro *c) {
   c->prev = (le_coro *)((char *)list - offsetof(le_coro, next));
 }
 
+static void unready(le_coro *c) {
+  if (c->ready_nargs < 0) return;
+  if (c->prev_ready) c->prev_ready->next_ready = c->next_ready;
+  else c->sched->ready = c->next_ready;
+  if (c->next_ready) c->next_ready->prev_ready = c->prev_ready;
+  c->next_ready = c->prev_ready = NULL;
+  c->ready_nargs = -1;
+}
+
 /* Detaches the thread from c (c->co becomes NULL) and returns it; the
  * caller keeps it alive on the main stack while it still needs it. */
 static lua_State *detach(le_coro *c) {
@@ -58,6 +84,7 @@ static lua_State *detach(le_coro *c) {
   c->cancel = NULL;
   set_owner(co, NULL);
   unlink_coro(c);
+  unready(c);
   lua_rawgeti(c->L, LUA_REGISTRYINDEX, c->ref);
   luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
   c->ref = LUA_NOREF;
@@ -100,11 +127,18 @@ static void finish(le_coro *c, int status, int nres) {
 }
 
 void le_coro_resume(le_coro *c, int nargs) {
+  le_coro_resume_from(c, nargs, c->L);
+}
+
+/* Runs c until it waits or ends. */
+static void run(le_coro *c, int nargs, lua_State *from) {
   int nres = 0;
   c->waiting = 0;
   c->cancel = NULL;
   c->wait = NULL;
-  int status = lua_resume(c->co, c->L, nargs, &nres);
+  if (c->sched) c->sched->depth++;
+  int status = lua_resume(c->co, from ? from : c->L, nargs, &nres);
+  if (c->sched) c->sched->depth--;
   if (status == LUA_YIELD && c->waiting) {
     lua_pop(c->co, nres);
     return;
@@ -112,7 +146,41 @@ void le_coro_resume(le_coro *c, int nargs) {
   finish(c, status, nres);
 }
 
-int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done) {
+void le_coro_resume_from(le_coro *c, int nargs, lua_State *from) {
+  if (c->co == NULL) return;
+  if (!c->waiting || lua_status(c->co) != LUA_YIELD ||
+      c->ready_nargs >= 0) {
+    lua_pop(c->co, nargs);
+    return;
+  }
+  le_coro_sched *s = c->sched;
+  if (s != NULL && s->depth > 0) {
+    /* Woken from inside another coroutine: the wait is over (whatever it
+     * waited on has already forgotten it), the resume comes later. */
+    c->cancel = NULL;
+    c->wait = NULL;
+    c->ready_nargs = nargs;
+    c->prev_ready = NULL;
+    c->next_ready = s->ready;
+    if (s->ready) s->ready->prev_ready = c;
+    s->ready = c;
+    s->kick(s);
+    return;
+  }
+  run(c, nargs, from);
+}
+
+void le_coro_sched_run(le_coro_sched *s) {
+  while (s->ready != NULL) {
+    le_coro *c = s->ready;
+    int nargs = c->ready_nargs;
+    unready(c);
+    run(c, nargs, NULL);
+  }
+}
+
+int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
+                  lua_State *from) {
   if (!lua_checkstack(L, 2)) return -1;
   lua_State *co = lua_newthread(L);
   c->L = L;
@@ -121,9 +189,11 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done) {
   c->done = done;
   c->waiting = 0;
   c->cancel = NULL;
+  c->ready_nargs = -1;
+  c->next_ready = c->prev_ready = NULL;
   set_owner(co, c);
   lua_xmove(L, co, nargs + 1);
-  le_coro_resume(c, nargs);
+  run(c, nargs, from);
   return 0;
 }
 

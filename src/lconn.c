@@ -252,22 +252,23 @@ static uint64_t deadline_after(le_lconn *lc, double seconds) {
   return lc->io->now(lc) + (uint64_t)ms;
 }
 
-/* Ends the connection from this side: coroutines waiting now get
- * nil, err; every later call gets nil, "closed" (set before anyone is
- * resumed), so a loop that retries on "timeout" cannot spin. The socket
- * closes at once. */
-static void end_with(le_lconn *lc, int err) {
+/* Ends the connection from this side: a coroutine waiting in recv gets
+ * nil, read_err, one waiting in send gets nil, write_err; every later call
+ * gets nil, "closed" (set before anyone is resumed), so a loop that
+ * retries on "timeout" cannot spin. The socket closes at once. */
+static void end_with(le_lconn *lc, int read_err, int write_err) {
+  lc->ended = 1;
   if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
   if (!lc->out_err) lc->out_err = UV_ECANCELED;
   if (lc->reader != NULL) {
     lua_State *co = take_reader(lc);
-    resume(co, push_failure(co, lc, err));
+    resume(co, push_failure(co, lc, read_err));
   }
   lua_State *co = lc->writer;
   if (co != NULL) {
     lc->writer = NULL;
     lc->write_deadline = 0;
-    resume(co, push_error(co, err));
+    resume(co, push_error(co, write_err));
   }
   lc->io->close(lc, 1);
 }
@@ -283,7 +284,7 @@ void le_lconn_on_timeout(le_lconn *lc) {
   }
   if (lc->writer != NULL && lc->write_deadline && now >= lc->write_deadline) {
     if (lc->opts.send_timeout_close) {
-      end_with(lc, LE_TIMEOUT);
+      end_with(lc, UV_ECANCELED, LE_TIMEOUT);
     } else {
       lua_State *co = lc->writer;
       lc->writer = NULL;
@@ -295,17 +296,17 @@ void le_lconn_on_timeout(le_lconn *lc) {
 }
 
 void le_lconn_check_idle(le_lconn *lc, uint64_t now) {
-  if (lc->opts.idle_timeout < 0 || lc->closed ||
-      lc->in_err == UV_ECANCELED)
-    return;
+  if (lc->opts.idle_timeout < 0 || lc->closed || lc->ended) return;
   if (now < lc->last_active + (uint64_t)(lc->opts.idle_timeout * 1000.0))
     return;
   le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
           (unsigned long long)lc->id);
-  end_with(lc, LE_TIMEOUT);
+  end_with(lc, LE_TIMEOUT, LE_TIMEOUT);
 }
 
-void le_lconn_abort(le_lconn *lc) { end_with(lc, UV_ECANCELED); }
+void le_lconn_abort(le_lconn *lc) {
+  end_with(lc, UV_ECANCELED, UV_ECANCELED);
+}
 
 /* ---- recv and send ---- */
 
@@ -378,7 +379,8 @@ static void cancel_writer(le_coro *c) {
 static int conn_recv(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
   lua_Integer n = luaL_optinteger(L, 2, 0);
-  luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
+  luaL_argcheck(L, n >= 0 && n <= LE_MAX_SIZE_OPT, 2,
+                "byte count must be 0..1073741824");
   double timeout = opt_timeout(L, 3, lc->opts.recv_timeout);
   check_owner(L, lc, "recv");
   if (lc->reader != NULL) return push_busy(L);
@@ -455,8 +457,9 @@ static int conn_send(lua_State *L) {
     lc->out_err = r;
     return push_error(L, r);
   }
-  if (over_send_buffer(lc)) {
-    le_coro_check_yieldable(L, "conn:send");
+  /* Where Lua cannot yield (a C callback), the bytes are already queued:
+   * send returns true without waiting rather than raise after sending. */
+  if (over_send_buffer(lc) && lua_isyieldable(L)) {
     le_coro_wait(L, cancel_writer, lc);
     lc->writer = L;
     if (lc->opts.send_timeout > 0)
@@ -545,10 +548,11 @@ static void on_handler_done(le_coro *c, lua_State *co, int nres,
     lua_pop(lc->L, 1);
   }
   end_children(lc);
-  if (!lc->closed) {
+  if (!lc->closed || error != NULL) {
     lc->closed = 1;
     le__lconn_update_reading(lc);
     le__lconn_rearm(lc);
+    /* After an error, output is dropped even if close() began a flush. */
     lc->io->close(lc, error != NULL);
   }
   lc->io->handler_done(lc);
@@ -586,7 +590,7 @@ int le_lconn_start(le_lconn *lc) {
   push_conn_object(lc, L);
   lc->owner = lc;
   lc->coro.owner = lc;
-  if (le_coro_start(&lc->coro, L, 1, on_handler_done) != 0) {
+  if (le_coro_start(&lc->coro, L, 1, on_handler_done, NULL) != 0) {
     lua_pop(L, 2);
     return -1;
   }

@@ -40,7 +40,7 @@ static void push_address(lua_State *L, const char *host, int port) {
 }
 
 void le__lconn_push_peer(lua_State *L, le_lconn *lc) {
-  char host[64];
+  char host[128];
   int port;
   le_lconn_peer(lc, host, sizeof host, &port);
   push_address(L, host, port);
@@ -59,7 +59,7 @@ static int push_host_port(lua_State *L, const char *host, int port) {
 /* conn:peername() -> host, port */
 static int conn_peername(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
-  char host[64];
+  char host[128];
   int port;
   le_lconn_peer(lc, host, sizeof host, &port);
   return push_host_port(L, host, port);
@@ -154,10 +154,10 @@ static int conn_tostring(lua_State *L) {
 }
 
 /* conn.id, and method lookup for everything else (the methods table is
- * upvalue 2). Only the VM calls it, with a conn object: the metatable is
- * hidden from Lua code by __metatable. */
+ * upvalue 2). The argument is checked too: the debug library can call it
+ * with anything. */
 static int conn_index(lua_State *L) {
-  le__conn_ud *ud = lua_touserdata(L, 1);
+  le__conn_ud *ud = le__lconn_to_ud(L);
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
   const char *key = lua_tostring(L, 2);

@@ -133,7 +133,12 @@ static int push_outcome(lua_State *L, task *t) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->results_ref);
   lua_Integer n = (lua_getfield(L, -1, "n"), lua_tointeger(L, -1));
   lua_pop(L, 1);
-  luaL_checkstack(L, (int)n, "too many results");
+  if (n > 0 && !lua_checkstack(L, (int)n)) { /* never raise on a joiner */
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_pushliteral(L, "too many results to return");
+    return 2;
+  }
   for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, -1 - (int)(i - 1), i);
   lua_remove(L, -1 - (int)n);
   return (int)n;
@@ -166,7 +171,7 @@ static void task_done(le_coro *c, lua_State *co, int nres,
   t->joiner = NULL;
   t->self_ref = LUA_NOREF;
   if (joiner != NULL)
-    le_coro_resume(le_coro_of(joiner), push_outcome(joiner, t));
+    le_coro_resume_from(le_coro_of(joiner), push_outcome(joiner, t), co);
   /* Last: the handle may be collected from here on. */
   luaL_unref(L, LUA_REGISTRYINDEX, self);
 }
@@ -236,11 +241,12 @@ static int l_spawn(lua_State *L) {
   lua_insert(L, 1); /* the handle stays below for the return */
   t->coro.owner = parent->owner;
   t->coro.killed = task_killed;
-  /* Coroutines are started and resumed from the main state, never from
-   * another coroutine's stack. */
+  t->coro.sched = parent->sched;
+  /* The new coroutine lives in the main state; the parent is only `from`,
+   * so nested spawns count against Lua's C-stack limit. */
   luaL_checkstack(M, nargs + 3, "too many arguments");
   lua_xmove(L, M, nargs + 1);
-  if (le_coro_start(&t->coro, M, nargs, task_done) != 0)
+  if (le_coro_start(&t->coro, M, nargs, task_done, L) != 0)
     return luaL_error(L, "luaecho.spawn: out of memory");
   if (le_coro_alive(&t->coro))
     le_coro_list_add(&((le_lconn *)parent->owner)->tasks, &t->coro);

@@ -88,7 +88,9 @@ static le_opt_status set_timeout(double *out, lua_State *L, int idx,
   if (!(v > 0) || isinf(v))
     return invalid(L, idx, "a number of seconds > 0, or false for none", err,
                    errlen);
-  *out = v;
+  /* Longer than LE_MAX_TIMEOUT is "never" in practice; the cap keeps every
+   * conversion to milliseconds far from overflow. */
+  *out = v > LE_MAX_TIMEOUT ? LE_MAX_TIMEOUT : v;
   return LE_OPT_OK;
 }
 

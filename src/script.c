@@ -2,6 +2,7 @@
 #include "luaecho/script.h"
 
 #include <lauxlib.h>
+#include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,11 +27,19 @@ static void push_module_path(lua_State *L, const char *path) {
   lua_remove(L, -2);
 }
 
+/* Pushes the package library's table as require itself finds it (the
+ * global `package` may have been reassigned by handler code). */
+static void push_package(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, LUA_LOADLIBNAME);
+  lua_remove(L, -2);
+}
+
 /* Lets a handler `require` modules that sit next to it: its directory goes
  * in front of package.path, once. */
 static void add_module_dir(lua_State *L, const char *path) {
   push_module_path(L, path);
-  lua_getglobal(L, "package");
+  push_package(L);
   lua_getfield(L, -1, "path");
   const char *prefix = lua_tostring(L, -3);
   const char *current = lua_tostring(L, -1);
@@ -47,7 +56,7 @@ static void add_module_dir(lua_State *L, const char *path) {
  * module tables they hold. */
 static void forget_local_modules(lua_State *L, const char *path) {
   lua_newtable(L); /* the forgotten modules */
-  lua_getglobal(L, "package");
+  push_package(L);
   lua_getfield(L, -1, "loaded");
   lua_getfield(L, -2, "searchpath");
   push_module_path(L, path);
@@ -78,7 +87,7 @@ static void forget_local_modules(lua_State *L, const char *path) {
 /* Puts the modules saved by forget_local_modules (on top) back, for a
  * version that failed to load, and pops them. */
 static void restore_modules(lua_State *L) {
-  lua_getglobal(L, "package");
+  push_package(L);
   lua_getfield(L, -1, "loaded");
   lua_pushnil(L);
   while (lua_next(L, -4) != 0) {
@@ -89,11 +98,40 @@ static void restore_modules(lua_State *L) {
   lua_pop(L, 3);
 }
 
+/* The steps above index package tables that handler code can replace
+ * (package = nil), so they run protected: a bad state makes a load or a
+ * reload fail with a message, never abort the process. */
+static int do_add_module_dir(lua_State *L) {
+  add_module_dir(L, lua_touserdata(L, 1));
+  return 0;
+}
+
+static int do_forget_local_modules(lua_State *L) {
+  forget_local_modules(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+static int do_restore_modules(lua_State *L) {
+  restore_modules(L);
+  return 0;
+}
+
+/* Calls fn(path) protected; returns its status, leaving `nres` results or
+ * the error message on the stack. */
+static int call_protected(lua_State *L, lua_CFunction fn, const char *path,
+                          int nres) {
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, (void *)path);
+  return lua_pcall(L, 1, nres, 0);
+}
+
 static int load_chunk(lua_State *L, const char *path) {
   if (path == NULL)
     return luaL_loadbufferx(L, le_builtin_echo, le_builtin_echo_len,
                             "=" LE_BUILTIN_HANDLER_NAME, "t");
-  add_module_dir(L, path);
+  /* Without the module path the handler still loads; only its requires of
+   * modules next to it would fail, with Lua's own message. */
+  if (call_protected(L, do_add_module_dir, path, 0) != LUA_OK) lua_pop(L, 1);
   return luaL_loadfilex(L, path, "t");
 }
 
@@ -141,12 +179,19 @@ le_script *le_script_new(lua_State *L, const char *path, char *err,
 }
 
 int le_script_reload(le_script *s, char *err, size_t errlen) {
-  if (s->path != NULL)
-    forget_local_modules(s->L, s->path);
-  else
-    lua_newtable(s->L);
-  if (le_script_load(s->L, s->path, err, errlen) != 0) {
-    restore_modules(s->L);
+  lua_State *L = s->L;
+  if (s->path == NULL) {
+    lua_newtable(L);
+  } else if (call_protected(L, do_forget_local_modules, s->path, 1) != 0) {
+    snprintf(err, errlen, "%s: cannot set its modules aside: %s", s->path,
+             lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+    return -1;
+  }
+  if (le_script_load(L, s->path, err, errlen) != 0) {
+    lua_pushcfunction(L, do_restore_modules);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
     return -1;
   }
   lua_remove(s->L, -2); /* the saved modules are no longer needed */

@@ -542,7 +542,7 @@ static void test_recv_bad_arguments_raise(void **state) {
            "_, e2 = pcall(function() return conn:recv(1, -1) end)\n"
            "_, e3 = pcall(function() return conn:send({}) end)");
   assert_contains(show(f, "e1"),
-                  "bad argument #1 to 'recv' (byte count must be >= 0)");
+                  "bad argument #1 to 'recv' (byte count must be 0..1073741824)");
   assert_contains(show(f, "e2"),
                   "bad argument #2 to 'recv' (timeout must be >= 0 seconds)");
   assert_contains(show(f, "e3"), "bad argument #1 to 'send'");
@@ -1063,14 +1063,16 @@ static void test_recv_after_yield_across_c_boundary(void **state) {
   assert_lua(f, "data, e", "'x', nil");
 }
 
+/* Where Lua cannot yield, send queues its bytes and returns true without
+ * waiting: raising after the bytes went out would invite a resend. */
 static void test_send_after_yield_across_c_boundary(void **state) {
   fake *f = *state;
   block_sends(f);
   start(f, "ok, err = pcall(table.sort, {3, 1, 2},\n"
-           "  function(a, b) conn:send('x') return a < b end)\n"
+           "  function(a, b) assert(conn:send('x')) return a < b end)\n"
            "sent, e = conn:send('y')");
-  assert_lua(f, "ok", "false");
-  assert_contains(show(f, "err"), "attempt to yield across a C-call boundary");
+  assert_lua(f, "ok, err", "true, nil");
+  assert_true(f->nwrites >= 2);
   assert_waiting(f); /* in send('y'), behind what is queued */
   while (f->ncompleted < f->nwrites) complete_write(f, 0);
   assert_lua(f, "sent, e", "true, nil");

@@ -52,6 +52,8 @@ struct le_conn_ctx {
   uint64_t next_id;   /* last connection id handed out */
   uv_timer_t sweep;   /* the idle sweep; owned here */
   uv_check_t reaper;  /* frees connections whose handler ended last */
+  le_coro_sched sched; /* coroutines woken while another one runs ... */
+  uv_idle_t waker;    /* ... are resumed from here, on the next turn */
   le_conn *reap;      /* connections waiting for the reaper */
   /* Called after a connection was freed (the count is already lower). */
   void (*on_freed)(le_conn_ctx *ctx);
@@ -68,7 +70,8 @@ struct le_conn {
   le_connect_req *connect;  /* an outbound connect in flight, or NULL */
   le_lconn lc;              /* the Lua face */
   le_conn_ctx *ctx;
-  le_conn *prev, *next;     /* in ctx's list (next: in the reap list) */
+  le_conn *prev, *next;     /* in ctx's list of live connections */
+  le_conn *next_reap;       /* in ctx's reap list, once ready to be freed */
   size_t swept_queue;       /* write queue size at the last idle sweep */
   unsigned closing : 1;     /* le_conn_close was called on the socket */
   unsigned sock_closed : 1; /* ... and its close callback has run */

@@ -20,6 +20,19 @@
 #include <lua.h>
 
 typedef struct le_coro le_coro;
+typedef struct le_coro_sched le_coro_sched;
+
+/* Where a loop's coroutines are resumed from. A coroutine woken while
+ * another luaecho coroutine runs (conn:close() in one coroutine waking a
+ * reader in another, say) is not resumed on the spot: it goes on the ready
+ * list and the loop resumes it once nothing runs, through `kick`. So no
+ * coroutine ever runs nested inside another one's binding, where its end
+ * could tear down the coroutine that woke it. */
+struct le_coro_sched {
+  int depth;                       /* luaecho coroutines running now */
+  le_coro *ready;                  /* woken, waiting for the loop */
+  void (*kick)(le_coro_sched *s);  /* asks the loop to call le_coro_sched_run */
+};
 
 /* Called once when the coroutine ends by returning or raising. `co` is the
  * finished thread with its `nres` results on top (when error is NULL);
@@ -40,6 +53,9 @@ struct le_coro {
   void *wait;            /* what it waits on, for cancel */
   void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
   le_coro *next, *prev;  /* in a le_coro_list */
+  le_coro_sched *sched;  /* its loop's scheduler; set before le_coro_start */
+  le_coro *next_ready, *prev_ready; /* in sched->ready while woken */
+  int ready_nargs;       /* values pushed for the deferred resume, or -1 */
 };
 
 /* A list of coroutines that end together (a connection's spawned tasks). */
@@ -48,15 +64,23 @@ typedef struct le_coro_list {
 } le_coro_list;
 
 /* Starts a coroutine running the function below `nargs` arguments on top of
- * L (all of them are popped) and runs it until it first waits or ends.
- * c->owner, c->killed must be set before. Returns 0, or -1 when no thread
- * could be made (nothing is popped then). */
-int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done);
+ * L, the main state (all of them are popped), and runs it until it first
+ * waits or ends. `from` is the coroutine starting it (NULL from the loop),
+ * so that Lua counts nested starts against its C-stack limit. c->owner and
+ * c->killed must be set before. Returns 0, or -1 when no thread could be
+ * made (nothing is popped then). */
+int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
+                  lua_State *from);
 
-/* Resumes c with the `nargs` values already pushed on c->co. A coroutine
- * that yields without le_coro_yield (a bare coroutine.yield) is ended as an
- * error, since nothing would ever resume it. */
+/* Resumes c with the `nargs` values already pushed on c->co, from the loop.
+ * A coroutine that is not suspended in a luaecho wait is left alone (the
+ * values are dropped). A coroutine that yields without le_coro_yield (a
+ * bare coroutine.yield) is ended as an error, since nothing would ever
+ * resume it. */
 void le_coro_resume(le_coro *c, int nargs);
+
+/* Same, from inside the coroutine `from` (see le_coro_start). */
+void le_coro_resume_from(le_coro *c, int nargs, lua_State *from);
 
 /* Records what the coroutine running L is about to wait on: if it is ended
  * while waiting, cancel(c) runs first so the waited-on object forgets it.
@@ -70,7 +94,9 @@ void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait);
 void le_coro_check_yieldable(lua_State *L, const char *what);
 
 /* Suspends the calling coroutine until something resumes it; use as
- * `return le_coro_yield(L);` in a binding. */
+ * `return le_coro_yield(L);` in a binding. If Lua code resumes it instead
+ * (coroutine.resume on a handler's thread), the wait is cancelled and the
+ * binding raises, so no stale wait is left behind. */
 int le_coro_yield(lua_State *L);
 
 /* Returns the le_coro that L runs in, or NULL for the main thread or a
@@ -85,6 +111,10 @@ static inline int le_coro_alive(const le_coro *c) { return c->co != NULL; }
  * leaves its list, and c->killed runs. `done` is not called. Safe to call
  * on an ended coroutine. */
 void le_coro_release(le_coro *c);
+
+/* Resumes every coroutine on the ready list. The loop calls it after
+ * `kick`, from a callback where no coroutine runs. */
+void le_coro_sched_run(le_coro_sched *s);
 
 /* Adds c to list; it leaves the list by itself when it ends. */
 void le_coro_list_add(le_coro_list *list, le_coro *c);

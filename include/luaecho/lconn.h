@@ -110,7 +110,8 @@ struct le_lconn {
   int in_err;            /* 0; UV_EOF after the peer's FIN; or an error */
   int out_err;           /* 0, or the error that ended output */
   unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
-  unsigned closed : 1;   /* closed by the handler or ended; methods raise */
+  unsigned closed : 1;   /* closed by the handler (or it ended); methods raise */
+  unsigned ended : 1;    /* ended by this side (timeout, abort): calls fail */
 };
 
 /* Registers the conn metatable in L. Call once per Lua state. */

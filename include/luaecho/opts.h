@@ -13,6 +13,7 @@
 #include "luaecho/framing.h"
 
 #define LE_MAX_SIZE_OPT (1024 * 1024 * 1024) /* 1 GiB bound for size options */
+#define LE_MAX_TIMEOUT 1e9 /* seconds (about 31 years); longer ones are cut */
 
 typedef struct le_opts {
   le_packet packet;         /* framing of recv and send */
