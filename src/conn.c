@@ -497,7 +497,7 @@ static void on_sweep(uv_timer_t *t) {
     if (c->closing || c->connect != NULL) continue;
     /* A large write in progress completes only at its end; the queue
      * shrinking meanwhile is traffic too. */
-    size_t queued = c->sock.stream.write_queue_size;
+    uint32_t queued = (uint32_t)c->sock.stream.write_queue_size;
     if (queued != c->swept_queue) {
       c->swept_queue = queued;
       c->lc.last_active = now;

@@ -67,12 +67,15 @@ void le_coro_list_add(le_coro_list *list, le_coro *c) {
   c->prev = (le_coro *)((char *)list - offsetof(le_coro, next));
 }
 
+/* Takes c off its scheduler's ready list. The list is short and this is
+ * rare (a coroutine ended between being woken and resumed), so a singly
+ * linked list, walked here, keeps every coroutine a pointer smaller. */
 static void unready(le_coro *c) {
   if (c->ready_nargs < 0) return;
-  if (c->prev_ready) c->prev_ready->next_ready = c->next_ready;
-  else c->sched->ready = c->next_ready;
-  if (c->next_ready) c->next_ready->prev_ready = c->prev_ready;
-  c->next_ready = c->prev_ready = NULL;
+  le_coro **p = &c->sched->ready;
+  while (*p != NULL && *p != c) p = &(*p)->next_ready;
+  if (*p == c) *p = c->next_ready;
+  c->next_ready = NULL;
   c->ready_nargs = -1;
 }
 
@@ -160,9 +163,7 @@ void le_coro_resume_from(le_coro *c, int nargs, lua_State *from) {
     c->cancel = NULL;
     c->wait = NULL;
     c->ready_nargs = nargs;
-    c->prev_ready = NULL;
     c->next_ready = s->ready;
-    if (s->ready) s->ready->prev_ready = c;
     s->ready = c;
     s->kick(s);
     return;
@@ -190,7 +191,7 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
   c->waiting = 0;
   c->cancel = NULL;
   c->ready_nargs = -1;
-  c->next_ready = c->prev_ready = NULL;
+  c->next_ready = NULL;
   set_owner(co, c);
   lua_xmove(L, co, nargs + 1);
   run(c, nargs, from);

@@ -107,9 +107,11 @@ static le_frame_status next_message(le_lconn *lc, const char *data, size_t n,
  * of values pushed, or returns 0 when the caller must wait for more. */
 static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
   le_frame f;
+  size_t scanned = lc->scanned;
   le_frame_status st = next_message(lc, le_buf_peek(&lc->in),
-                                    le_buf_size(&lc->in), want, &lc->scanned,
+                                    le_buf_size(&lc->in), want, &scanned,
                                     &f);
+  lc->scanned = (uint32_t)scanned; /* <= packet_size, at most 1 GiB */
   if (st == LE_FRAME_OK) {
     lua_pushlstring(L, le_buf_peek(&lc->in) + f.off, f.len);
     le_buf_consume(&lc->in, f.used);
@@ -398,7 +400,7 @@ static int conn_recv(lua_State *L) {
   le_coro_check_yieldable(L, "conn:recv");
   le_coro_wait(L, cancel_reader, lc);
   lc->reader = L;
-  lc->want = want;
+  lc->want = (uint32_t)want;
   lc->read_deadline = timeout > 0 ? deadline_after(lc, timeout) : 0;
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);

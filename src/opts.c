@@ -60,20 +60,23 @@ static le_opt_status set_packet(le_opts *o, lua_State *L, int idx,
   const char *what = "\"raw\", \"line\", 0, 1, 2 or 4";
   int ok = -1;
   lua_Integer n;
+  le_packet p = LE_PACKET_RAW;
   if (lua_type(L, idx) == LUA_TSTRING)
-    ok = le_packet_parse(lua_tostring(L, idx), 0, &o->packet);
+    ok = le_packet_parse(lua_tostring(L, idx), 0, &p);
   else if (get_int(L, idx, &n))
-    ok = le_packet_parse(NULL, (long)n, &o->packet);
-  return ok == 0 ? LE_OPT_OK : invalid(L, idx, what, err, errlen);
+    ok = le_packet_parse(NULL, (long)n, &p);
+  if (ok != 0) return invalid(L, idx, what, err, errlen);
+  o->packet = (uint8_t)p;
+  return LE_OPT_OK;
 }
 
-static le_opt_status set_size(size_t *out, lua_State *L, int idx, char *err,
+static le_opt_status set_size(uint32_t *out, lua_State *L, int idx, char *err,
                               size_t errlen) {
   lua_Integer n;
   if (!get_int(L, idx, &n) || n < 1 || n > LE_MAX_SIZE_OPT)
     return invalid(L, idx, "an integer byte count in 1..1073741824", err,
                    errlen);
-  *out = (size_t)n;
+  *out = (uint32_t)n;
   return LE_OPT_OK;
 }
 
@@ -94,16 +97,16 @@ static le_opt_status set_timeout(double *out, lua_State *L, int idx,
   return LE_OPT_OK;
 }
 
-static le_opt_status set_bool(int *out, lua_State *L, int idx, char *err,
+static le_opt_status set_bool(uint8_t *out, lua_State *L, int idx, char *err,
                               size_t errlen) {
   if (lua_type(L, idx) != LUA_TBOOLEAN)
     return invalid(L, idx, "a boolean", err, errlen);
-  *out = lua_toboolean(L, idx);
+  *out = (uint8_t)lua_toboolean(L, idx);
   return LE_OPT_OK;
 }
 
 /* keepalive is a boolean (true: probe after 60 s idle) or a delay. */
-static le_opt_status set_keepalive(int *out, lua_State *L, int idx,
+static le_opt_status set_keepalive(uint32_t *out, lua_State *L, int idx,
                                    char *err, size_t errlen) {
   if (lua_type(L, idx) == LUA_TBOOLEAN) {
     *out = lua_toboolean(L, idx) ? 60 : 0;
@@ -113,7 +116,7 @@ static le_opt_status set_keepalive(int *out, lua_State *L, int idx,
   if (!get_int(L, idx, &n) || n < 1 || n > 86400)
     return invalid(L, idx, "a boolean or a delay in seconds (1..86400)", err,
                    errlen);
-  *out = (int)n;
+  *out = (uint32_t)n;
   return LE_OPT_OK;
 }
 

@@ -72,7 +72,6 @@ struct le_conn {
   le_conn_ctx *ctx;
   le_conn *prev, *next;     /* in ctx's list of live connections */
   le_conn *next_reap;       /* in ctx's reap list, once ready to be freed */
-  size_t swept_queue;       /* write queue size at the last idle sweep */
   unsigned closing : 1;     /* le_conn_close was called on the socket */
   unsigned sock_closed : 1; /* ... and its close callback has run */
   unsigned flushing : 1;    /* closing gracefully: flushing, then lingering */
@@ -80,6 +79,7 @@ struct le_conn {
   unsigned shutdown_sent : 1;    /* FIN requested (uv_shutdown called) */
   unsigned shutdown_pending : 1; /* ... and its callback has not run yet */
   unsigned handler_done : 1;     /* the handler coroutine has ended */
+  uint32_t swept_queue;     /* write queue size (low bits) at the last sweep */
 };
 
 /* Initializes ctx for `loop` and starts its idle sweep; the read buffer is

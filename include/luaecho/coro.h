@@ -54,7 +54,7 @@ struct le_coro {
   void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
   le_coro *next, *prev;  /* in a le_coro_list */
   le_coro_sched *sched;  /* its loop's scheduler; set before le_coro_start */
-  le_coro *next_ready, *prev_ready; /* in sched->ready while woken */
+  le_coro *next_ready;   /* in sched->ready while woken */
   int ready_nargs;       /* values pushed for the deferred resume, or -1 */
 };
 

@@ -97,12 +97,14 @@ struct le_lconn {
   } peer;                /* peer address; family AF_UNIX for unix sockets */
   le_opts opts;          /* options in force (conn:setopts changes them) */
   le_buf in;             /* received bytes not yet returned by recv */
-  size_t scanned;        /* line mode: bytes of `in` known to hold no '\n' */
   size_t queued;         /* bytes queued by io->queue_write, not yet written */
-  size_t nqueued;        /* writes queued by io->queue_write, not yet done */
   lua_State *reader;     /* coroutine waiting in recv, or NULL */
-  size_t want;           /* raw mode: what the reader waits for, 0 any */
   lua_State *writer;     /* coroutine waiting in send for output to drain */
+  /* 32-bit counters keep an idle connection small; each is bounded by a
+   * 1 GiB option (packet_size, recv's n) or by memory. */
+  uint32_t scanned;      /* line mode: bytes of `in` known to hold no '\n' */
+  uint32_t want;         /* raw mode: what the reader waits for, 0 any */
+  uint32_t nqueued;      /* writes queued by io->queue_write, not yet done */
   uint64_t read_deadline;  /* loop time the reader times out, 0 none */
   uint64_t write_deadline; /* loop time the writer times out, 0 none */
   uint64_t last_active;    /* loop time bytes last moved either way */

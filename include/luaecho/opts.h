@@ -7,6 +7,7 @@
 #define LUAECHO_OPTS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
@@ -16,16 +17,18 @@
 #define LE_MAX_TIMEOUT 1e9 /* seconds (about 31 years); longer ones are cut */
 
 typedef struct le_opts {
-  le_packet packet;         /* framing of recv and send */
-  size_t packet_size;       /* largest message recv accepts in framed modes */
-  size_t recv_buffer;       /* input buffered for a handler not in recv */
-  size_t send_buffer;       /* queued output above which send waits */
   double recv_timeout;      /* seconds; < 0: none (recv's default) */
   double send_timeout;      /* seconds a send may wait to queue; < 0: none */
   double idle_timeout;      /* seconds without traffic before closing; < 0: none */
-  int send_timeout_close;   /* close the connection after a send timeout */
-  int nodelay;              /* TCP_NODELAY */
-  int keepalive;            /* TCP keepalive delay in seconds, 0: off */
+  /* Narrow fields keep every connection's copy small; sizes are at most
+   * LE_MAX_SIZE_OPT (1 GiB). */
+  uint32_t packet_size;     /* largest message recv accepts in framed modes */
+  uint32_t recv_buffer;     /* input buffered for a handler not in recv */
+  uint32_t send_buffer;     /* queued output above which send waits */
+  uint32_t keepalive;       /* TCP keepalive delay in seconds, 0: off */
+  uint8_t packet;           /* le_packet: framing of recv and send */
+  uint8_t send_timeout_close; /* close the connection after a send timeout */
+  uint8_t nodelay;          /* TCP_NODELAY */
 } le_opts;
 
 /* Fills opts with the documented defaults. */
