@@ -154,15 +154,17 @@ static int conn_tostring(lua_State *L) {
 }
 
 /* conn.id, and method lookup for everything else (the methods table is
- * upvalue 2). The argument is checked too: the debug library can call it
- * with anything. */
+ * upvalue 2). Method lookups, the per-message case, need nothing from the
+ * argument; only "id" reads it, and checks it first, since the debug
+ * library can call this function with anything. */
 static int conn_index(lua_State *L) {
-  le__conn_ud *ud = le__lconn_to_ud(L);
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
   const char *key = lua_tostring(L, 2);
-  if (key != NULL && strcmp(key, "id") == 0 && ud->lc != NULL)
-    lua_pushinteger(L, (lua_Integer)ud->lc->id);
+  if (key != NULL && strcmp(key, "id") == 0) {
+    le__conn_ud *ud = le__lconn_to_ud(L);
+    if (ud->lc != NULL) lua_pushinteger(L, (lua_Integer)ud->lc->id);
+  }
   return 1;
 }
 
