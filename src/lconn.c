@@ -481,7 +481,8 @@ static int conn_close(lua_State *L) {
     lc->closed = 1;
     if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
     if (!lc->out_err) lc->out_err = UV_ECANCELED;
-    /* A coroutine of another owner may be waiting; it gets nil, "closed". */
+    /* Another coroutine of this connection (a spawned one) may be waiting;
+     * it gets nil, "closed" on the loop's next turn. */
     wake_reader(lc);
     le__lconn_wake_writer(lc);
     le__lconn_update_reading(lc);

@@ -15,7 +15,6 @@ static le_conn_ctx *ctx_of(lua_State *L) {
   return lua_touserdata(L, lua_upvalueindex(1));
 }
 
-/* Returns the coroutine L runs in; raises when it is not a handler's. */
 /* Returns the coroutine L runs in; raises when it is not a handler's.
  * `fn` names the function in the message ("luaecho.sleep"). */
 static le_coro *current(lua_State *L, const char *fn) {

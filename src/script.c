@@ -156,20 +156,37 @@ int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
   return 0;
 }
 
+/* Sets s->path and s->dir (the part before the last '/', "." when there is
+ * none, "/" for a file at the root). Returns 0 or -1 when out of memory. */
+static int set_path(le_script *s, const char *path) {
+  const char *slash = strrchr(path, '/');
+  size_t n = slash == NULL ? 1 : slash == path ? 1 : (size_t)(slash - path);
+  s->path = malloc(strlen(path) + 1);
+  s->dir = malloc(n + 1);
+  if (s->path == NULL || s->dir == NULL) return -1;
+  strcpy(s->path, path);
+  memcpy(s->dir, slash == NULL ? "." : path, n);
+  s->dir[n] = '\0';
+  return 0;
+}
+
+static void free_script(le_script *s) {
+  free(s->path);
+  free(s->dir);
+  free(s);
+}
+
 le_script *le_script_new(lua_State *L, const char *path, char *err,
                          size_t errlen) {
   le_script *s = calloc(1, sizeof *s);
-  if (s != NULL && path != NULL) s->path = malloc(strlen(path) + 1);
-  if (s == NULL || (path != NULL && s->path == NULL)) {
-    if (s) free(s);
+  if (s == NULL || (path != NULL && set_path(s, path) != 0)) {
+    if (s) free_script(s);
     snprintf(err, errlen, "%s: out of memory", le_script_name(path));
     return NULL;
   }
-  if (path != NULL) strcpy(s->path, path);
   s->L = L;
   if (le_script_load(L, path, err, errlen) != 0) {
-    free(s->path);
-    free(s);
+    free_script(s);
     return NULL;
   }
   s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -212,6 +229,5 @@ void le_script_ref(le_script *s) { s->refs++; }
 void le_script_unref(le_script *s) {
   if (--s->refs > 0) return;
   luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
-  free(s->path);
-  free(s);
+  free_script(s);
 }

@@ -112,26 +112,12 @@ static void prune_scripts(le_server *s) {
 
 /* ---- watching handler directories ---- */
 
-/* Returns a malloc'd copy of the directory part of path ("." for none). */
-static char *dir_of(const char *path) {
-  const char *slash = strrchr(path, '/');
-  size_t n = slash == NULL ? 1 : slash == path ? 1 : (size_t)(slash - path);
-  char *dir = malloc(n + 1);
-  if (dir == NULL) return NULL;
-  memcpy(dir, slash == NULL ? "." : path, n);
-  dir[n] = '\0';
-  return dir;
-}
-
 /* A .lua file changed in a watched directory: every handler there loads a
  * new version (a module it requires may be the file that changed). */
 static void on_dir_change(le_watch *w) {
   le_server *s = w->data;
   for (le_script *sc = s->scripts; sc != NULL; sc = sc->next) {
-    if (sc->path == NULL) continue;
-    char *dir = dir_of(sc->path);
-    if (dir != NULL && strcmp(dir, w->dir) == 0) reload_script(s, sc);
-    free(dir);
+    if (sc->dir != NULL && strcmp(sc->dir, w->dir) == 0) reload_script(s, sc);
   }
 }
 
@@ -148,7 +134,7 @@ static void start_watches(le_server *s) {
   stop_watches(s);
   if (!s->cfg->watch) return;
   for (le_script *sc = s->scripts; sc != NULL; sc = sc->next) {
-    char *dir = sc->path ? dir_of(sc->path) : NULL;
+    const char *dir = sc->dir;
     int seen = dir == NULL;
     for (le_watch *w = s->watches; w != NULL && !seen; w = w->next)
       seen = strcmp(w->dir, dir) == 0;
@@ -162,7 +148,6 @@ static void start_watches(le_server *s) {
       le_logf(&s->log, LE_LOG_WARN, "cannot watch %s for changes: %s", dir,
               uv_strerror(err));
     }
-    free(dir);
   }
 }
 

@@ -23,6 +23,7 @@ typedef struct le_script le_script;
 
 struct le_script {
   char *path;       /* handler file, or NULL for the built-in handler */
+  char *dir;        /* directory of path ("." for a bare name), or NULL */
   lua_State *L;     /* the state its versions live in */
   int fn_ref;       /* registry ref of the newest version's function */
   unsigned version; /* 1 for the first load, +1 for each good reload */
