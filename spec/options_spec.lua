@@ -507,7 +507,7 @@ handler = "@DIR@/h.lua"
   end)
 
   describe("idle_timeout", function()
-    it("closes a connection without traffic; a waiting recv returns nil, 'timeout'", function()
+    it("closes a connection without traffic; a waiting recv returns nil, 'idle'", function()
       local srv = start_handler([[
         return function(conn) report("recv", conn:recv(0, 10)) end]],
         'idle_timeout = 0.3\nlog_level = "debug"\n')
@@ -516,7 +516,7 @@ handler = "@DIR@/h.lua"
       assert.same({ "", "closed" }, { server.read_all_until_close(sock, 10) })
       local elapsed = proc.now() - t0
       assert.is_true(elapsed >= 0.25 and elapsed < 5, "closed after " .. elapsed .. "s")
-      assert.same({ n = 3, nil, "timeout", "" }, srv:report("recv", 10))
+      assert.same({ n = 3, nil, "idle", "" }, srv:report("recv", 10))
       assert(srv:wait_line(server.record("debug", "conn 1: idle timeout"), 5), srv:log_text())
     end)
 
@@ -528,7 +528,7 @@ handler = "@DIR@/h.lua"
         end]])
       local sock = connect(srv)
       assert.same({ "", "closed" }, { server.read_all_until_close(sock, 10) })
-      assert.same({ n = 3, nil, "timeout", "" }, srv:report("recv", 10))
+      assert.same({ n = 3, nil, "idle", "" }, srv:report("recv", 10))
     end)
 
     it("is reset by bytes from the client", function()
@@ -571,7 +571,7 @@ handler = "@DIR@/h.lua"
       assert.equal(total, got)
       assert.is_true(proc.now() - t0 > 0.9, "the client read too fast to show anything")
       -- Silence now: the idle timeout strikes.
-      assert.same({ n = 3, nil, "timeout", "" }, srv:report("recv", 10))
+      assert.same({ n = 3, nil, "idle", "" }, srv:report("recv", 10))
     end)
 
     it("is reset by bytes to the client", function()

@@ -77,14 +77,23 @@ int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen) {
   return 0;
 }
 
+char *le_addr_format_host_port(const char *host, int port, char *out,
+                               size_t len) {
+  if (port < 0 && *host == '\0')
+    snprintf(out, len, "unix");
+  else if (port < 0)
+    snprintf(out, len, UNIX_PREFIX "%s", host);
+  else if (strchr(host, ':') != NULL)
+    snprintf(out, len, "[%s]:%d", host, port);
+  else
+    snprintf(out, len, "%s:%d", host, port);
+  return out;
+}
+
 char *le_addr_format(const le_addr *addr, char *out, size_t len) {
   if (addr->kind == LE_ADDR_UNIX)
-    snprintf(out, len, UNIX_PREFIX "%s", addr->path);
-  else if (strchr(addr->host, ':') != NULL)
-    snprintf(out, len, "[%s]:%d", addr->host, addr->port);
-  else
-    snprintf(out, len, "%s:%d", addr->host, addr->port);
-  return out;
+    return le_addr_format_host_port(addr->path, -1, out, len);
+  return le_addr_format_host_port(addr->host, addr->port, out, len);
 }
 
 int le_addr_split_sockaddr(const struct sockaddr *sa, socklen_t salen,
@@ -118,13 +127,20 @@ char *le_addr_format_sockaddr(const struct sockaddr *sa, socklen_t salen,
                               char *out, size_t len) {
   char host[LE_ADDR_HOST_MAX];
   int port;
-  if (le_addr_split_sockaddr(sa, salen, host, sizeof host, &port) != 0)
+  if (le_addr_split_sockaddr(sa, salen, host, sizeof host, &port) != 0) {
     snprintf(out, len, "(unknown address family %d)", sa->sa_family);
-  else if (sa->sa_family == AF_UNIX)
-    snprintf(out, len, UNIX_PREFIX "%s", host);
+    return out;
+  }
+  if (sa->sa_family == AF_UNIX && *host == '\0') {
+    snprintf(out, len, UNIX_PREFIX); /* an unnamed peer, as documented */
+    return out;
+  }
+  return le_addr_format_host_port(host, port, out, len);
+}
+
+void le_addr_set_port(struct sockaddr *sa, int port) {
+  if (sa->sa_family == AF_INET)
+    ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
   else if (sa->sa_family == AF_INET6)
-    snprintf(out, len, "[%s]:%d", host, port);
-  else
-    snprintf(out, len, "%s:%d", host, port);
-  return out;
+    ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
 }

@@ -7,6 +7,7 @@
  */
 #include "luaecho/conn.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,25 @@ static le_conn *conn_of(le_lconn *lc) {
   return (le_conn *)((char *)lc - offsetof(le_conn, lc));
 }
 
+/* ---- state ---- */
+
+/* The transitions conn.h allows: bit `to` of allowed[from]. */
+static const unsigned allowed[] = {
+    [LE_CONN_CONNECTING] = 1u << LE_CONN_OPEN | 1u << LE_CONN_CLOSING,
+    [LE_CONN_OPEN] = 1u << LE_CONN_DRAINING | 1u << LE_CONN_CLOSING,
+    [LE_CONN_DRAINING] = 1u << LE_CONN_CLOSING,
+    [LE_CONN_CLOSING] = 1u << LE_CONN_CLOSED,
+    [LE_CONN_CLOSED] = 0,
+};
+
+static void set_state(le_conn *c, le_conn_state to) {
+  (void)allowed; /* read only by assert, absent under NDEBUG */
+  assert(allowed[c->state] & (1u << to));
+  c->state = (uint8_t)to;
+}
+
+static int is_closing(const le_conn *c) { return c->state >= LE_CONN_CLOSING; }
+
 /* ---- lifetime ---- */
 
 static void unlink_conn(le_conn *c) {
@@ -55,6 +75,7 @@ static void unlink_conn(le_conn *c) {
 
 static void free_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
+  assert(c->state == LE_CONN_CLOSED && c->handler_done && c->timer == NULL);
   unlink_conn(c);
   le_lconn_release(&c->lc);
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
@@ -78,7 +99,7 @@ static void on_reap(uv_check_t *check) {
  * end of this loop iteration. Until then c stays on the live list, so code
  * walking that list (shutdown, the idle sweep) never loses its place. */
 static void release_when_done(le_conn *c, int in_close_callback) {
-  if (!c->sock_closed || !c->handler_done) return;
+  if (c->state != LE_CONN_CLOSED || !c->handler_done) return;
   if (in_close_callback) {
     free_conn(c);
     return;
@@ -91,16 +112,15 @@ static void release_when_done(le_conn *c, int in_close_callback) {
 
 static void on_sock_closed(uv_handle_t *handle) {
   le_conn *c = handle->data;
-  c->sock_closed = 1;
+  set_state(c, LE_CONN_CLOSED);
   release_when_done(c, 1);
 }
 
 static void free_timer(uv_handle_t *handle) { free(handle->data); }
 
 void le_conn_close(le_conn *c) {
-  if (c->closing) return;
-  c->closing = 1;
-  c->flushing = 0;
+  if (is_closing(c)) return;
+  set_state(c, LE_CONN_CLOSING);
   if (c->timer != NULL) {
     c->timer->c = NULL;
     uv_close((uv_handle_t *)&c->timer->timer, free_timer);
@@ -109,8 +129,8 @@ void le_conn_close(le_conn *c) {
   uv_close(&c->sock.handle, on_sock_closed);
 }
 
-void le_conn_abort(le_conn *c) {
-  le_lconn_abort(&c->lc);
+void le_conn_abort(le_conn *c, int why) {
+  le_lconn_abort(&c->lc, why);
   le_conn_close(c);
   if (!c->handler_done) {
     /* The handler waits on something other than this connection; it will
@@ -132,13 +152,13 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   le_conn *c = stream->data;
-  if (c->flushing) {
+  if (c->state == LE_CONN_DRAINING) {
     /* Lingering after the handler ended: input is discarded until the
      * peer's FIN (see io_close). */
     if (nread < 0) {
       uv_read_stop(stream);
-      c->input_ended = 1;
-      if (!c->shutdown_pending) le_conn_close(c);
+      c->peer_fin = 1;
+      if (c->fin != LE_FIN_PENDING) le_conn_close(c);
     }
     return;
   }
@@ -146,7 +166,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     le_lconn_on_data(&c->lc, buf->base, (size_t)nread);
   } else if (nread < 0) {
     uv_read_stop(stream);
-    c->input_ended = 1;
+    c->peer_fin = 1;
     if (nread == UV_EOF)
       le_lconn_on_eof(&c->lc);
     else
@@ -172,9 +192,9 @@ static void start_timer(le_conn *c, uint64_t ms);
 static void on_shutdown(uv_shutdown_t *req, int status) {
   le_conn *c = req->handle->data;
   free(req);
-  c->shutdown_pending = 0;
-  if (!c->flushing) return;
-  if (c->input_ended || status < 0)
+  c->fin = LE_FIN_SENT;
+  if (c->state != LE_CONN_DRAINING) return;
+  if (c->peer_fin || status < 0)
     le_conn_close(c);
   else
     start_timer(c, LE_LINGER_MS);
@@ -185,10 +205,12 @@ static void finish_connect(le_conn *c, int status) {
   le_connect_req *cr = c->connect;
   le_connect_cb cb = cr->cb;
   cr->cb = NULL;
-  if (status < 0)
+  if (status < 0) {
     le_conn_close(c);
-  else
+  } else {
+    set_state(c, LE_CONN_OPEN);
     c->lc.io->apply_sockopts(&c->lc);
+  }
   if (cb != NULL) cb(c, status, cr->arg);
 }
 
@@ -203,17 +225,17 @@ static void on_connected(uv_connect_t *req, int status) {
 static void on_timer(uv_timer_t *timer) {
   le_conn *c = ((le_conn_timer *)timer)->c;
   if (c == NULL) return;
-  if (c->connect != NULL && c->connect->cb != NULL)
+  if (c->state == LE_CONN_CONNECTING)
     finish_connect(c, LE_TIMEOUT);
-  else if (c->flushing)
+  else if (c->state == LE_CONN_DRAINING)
     le_conn_close(c); /* output not taken, or no FIN from the peer, in time */
-  else if (!c->closing)
+  else if (c->state == LE_CONN_OPEN)
     le_lconn_on_timeout(&c->lc);
 }
 
 /* Arms the connection's timer for `ms`, creating it on first use. */
 static void start_timer(le_conn *c, uint64_t ms) {
-  if (c->closing) return;
+  if (is_closing(c)) return;
   if (c->timer == NULL) {
     le_conn_timer *t = malloc(sizeof *t);
     if (t == NULL) return; /* the deadline is lost, never the connection */
@@ -230,7 +252,7 @@ static void start_timer(le_conn *c, uint64_t ms) {
 static ssize_t io_try_write(le_lconn *lc, const uv_buf_t *bufs,
                             unsigned nbufs) {
   le_conn *c = conn_of(lc);
-  if (c->closing || c->shutdown_sent) return UV_ECANCELED;
+  if (is_closing(c) || c->fin != LE_FIN_NONE) return UV_ECANCELED;
   int n = uv_try_write(&c->sock.stream, bufs, nbufs);
   return (n == UV_EAGAIN || n == UV_ENOSYS) ? 0 : n;
 }
@@ -238,7 +260,7 @@ static ssize_t io_try_write(le_lconn *lc, const uv_buf_t *bufs,
 static int io_queue_write(le_lconn *lc, const char *hdr, size_t hlen,
                           const char *data, size_t len, int ref) {
   le_conn *c = conn_of(lc);
-  if (c->closing || c->shutdown_sent) return UV_ECANCELED;
+  if (is_closing(c) || c->fin != LE_FIN_NONE) return UV_ECANCELED;
   write_req *w = malloc(sizeof *w);
   if (w == NULL) return UV_ENOMEM;
   memcpy(w->hdr, hdr, hlen);
@@ -254,7 +276,7 @@ static int io_queue_write(le_lconn *lc, const char *hdr, size_t hlen,
 
 static void io_set_reading(le_lconn *lc, int on) {
   le_conn *c = conn_of(lc);
-  if (c->closing || c->flushing) return;
+  if (c->state != LE_CONN_OPEN) return;
   if (!on) {
     uv_read_stop(&c->sock.stream);
     return;
@@ -267,7 +289,7 @@ static void io_set_reading(le_lconn *lc, int on) {
 
 static void io_set_timer(le_lconn *lc, int64_t ms) {
   le_conn *c = conn_of(lc);
-  if (c->closing || c->flushing) return;
+  if (c->state != LE_CONN_OPEN) return;
   if (ms >= 0)
     start_timer(c, (uint64_t)ms);
   else if (c->timer != NULL)
@@ -278,7 +300,7 @@ static uint64_t io_now(le_lconn *lc) { return uv_now(conn_of(lc)->ctx->loop); }
 
 /* Requests FIN after queued output; returns 0 or a libuv error. */
 static int send_fin(le_conn *c) {
-  if (c->shutdown_sent) return 0;
+  if (c->fin != LE_FIN_NONE) return 0;
   uv_shutdown_t *req = malloc(sizeof *req);
   if (req == NULL) return UV_ENOMEM;
   int r = uv_shutdown(req, &c->sock.stream, on_shutdown);
@@ -286,18 +308,18 @@ static int send_fin(le_conn *c) {
     free(req);
     return r;
   }
-  c->shutdown_sent = c->shutdown_pending = 1;
+  c->fin = LE_FIN_PENDING;
   return 0;
 }
 
 static void io_shutdown_write(le_lconn *lc) {
   le_conn *c = conn_of(lc);
-  if (!c->closing) send_fin(c);
+  if (c->state == LE_CONN_OPEN) send_fin(c);
 }
 
 static void io_apply_sockopts(le_lconn *lc) {
   le_conn *c = conn_of(lc);
-  if (c->closing || c->sock.handle.type != UV_TCP) return;
+  if (is_closing(c) || c->sock.handle.type != UV_TCP) return;
   uv_tcp_nodelay(&c->sock.tcp, lc->opts.nodelay);
   uv_tcp_keepalive(&c->sock.tcp, lc->opts.keepalive > 0,
                    (unsigned)lc->opts.keepalive);
@@ -305,7 +327,7 @@ static void io_apply_sockopts(le_lconn *lc) {
 
 static int io_sockname(le_lconn *lc, char *host, size_t hostlen, int *port) {
   le_conn *c = conn_of(lc);
-  if (c->closing) return UV_EBADF;
+  if (is_closing(c)) return UV_EBADF;
   if (c->sock.handle.type == UV_TCP) {
     struct sockaddr_storage ss;
     int len = sizeof ss;
@@ -321,7 +343,7 @@ static int io_sockname(le_lconn *lc, char *host, size_t hostlen, int *port) {
 
 static void io_peer_path(le_lconn *lc, char *path, size_t len) {
   le_conn *c = conn_of(lc);
-  if (c->closing || c->sock.handle.type != UV_NAMED_PIPE ||
+  if (is_closing(c) || c->sock.handle.type != UV_NAMED_PIPE ||
       uv_pipe_getpeername(&c->sock.pipe, path, &len) != 0)
     len = 0;
   path[len < 1 ? 0 : len] = '\0';
@@ -338,21 +360,22 @@ static void io_peer_path(le_lconn *lc, char *path, size_t len) {
  *     read yet. */
 static void io_close(le_lconn *lc, int abort) {
   le_conn *c = conn_of(lc);
-  if (c->closing) return;
-  if (abort || (c->input_ended && lc->queued == 0 && !c->shutdown_pending)) {
+  if (is_closing(c)) return;
+  if (abort || c->state == LE_CONN_CONNECTING ||
+      (c->peer_fin && lc->queued == 0 && c->fin != LE_FIN_PENDING)) {
     le_conn_close(c);
     return;
   }
-  if (c->flushing) return;
-  c->flushing = 1;
-  if (!c->input_ended) uv_read_start(&c->sock.stream, on_alloc, on_read);
+  if (c->state == LE_CONN_DRAINING) return;
+  set_state(c, LE_CONN_DRAINING);
+  if (!c->peer_fin) uv_read_start(&c->sock.stream, on_alloc, on_read);
   if (send_fin(c) != 0) {
     le_conn_close(c);
-  } else if (c->shutdown_pending) {
+  } else if (c->fin == LE_FIN_PENDING) {
     double seconds = lc->opts.send_timeout > 0 ? lc->opts.send_timeout
                                                : LE_DEFAULT_FLUSH_TIMEOUT;
     start_timer(c, (uint64_t)(seconds * 1000.0));
-  } else if (c->input_ended) {
+  } else if (c->peer_fin) {
     le_conn_close(c); /* FIN went out earlier (conn:shutdown) */
   } else {
     start_timer(c, LE_LINGER_MS);
@@ -427,6 +450,7 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
   int r = 0;
   le_conn *c = new_conn(ctx, server->type, opts, &r);
   if (c != NULL) {
+    c->state = LE_CONN_OPEN; /* its initial state: nothing to connect */
     c->lc.script = script;
     c->lc.version = script->version;
     le_script_ref(script);
@@ -454,7 +478,7 @@ le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
                          int *err) {
   le_connect_req *cr = malloc(sizeof *cr);
   le_conn *c = cr ? new_conn(ctx, sa ? UV_TCP : UV_NAMED_PIPE, opts, err)
-                  : NULL;
+                  : NULL; /* its initial state is CONNECTING */
   if (c == NULL) {
     if (cr == NULL) *err = UV_ENOMEM;
     free(cr);
@@ -494,7 +518,7 @@ static void on_sweep(uv_timer_t *t) {
   uint64_t now = uv_now(ctx->loop);
   for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
     next = c->next;
-    if (c->closing || c->connect != NULL) continue;
+    if (c->state != LE_CONN_OPEN) continue;
     /* A large write in progress completes only at its end; the queue
      * shrinking meanwhile is traffic too. */
     uint32_t queued = (uint32_t)c->sock.stream.write_queue_size;
@@ -506,10 +530,24 @@ static void on_sweep(uv_timer_t *t) {
   }
 }
 
+/* Resumes the coroutines woken or preempted since; while preempted ones
+ * remain, the idle handle stays on, so the loop polls for I/O without
+ * blocking between their turns. */
 static void on_waker(uv_idle_t *idle) {
   le_conn_ctx *ctx = idle->data;
-  uv_idle_stop(idle);
-  le_coro_sched_run(&ctx->sched);
+  if (!le_coro_sched_run(&ctx->sched)) uv_idle_stop(idle);
+}
+
+static uint64_t cpu_limit_of(le_coro *c) {
+  le_conn *conn = (le_conn *)((char *)le_lconn_of_coro(c) - offsetof(le_conn, lc));
+  return conn->ctx->cpu_limit_ms;
+}
+
+void le_conn_ctx_abort_all(le_conn_ctx *ctx, int why) {
+  for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
+    next = c->next;
+    le_conn_abort(c, why);
+  }
 }
 
 static void kick_waker(le_coro_sched *s) {
@@ -530,14 +568,23 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
   uv_idle_init(loop, &ctx->waker);
   ctx->sweep.data = ctx->reaper.data = ctx->waker.data = ctx;
   ctx->sched.kick = kick_waker;
+  ctx->sched.cpu_limit_ms = cpu_limit_of;
+  ctx->cpu_limit_ms = LE_DEFAULT_CPU_LIMIT_MS;
+  le_coro_open(L, &ctx->sched);
   /* The sweep alone must not keep the loop running. */
   uv_timer_start(&ctx->sweep, on_sweep, LE_IDLE_SWEEP_MS, LE_IDLE_SWEEP_MS);
   uv_unref((uv_handle_t *)&ctx->sweep);
-  return ctx->read_buf ? 0 : UV_ENOMEM;
+  if (ctx->read_buf == NULL) return UV_ENOMEM;
+  int r = le_preempt_start(&ctx->preempt, le_coro_preempt_hook,
+                           LE_PREEMPT_TICK_MS);
+  if (r == 0) ctx->sched.preempt = &ctx->preempt;
+  return r;
 }
 
 void le_conn_ctx_close(le_conn_ctx *ctx) {
   if (ctx->loop == NULL) return;
+  le_preempt_stop(&ctx->preempt);
+  ctx->sched.preempt = NULL;
   if (!uv_is_closing((uv_handle_t *)&ctx->sweep))
     uv_close((uv_handle_t *)&ctx->sweep, NULL);
   if (!uv_is_closing((uv_handle_t *)&ctx->reaper))

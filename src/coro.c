@@ -1,8 +1,31 @@
-/* Handler coroutines: see include/luaecho/coro.h. */
+/* Coroutines the core runs: see include/luaecho/coro.h. */
 #include "luaecho/coro.h"
 
+#include <assert.h>
 #include <lauxlib.h>
+#include <lualib.h>
 #include <stddef.h>
+#include <stdio.h>
+
+/* The registry key of the loop's scheduler (a light userdata), for the
+ * preemption hook, which is given nothing but a lua_State. */
+static const char sched_key = 0;
+
+/* The transitions coro.h allows: bit `to` of allowed[from]. */
+static const unsigned allowed[] = {
+    [LE_CORO_DEAD] = 1u << LE_CORO_RUNNING,
+    [LE_CORO_RUNNING] = 1u << LE_CORO_WAITING | 1u << LE_CORO_READY |
+                        1u << LE_CORO_DEAD,
+    [LE_CORO_WAITING] = 1u << LE_CORO_RUNNING | 1u << LE_CORO_READY |
+                        1u << LE_CORO_DEAD,
+    [LE_CORO_READY] = 1u << LE_CORO_RUNNING | 1u << LE_CORO_DEAD,
+};
+
+static void set_state(le_coro *c, le_coro_state to) {
+  (void)allowed; /* read only by assert, absent under NDEBUG */
+  assert(allowed[c->state] & (1u << to));
+  c->state = to;
+}
 
 static void set_owner(lua_State *co, le_coro *c) {
   *(le_coro **)lua_getextraspace(co) = c;
@@ -12,42 +35,16 @@ le_coro *le_coro_of(lua_State *L) {
   return *(le_coro **)lua_getextraspace(L);
 }
 
-void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait) {
-  le_coro *c = le_coro_of(L);
-  c->cancel = cancel;
-  c->wait = wait;
-}
-
-void le_coro_check_yieldable(lua_State *L, const char *what) {
-  if (!lua_isyieldable(L))
-    luaL_error(L,
-               "%s cannot wait here: attempt to yield across a C-call "
-               "boundary (inside a C function such as a table.sort "
-               "comparator or a string.gsub callback)",
-               what);
-}
-
-/* Continues a binding after its coroutine was resumed. le_coro_resume
- * clears `waiting` first; finding it still set means coroutine.resume did
- * it, and whatever the binding waited on must forget this coroutine. */
-static int after_yield(lua_State *L, int status, lua_KContext base) {
-  le_coro *c = le_coro_of(L);
-  (void)status;
-  if (c != NULL && c->waiting) {
-    if (c->cancel != NULL) c->cancel(c);
-    c->cancel = NULL;
-    c->wait = NULL;
-    c->waiting = 0;
-    return luaL_error(L, "a luaecho coroutine was resumed by "
-                         "coroutine.resume; only luaecho may resume it");
+const char *le_coro_waits_on(const le_coro *c) {
+  switch (c->state) {
+  case LE_CORO_WAITING: return c->wait_ops->what;
+  case LE_CORO_READY: return "ready";
+  case LE_CORO_RUNNING: return "running";
+  default: return "ended";
   }
-  return lua_gettop(L) - (int)base;
 }
 
-int le_coro_yield(lua_State *L) {
-  le_coro_of(L)->waiting = 1;
-  return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), after_yield);
-}
+/* ---- lists ---- */
 
 /* The list a coroutine is on is reachable through its neighbours only, so
  * le_coro_list keeps the head and unlinking goes through `prev`. */
@@ -58,7 +55,6 @@ static void unlink_coro(le_coro *c) {
 }
 
 void le_coro_list_add(le_coro_list *list, le_coro *c) {
-  c->prev = NULL;
   c->next = list->head;
   if (list->head) list->head->prev = c;
   list->head = c;
@@ -67,36 +63,70 @@ void le_coro_list_add(le_coro_list *list, le_coro *c) {
   c->prev = (le_coro *)((char *)list - offsetof(le_coro, next));
 }
 
-/* Takes c off its scheduler's ready list. The list is short and this is
- * rare (a coroutine ended between being woken and resumed), so a singly
- * linked list, walked here, keeps every coroutine a pointer smaller. */
-static void unready(le_coro *c) {
-  if (c->ready_nargs < 0) return;
-  le_coro **p = &c->sched->ready;
-  while (*p != NULL && *p != c) p = &(*p)->next_ready;
-  if (*p == c) *p = c->next_ready;
-  c->next_ready = NULL;
-  c->ready_nargs = -1;
+void le_coro_list_release(le_coro_list *list) {
+  while (list->head != NULL) le_coro_release(list->head);
 }
 
-/* Detaches the thread from c (c->co becomes NULL) and returns it; the
- * caller keeps it alive on the main stack while it still needs it. */
+static void enqueue(le_coro **head, le_coro **tail, le_coro *c) {
+  c->next_ready = NULL;
+  if (*tail) (*tail)->next_ready = c; else *head = c;
+  *tail = c;
+}
+
+static int dequeue_from(le_coro **head, le_coro **tail, le_coro *c) {
+  le_coro *prev = NULL;
+  for (le_coro *p = *head; p != NULL; prev = p, p = p->next_ready) {
+    if (p != c) continue;
+    if (prev) prev->next_ready = c->next_ready; else *head = c->next_ready;
+    if (*tail == c) *tail = prev;
+    c->next_ready = NULL;
+    return 1;
+  }
+  return 0;
+}
+
+/* Takes a READY coroutine off whichever list it is on. The lists are short
+ * and this is rare (a coroutine ended between being woken and resumed). */
+static void unready(le_coro *c) {
+  le_coro_sched *s = c->sched;
+  if (!dequeue_from(&s->ready, &s->ready_tail, c))
+    dequeue_from(&s->later, &s->later_tail, c);
+}
+
+/* ---- ending ---- */
+
+/* Makes c DEAD and returns its thread, pushed on the main stack to keep it
+ * alive while the caller still needs it. */
 static lua_State *detach(le_coro *c) {
   lua_State *co = c->co;
+  if (c->state == LE_CORO_READY) unready(c);
+  if (c->state == LE_CORO_READY && c->wait_ops && c->wait_ops->drop)
+    c->wait_ops->drop(c, c->wait_obj);
+  set_state(c, LE_CORO_DEAD);
   c->co = NULL;
-  c->cancel = NULL;
+  c->wait_ops = NULL;
+  c->wait_obj = NULL;
   set_owner(co, NULL);
   unlink_coro(c);
-  unready(c);
   lua_rawgeti(c->L, LUA_REGISTRYINDEX, c->ref);
   luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
   c->ref = LUA_NOREF;
   return co;
 }
 
+/* A hook that raises at every instruction: code that must not run on (the
+ * to-be-closed handlers of a coroutine stopped for its CPU limit, code that
+ * caught that error) ends at once. */
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  luaL_error(L, "cpu_limit exceeded");
+}
+
 /* Closes pending to-be-closed variables of a thread that will never run
- * again and pops its anchor from the main stack. */
-static void reset(lua_State *L, lua_State *co) {
+ * again and pops its anchor from the main stack. Errors there are Lua's to
+ * report as warnings; the thread is gone either way. */
+static void reset(lua_State *L, lua_State *co, int stopped) {
+  if (stopped) lua_sethook(co, stop_hook, LUA_MASKCOUNT, 1);
 #if LUA_VERSION_RELEASE_NUM >= 50406
   lua_closethread(co, L);
 #else
@@ -105,107 +135,392 @@ static void reset(lua_State *L, lua_State *co) {
   lua_pop(L, 1);
 }
 
+/* Builds "<message>\nstack traceback: ..." on L (protected: it allocates).
+ * Stack: the failed thread, the message as a light userdata. */
+static int build_report(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_traceback(L, co, lua_touserdata(L, 2), 0);
+  return 1;
+}
+
+/* Writes the plain message for a coroutine that ended with `status` into
+ * buf (or points at the thread's own error string). */
+static const char *plain_message(le_coro *c, int status, char *buf,
+                                 size_t len) {
+  lua_State *co = c->co;
+  if (c->over_limit) {
+    uint64_t limit = c->sched->cpu_limit_ms ? c->sched->cpu_limit_ms(c) : 0;
+    snprintf(buf, len, "%s cpu_limit exceeded: computed for %.1f s without "
+             "waiting (cpu_limit = %g s)", c->sched->stop_where,
+             (double)c->cpu_ns / 1e9, (double)limit / 1000.0);
+  } else if (status == LUA_YIELD) {
+    snprintf(buf, len, "the handler yielded without waiting on luaecho "
+             "(a bare coroutine.yield() in a handler is not supported)");
+  } else if (lua_type(co, -1) == LUA_TSTRING) {
+    return lua_tostring(co, -1);
+  } else {
+    snprintf(buf, len, "(error object is a %s value)", luaL_typename(co, -1));
+  }
+  return buf;
+}
+
+/* Returns the report of a failed coroutine: the message and a traceback,
+ * pushed on the main stack (*pushed = 1), or when memory is short just the
+ * message, pushing nothing. */
+static const char *report(le_coro *c, int status, char *buf, size_t len,
+                          int *pushed) {
+  lua_State *L = c->L;
+  const char *msg = plain_message(c, status, buf, len);
+  lua_pushcfunction(L, build_report);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  lua_pushlightuserdata(L, (void *)msg);
+  *pushed = lua_pcall(L, 2, 1, 0) == LUA_OK;
+  if (*pushed) return lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return msg;
+}
+
 /* Reports how the coroutine ended and drops it. The error text is built
  * while the dead coroutine's stack is still there to walk. */
 static void finish(le_coro *c, int status, int nres) {
   lua_State *L = c->L;
   const char *error = NULL;
+  char buf[512];
+  int pushed = 0, stopped = c->over_limit;
   if (status != LUA_OK) {
-    const char *msg = lua_tostring(c->co, -1);
-    if (status == LUA_YIELD)
-      msg = "the handler yielded without waiting on luaecho "
-            "(a bare coroutine.yield() in a handler is not supported)";
-    else if (msg == NULL)
-      msg = lua_pushfstring(c->co, "(error object is a %s value)",
-                            luaL_typename(c->co, -1));
-    luaL_traceback(L, c->co, msg, 0);
-    error = lua_tostring(L, -1);
+    error = report(c, status, buf, sizeof buf, &pushed);
     nres = 0;
+    if (stopped) c->sched->cpu_killed++;
   }
   le_coro_done_cb done = c->done;
-  lua_State *co = detach(c); /* pushes the thread, above the message */
+  lua_State *co = detach(c); /* pushes the thread, above the report */
   done(c, co, nres, error);
-  reset(L, co);
-  if (error != NULL) lua_pop(L, 1);
+  reset(L, co, stopped);
+  if (pushed) lua_pop(L, 1);
 }
 
-void le_coro_resume(le_coro *c, int nargs) {
-  le_coro_resume_from(c, nargs, c->L);
-}
+/* ---- running ---- */
 
-/* Runs c until it waits or ends. */
-static void run(le_coro *c, int nargs, lua_State *from) {
-  int nres = 0;
-  c->waiting = 0;
-  c->cancel = NULL;
-  c->wait = NULL;
-  if (c->sched) c->sched->depth++;
-  int status = lua_resume(c->co, from ? from : c->L, nargs, &nres);
-  if (c->sched) c->sched->depth--;
-  if (status == LUA_YIELD && c->waiting) {
+static void after_run(le_coro *c, int status, int nres, int preempted) {
+  if (status == LUA_YIELD && c->state == LE_CORO_WAITING) {
     lua_pop(c->co, nres);
+    return;
+  }
+  if (status == LUA_YIELD && preempted && !c->over_limit) {
+    le_coro_sched *s = c->sched;
+    set_state(c, LE_CORO_READY);
+    s->preempted++;
+    enqueue(&s->later, &s->later_tail, c);
+    s->kick(s);
     return;
   }
   finish(c, status, nres);
 }
 
-void le_coro_resume_from(le_coro *c, int nargs, lua_State *from) {
-  if (c->co == NULL) return;
-  if (!c->waiting || lua_status(c->co) != LUA_YIELD ||
-      c->ready_nargs >= 0) {
-    lua_pop(c->co, nargs);
-    return;
-  }
+/* Runs c until it waits, is preempted or ends. */
+static void run(le_coro *c, int nargs, lua_State *from) {
   le_coro_sched *s = c->sched;
-  if (s != NULL && s->depth > 0) {
-    /* Woken from inside another coroutine: the wait is over (whatever it
-     * waited on has already forgotten it), the resume comes later. */
-    c->cancel = NULL;
-    c->wait = NULL;
-    c->ready_nargs = nargs;
-    c->next_ready = s->ready;
-    s->ready = c;
-    s->kick(s);
-    return;
+  le_coro *outer = NULL;
+  lua_State *prev = NULL;
+  int nres = 0;
+  set_state(c, LE_CORO_RUNNING);
+  if (s != NULL) {
+    s->depth++;
+    if (s->preempt != NULL) prev = le_preempt_enter(s->preempt, c->co);
+    outer = s->current;
+    s->current = c;
   }
-  run(c, nargs, from);
-}
-
-void le_coro_sched_run(le_coro_sched *s) {
-  while (s->ready != NULL) {
-    le_coro *c = s->ready;
-    int nargs = c->ready_nargs;
-    unready(c);
-    run(c, nargs, NULL);
+  int status = lua_resume(c->co, from ? from : c->L, nargs, &nres);
+  int preempted = 0;
+  if (s != NULL) {
+    s->current = outer;
+    preempted = s->yielded_by_hook;
+    s->yielded_by_hook = 0;
+    if (s->preempt != NULL) le_preempt_leave(s->preempt, prev);
+    s->depth--;
   }
+  after_run(c, status, nres, preempted);
 }
 
 int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
                   lua_State *from) {
-  if (!lua_checkstack(L, 2)) return -1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  lua_State *main = lua_tothread(L, -1);
+  lua_pop(L, 1);
   lua_State *co = lua_newthread(L);
-  c->L = L;
-  c->co = co;
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->L = main;
+  c->co = co;
   c->done = done;
-  c->waiting = 0;
-  c->cancel = NULL;
-  c->ready_nargs = -1;
+  c->state = LE_CORO_DEAD;
+  c->wait_ops = NULL;
   c->next_ready = NULL;
+  c->cpu_ns = 0;
+  c->slice_start = 0;
+  c->over_limit = 0;
   set_owner(co, c);
   lua_xmove(L, co, nargs + 1);
   run(c, nargs, from);
   return 0;
 }
 
+/* ---- waiting ---- */
+
+/* Continues a binding after its coroutine was resumed. le_coro_wake makes
+ * it RUNNING first; finding it still WAITING means something resumed it
+ * behind luaecho's back, and whatever it waited on must forget it. */
+static int after_wait(lua_State *L, int status, lua_KContext kctx) {
+  le_coro *c = (le_coro *)kctx;
+  int foreign = c->state == LE_CORO_WAITING;
+  if (foreign && c->wait_ops->cancel) c->wait_ops->cancel(c, c->wait_obj);
+  c->wait_ops = NULL;
+  c->wait_obj = NULL;
+  if (foreign) {
+    c->state = LE_CORO_RUNNING;
+    return luaL_error(L, "a luaecho coroutine was resumed by other code; "
+                         "only luaecho may resume it");
+  }
+  return c->k(L, status, c->kctx);
+}
+
+int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
+                 const void *arg, lua_KFunction k, lua_KContext kctx) {
+  le_coro *c = le_coro_of(L);
+  assert(c != NULL && c->co == L && c->state == LE_CORO_RUNNING);
+  if (!lua_isyieldable(L)) {
+    if (ops->drop) ops->drop(c, obj);
+    return luaL_error(L,
+                      "%s cannot wait here: attempt to yield across a C-call "
+                      "boundary (inside a C function such as a table.sort "
+                      "comparator or a string.gsub callback)",
+                      ops->what);
+  }
+  c->wait_ops = ops;
+  c->wait_obj = obj;
+  int err = ops->arm ? ops->arm(c, obj, arg) : 0;
+  if (err != 0) {
+    c->wait_ops = NULL;
+    c->wait_obj = NULL;
+    return k(L, err, kctx);
+  }
+  set_state(c, LE_CORO_WAITING);
+  c->k = k;
+  c->kctx = kctx;
+  c->cpu_ns = 0; /* waiting ends a stretch of computing */
+  c->slice_start = 0;
+  return lua_yieldk(L, 0, (lua_KContext)c, after_wait);
+}
+
+void le_coro_wake(le_coro *c) {
+  if (c->state != LE_CORO_WAITING) return;
+  le_coro_sched *s = c->sched;
+  if (s != NULL && s->depth > 0) {
+    set_state(c, LE_CORO_READY);
+    enqueue(&s->ready, &s->ready_tail, c);
+    s->kick(s);
+    return;
+  }
+  run(c, 0, NULL);
+}
+
 void le_coro_release(le_coro *c) {
-  if (c->co == NULL) return;
-  if (c->cancel != NULL) c->cancel(c);
+  if (c->state == LE_CORO_DEAD) return;
+  assert(c->state != LE_CORO_RUNNING);
+  if (c->state == LE_CORO_WAITING && c->wait_ops->cancel)
+    c->wait_ops->cancel(c, c->wait_obj);
   lua_State *co = detach(c);
-  reset(c->L, co);
+  reset(c->L, co, 0);
   if (c->killed != NULL) c->killed(c);
 }
 
-void le_coro_list_release(le_coro_list *list) {
-  while (list->head != NULL) le_coro_release(list->head);
+int le_coro_sched_run(le_coro_sched *s) {
+  /* Those preempted on the last turn go behind everything woken since. */
+  if (s->later != NULL) {
+    if (s->ready_tail) s->ready_tail->next_ready = s->later;
+    else s->ready = s->later;
+    s->ready_tail = s->later_tail;
+    s->later = s->later_tail = NULL;
+  }
+  while (s->ready != NULL) {
+    le_coro *c = s->ready;
+    s->ready = c->next_ready;
+    if (s->ready == NULL) s->ready_tail = NULL;
+    c->next_ready = NULL;
+    if (c->slice_start == 0 && c->cpu_ns > 0)
+      c->slice_start = le_preempt_now_ns(); /* it computes on */
+    run(c, 0, NULL);
+  }
+  return s->later != NULL;
+}
+
+/* ---- preemption ---- */
+
+/* Records "file:line:" of the running function as where c was stopped. */
+static void note_where(le_coro_sched *s, lua_State *L, lua_Debug *ar) {
+  if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+    snprintf(s->stop_where, sizeof s->stop_where, "%s:%d:", ar->short_src,
+             ar->currentline);
+  else
+    snprintf(s->stop_where, sizeof s->stop_where, "%s:", ar->short_src);
+}
+
+/* Charges c for computing since its slice began; returns 1 when that puts
+ * it past its CPU limit. */
+static int charge(le_coro_sched *s, le_coro *c, uint64_t since_ns) {
+  uint64_t now = le_preempt_now_ns();
+  uint64_t start = c->slice_start ? c->slice_start : since_ns;
+  if (now > start) c->cpu_ns += now - start;
+  c->slice_start = now;
+  uint64_t limit_ms = s->cpu_limit_ms ? s->cpu_limit_ms(c) : 0;
+  return limit_ms > 0 && c->cpu_ns >= limit_ms * 1000000u;
+}
+
+/* Installed by the watchdog's signal on the thread that has run for a
+ * whole tick: that is c's own thread, or a coroutine Lua code created and
+ * resumes from it. c's own thread yields (to run again after the others,
+ * or to be stopped); elsewhere only the limit is enforced, by an error
+ * raised at every instruction until c's own thread can be stopped. */
+void le_coro_preempt_hook(lua_State *L, lua_Debug *ar) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_key);
+  le_coro_sched *s = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  le_coro *c = s ? s->current : NULL;
+  if (c == NULL) { /* nothing of luaecho's runs: a stale hook */
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
+  if (!c->over_limit) {
+    uint64_t since;
+    lua_sethook(L, NULL, 0, 0); /* the data path runs without a hook */
+    if (!le_preempt_current(s->preempt, &since)) return;
+    if (!charge(s, c, since)) {
+      if (L == c->co && lua_isyieldable(L)) {
+        s->yielded_by_hook = 1;
+        lua_yield(L, 0);
+      }
+      return; /* where it cannot yield, it is looked at again next tick */
+    }
+    c->over_limit = 1;
+    note_where(s, L, ar);
+  }
+  if (L == c->co && lua_isyieldable(L)) {
+    lua_yield(L, 0); /* finish() reports it as stopped */
+    return;
+  }
+  lua_sethook(L, le_coro_preempt_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "cpu_limit exceeded");
+}
+
+/* ---- guarding the coroutine library ---- */
+
+#define LUAECHO_CORO_MSG \
+  "coroutine run by luaecho (a handler or a spawned task)"
+
+/* coroutine.close(co): refused for luaecho's coroutines, whose waits only
+ * luaecho can end. */
+static int guard_close(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  if (co != NULL && le_coro_of(co) != NULL)
+    return luaL_error(L, "coroutine.close: cannot close a " LUAECHO_CORO_MSG
+                         "; return from it, or close its connection");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* Calls the original coroutine.resume (upvalue 1) with the arguments on
+ * L's stack, telling the watchdog which thread runs meanwhile. */
+static int resume_watched(lua_State *L, lua_State *co) {
+  le_coro_sched *s = lua_touserdata(L, lua_upvalueindex(2));
+  le_preempt *p = s ? s->preempt : NULL;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_State *prev = p ? le_preempt_enter(p, co) : NULL;
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  if (p) le_preempt_leave(p, prev);
+  return lua_gettop(L);
+}
+
+/* coroutine.resume(co, ...): refused (false, message) for luaecho's
+ * coroutines; other coroutines run under the watchdog like their caller. */
+static int guard_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  if (le_coro_of(co) != NULL) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "cannot resume a " LUAECHO_CORO_MSG
+                       ": only luaecho resumes it");
+    return 2;
+  }
+  return resume_watched(L, co);
+}
+
+/* The function coroutine.wrap returns: resumes its coroutine (upvalue 3)
+ * through resume_watched and, as Lua's own wrap does, propagates an error
+ * with the position prepended, after closing the dead coroutine. */
+static int wrap_call(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(3));
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_insert(L, 1);
+  int n = resume_watched(L, co);
+  if (lua_toboolean(L, 1)) return n - 1;
+  int status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    lua_closethread(co, L);
+#else
+    lua_resetthread(co);
+#endif
+  }
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, 2);
+    lua_concat(L, 2);
+  }
+  lua_settop(L, 2);
+  return lua_error(L);
+}
+
+/* coroutine.wrap(f): as Lua's own, but resumed under the watchdog. */
+static int guard_wrap(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushvalue(L, lua_upvalueindex(1)); /* resume */
+  lua_pushvalue(L, lua_upvalueindex(2)); /* sched */
+  lua_pushvalue(L, -3);                  /* the thread */
+  lua_pushcclosure(L, wrap_call, 3);
+  return 1;
+}
+
+
+void le_coro_open(lua_State *L, le_coro_sched *s) {
+  /* Threads copy the main thread's extra space: NULL there marks the
+   * threads Lua code creates as not being luaecho's. */
+  set_owner(L, NULL);
+  lua_pushlightuserdata(L, s);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_key);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_COLIBNAME) == LUA_TTABLE) {
+    lua_pushlightuserdata(L, s);
+    lua_insert(L, -2);
+    lua_getfield(L, -1, "close");
+    lua_pushcclosure(L, guard_close, 1);
+    lua_setfield(L, -2, "close");
+    lua_getfield(L, -1, "resume");
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, guard_resume, 2);
+    lua_setfield(L, -2, "resume");
+    /* wrap's upvalues: the original resume, and the scheduler. */
+    lua_getfield(L, -1, "resume");
+    lua_getupvalue(L, -1, 1);
+    lua_remove(L, -2);
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, guard_wrap, 2);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
 }

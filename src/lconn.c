@@ -4,25 +4,38 @@
  * lconn_methods.c.
  *
  * The flow of one echo round trip: the handler calls conn:recv(), finds
- * nothing buffered and yields (conn_recv); bytes arrive and
- * le_lconn_on_data resumes it with a string made straight from the read
- * buffer; the handler calls conn:send(), which hands the string to the
- * kernel at once (conn_send) and returns without yielding unless too much
- * output is already queued.
+ * nothing buffered and waits (conn_recv); bytes arrive, le_lconn_on_data
+ * points lc->direct at them and wakes the reader, whose continuation
+ * (recv_k) makes the string straight from the read buffer; the handler calls
+ * conn:send(), which hands the string to the kernel at once (conn_send) and
+ * returns without waiting unless too much output is already queued.
+ *
+ * Wakers never push values on a coroutine: they update this state (the
+ * reader slot, reader_err) and call le_coro_wake; the continuation reads the
+ * state and builds the results inside the coroutine, where running out of
+ * memory is an ordinary Lua error.
  */
 #include "lconn_internal.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <lauxlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "luaecho/addr.h"
+#include "luaecho/lmem.h"
+
 char *le_lconn_errname(int err, char *out, size_t len) {
   if (err == UV_EOF || err == UV_ECANCELED)
     snprintf(out, len, "closed");
   else if (err == LE_TIMEOUT)
     snprintf(out, len, "timeout");
+  else if (err == LE_EIDLE)
+    snprintf(out, len, "idle");
+  else if (err == LE_ESHUTDOWN)
+    snprintf(out, len, "shutdown");
   else /* the _r form: uv_err_name leaks a string for unknown codes */
     uv_err_name_r(err, out, len);
   /* libuv says "ECONNRESET"; Lua code sees the lower-case form. */
@@ -36,7 +49,35 @@ void le__lconn_push_errname(lua_State *L, int err) {
   lua_pushstring(L, le_lconn_errname(err, name, sizeof name));
 }
 
-static int push_error(lua_State *L, int err);
+int le_lconn_push_error(lua_State *L, int err) {
+  lua_pushnil(L);
+  le__lconn_push_errname(L, err);
+  return 2;
+}
+
+/* ---- state ---- */
+
+static const unsigned allowed[] = {
+    [LE_LCONN_OPEN] = 1u << LE_LCONN_ENDED | 1u << LE_LCONN_CLOSED,
+    [LE_LCONN_ENDED] = 1u << LE_LCONN_CLOSED,
+    [LE_LCONN_CLOSED] = 0,
+};
+
+static void set_state(le_lconn *lc, le_lconn_state to) {
+  (void)allowed; /* read only by assert, absent under NDEBUG */
+  assert(allowed[lc->state] & (1u << to));
+  lc->state = to;
+}
+
+/* Input ends with err, unless it already ended with something other than
+ * the peer's FIN (a reset or a timeout says more than the FIN before it). */
+static void end_input(le_lconn *lc, int err) {
+  if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = err;
+}
+
+static void end_output(le_lconn *lc, int err) {
+  if (!lc->out_err) lc->out_err = err;
+}
 
 /* Memory each queued write costs besides its payload, measured: the write
  * request (about 224 bytes with malloc's own), the Lua string's header
@@ -65,15 +106,46 @@ void le__lconn_update_reading(le_lconn *lc) {
     size_t need = framed(lc) ? lc->opts.packet_size + 4 : lc->want;
     if (need > limit) limit = need;
   }
-  int on = !lc->in_err && !lc->closed && le_buf_size(&lc->in) < limit;
+  int on = !lc->in_err && lc->state != LE_LCONN_CLOSED &&
+           le_buf_size(&lc->in) < limit;
   if (on != (int)lc->reading) {
     lc->reading = (unsigned)on;
     lc->io->set_reading(lc, on);
   }
 }
 
+/* The input recv looks at: the bytes on_data is handing over directly, or
+ * else the buffer. */
+typedef struct input {
+  const char *data;
+  size_t len;
+  int direct;
+} input;
+
+static input current_input(const le_lconn *lc) {
+  if (lc->direct_len > 0)
+    return (input){lc->direct, lc->direct_len, 1};
+  return (input){le_buf_peek(&lc->in), le_buf_size(&lc->in), 0};
+}
+
+static void consume(le_lconn *lc, const input *in, size_t n) {
+  if (in->direct) {
+    lc->direct += n;
+    lc->direct_len -= n;
+  } else {
+    le_buf_consume(&lc->in, n);
+  }
+}
+
+/* Drops every byte received and not yet returned. */
+static void discard_input(le_lconn *lc) {
+  le_buf_consume(&lc->in, le_buf_size(&lc->in));
+  lc->direct_len = 0;
+  lc->scanned = 0;
+}
+
 /* Pushes nil, the error's name and the partial result. In raw mode every
- * buffered byte is the partial result and is consumed; in framed modes an
+ * received byte is the partial result and is consumed; in framed modes an
  * unfinished message stays buffered so the stream keeps its framing. */
 static int push_failure(lua_State *L, le_lconn *lc, int err) {
   lua_pushnil(L);
@@ -81,9 +153,9 @@ static int push_failure(lua_State *L, le_lconn *lc, int err) {
   if (framed(lc)) {
     lua_pushliteral(L, "");
   } else {
-    size_t n = le_buf_size(&lc->in);
-    lua_pushlstring(L, n ? le_buf_peek(&lc->in) : "", n);
-    le_buf_consume(&lc->in, n);
+    input in = current_input(lc);
+    lua_pushlstring(L, in.len ? in.data : "", in.len);
+    consume(lc, &in, in.len);
   }
   return 3;
 }
@@ -103,111 +175,126 @@ static le_frame_status next_message(le_lconn *lc, const char *data, size_t n,
   return LE_FRAME_OK;
 }
 
+/* Looks for the next message; line mode remembers how far the buffer is
+ * known to hold no newline. */
+static le_frame_status find_message(le_lconn *lc, const input *in,
+                                    size_t want, le_frame *f) {
+  size_t scanned = in->direct ? 0 : lc->scanned;
+  le_frame_status st = next_message(lc, in->data, in->len, want, &scanned, f);
+  if (!in->direct) lc->scanned = (uint32_t)scanned; /* <= packet_size */
+  return st;
+}
+
 /* Pushes the result of recv on L when it is ready and returns the number
  * of values pushed, or returns 0 when the caller must wait for more. */
 static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
   le_frame f;
-  size_t scanned = lc->scanned;
-  le_frame_status st = next_message(lc, le_buf_peek(&lc->in),
-                                    le_buf_size(&lc->in), want, &scanned,
-                                    &f);
-  lc->scanned = (uint32_t)scanned; /* <= packet_size, at most 1 GiB */
+  input in = current_input(lc);
+  le_frame_status st = find_message(lc, &in, want, &f);
   if (st == LE_FRAME_OK) {
-    lua_pushlstring(L, le_buf_peek(&lc->in) + f.off, f.len);
-    le_buf_consume(&lc->in, f.used);
+    /* Bytes that do not fit under max_memory stay where they are: the
+     * handler learns it is out of memory, nothing is lost. */
+    if (!le_mem_fits(L, f.len)) return le_lconn_push_error(L, UV_ENOMEM);
+    lua_pushlstring(L, in.data + f.off, f.len);
+    consume(lc, &in, f.used);
     return 1;
   }
   if (st == LE_FRAME_TOOBIG) {
     /* The stream cannot be resynchronized: input ends here. */
     lc->in_err = UV_EMSGSIZE;
-    le_buf_consume(&lc->in, le_buf_size(&lc->in));
-    lc->scanned = 0;
+    discard_input(lc);
   }
   if (lc->in_err) return push_failure(L, lc, lc->in_err);
   return 0;
 }
 
-/* Clears the reader's waiting state and returns it; called before resuming
- * it, so that the resumed code sees a connection nobody waits on. */
-static lua_State *take_reader(le_lconn *lc) {
-  lua_State *co = lc->reader;
+/* Returns 1 when push_recv would answer the waiting reader now. */
+static int reader_answerable(le_lconn *lc) {
+  if (lc->in_err || lc->reader_err) return 1;
+  le_frame f;
+  input in = current_input(lc);
+  return find_message(lc, &in, lc->want, &f) != LE_FRAME_MORE;
+}
+
+/* Clears the reader's waiting state and returns it; called before waking
+ * it, so that the woken code sees a connection nobody waits on. */
+static le_coro *take_reader(le_lconn *lc) {
+  le_coro *c = lc->reader;
   lc->reader = NULL;
   lc->want = 0;
   lc->read_deadline = 0;
-  return co;
+  return c;
 }
 
-static void resume(lua_State *co, int nres) {
-  le_coro_resume(le_coro_of(co), nres);
-}
-
-/* Resumes the coroutine waiting in recv if its request can be answered. */
-static void wake_reader(le_lconn *lc) {
-  if (lc->reader == NULL) return;
-  int nres = push_recv(lc->reader, lc, lc->want);
-  if (nres > 0) resume(take_reader(lc), nres);
-}
-
-/* Resumes the coroutine waiting in send once output drained to
- * send_buffer or can no longer be written. */
-void le__lconn_wake_writer(le_lconn *lc) {
-  lua_State *co = lc->writer;
-  if (co == NULL || (over_send_buffer(lc) && !lc->out_err)) return;
+static le_coro *take_writer(le_lconn *lc) {
+  le_coro *c = lc->writer;
   lc->writer = NULL;
   lc->write_deadline = 0;
-  if (lc->out_err) {
-    lua_pushnil(co);
-    le__lconn_push_errname(co, lc->out_err);
-    resume(co, 2);
-  } else {
-    lua_pushboolean(co, 1);
-    resume(co, 1);
-  }
+  return c;
 }
 
-/* Answers a waiting reader straight from the bytes just read when nothing
- * is buffered before them: the common case of an echo loop costs one copy,
- * into the Lua string, and no buffering. Whatever follows the message is
- * buffered before the reader resumes, so the reader sees all of it.
- * Returns 1 when it answered the reader, -1 when out of memory. */
-static int deliver_direct(le_lconn *lc, const char *data, size_t len) {
-  le_frame f;
-  size_t scanned = 0;
-  if (next_message(lc, data, len, lc->want, &scanned, &f) != LE_FRAME_OK)
-    return 0;
-  if (f.used < len && le_buf_append(&lc->in, data + f.used, len - f.used))
-    return -1;
-  lua_State *co = take_reader(lc);
-  lua_pushlstring(co, data + f.off, f.len);
-  resume(co, 1);
-  return 1;
+/* Wakes the coroutine waiting in recv if its request can be answered. */
+static void wake_reader(le_lconn *lc) {
+  if (lc->reader != NULL && reader_answerable(lc))
+    le_coro_wake(take_reader(lc));
+}
+
+/* Wakes the reader with an error of its own (a timeout). */
+static void fail_reader(le_lconn *lc, int err) {
+  if (lc->reader == NULL) return;
+  lc->reader_err = err;
+  le_coro_wake(take_reader(lc));
+}
+
+static void fail_writer(le_lconn *lc, int err) {
+  if (lc->writer == NULL) return;
+  lc->writer_err = err;
+  le_coro_wake(take_writer(lc));
+}
+
+/* Wakes the coroutine waiting in send once output drained to send_buffer
+ * or can no longer be written. */
+void le__lconn_wake_writer(le_lconn *lc) {
+  if (lc->writer != NULL && (!over_send_buffer(lc) || lc->out_err))
+    le_coro_wake(take_writer(lc));
 }
 
 void le_lconn_on_data(le_lconn *lc, const char *data, size_t len) {
   lc->last_active = lc->io->now(lc);
+  if (lc->in_err) return; /* nothing more is delivered */
   int r = 0;
-  if (lc->reader != NULL && le_buf_size(&lc->in) == 0 && !lc->in_err)
-    r = deliver_direct(lc, data, len);
-  if (r == 0 && !lc->in_err && le_buf_append(&lc->in, data, len) != 0)
-    r = -1;
-  if (r < 0) {
+  if (lc->reader != NULL && le_buf_size(&lc->in) == 0) {
+    /* The common case of an echo loop costs one copy, into the Lua
+     * string, and no buffering: the reader takes what it needs straight
+     * from the read buffer, and only the rest is kept. */
+    lc->direct = data;
+    lc->direct_len = len;
+    wake_reader(lc);
+    if (lc->direct_len > 0 && !lc->in_err)
+      r = le_buf_append(&lc->in, lc->direct, lc->direct_len);
+    lc->direct = NULL;
+    lc->direct_len = 0;
+  } else {
+    r = le_buf_append(&lc->in, data, len);
+    if (r == 0) wake_reader(lc);
+  }
+  if (r != 0) {
     le_lconn_on_error(lc, UV_ENOMEM);
     return;
   }
-  wake_reader(lc);
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);
 }
 
 void le_lconn_on_eof(le_lconn *lc) {
-  if (!lc->in_err) lc->in_err = UV_EOF;
+  end_input(lc, UV_EOF);
   lc->reading = 0;
   wake_reader(lc);
 }
 
 void le_lconn_on_error(le_lconn *lc, int err) {
   if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = err;
-  if (!lc->out_err) lc->out_err = err;
+  end_output(lc, err);
   if (lc->reading) {
     lc->reading = 0;
     lc->io->set_reading(lc, 0);
@@ -221,12 +308,11 @@ void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status) {
   lc->queued -= len;
   lc->nqueued--;
   lc->last_active = lc->io->now(lc);
-  if (status < 0 && !lc->out_err) lc->out_err = status;
+  if (status < 0) end_output(lc, status);
   le__lconn_wake_writer(lc);
 }
 
 /* ---- deadlines ---- */
-
 
 static uint64_t earliest(uint64_t a, uint64_t b) {
   if (a == 0) return b;
@@ -248,66 +334,48 @@ void le__lconn_rearm(le_lconn *lc) {
 }
 
 static uint64_t deadline_after(le_lconn *lc, double seconds) {
-  double ms = ceil(seconds * 1000.0);
-  if (ms > 1e15) ms = 1e15; /* about 30,000 years: never, in practice */
-  if (ms < 1) ms = 1;         /* 0 would mean "no deadline" */
-  return lc->io->now(lc) + (uint64_t)ms;
+  uint64_t ms = le_opts_ms(seconds);
+  return lc->io->now(lc) + (ms ? ms : 1); /* 0 would mean "no deadline" */
 }
 
 /* Ends the connection from this side: a coroutine waiting in recv gets
- * nil, read_err, one waiting in send gets nil, write_err; every later call
- * gets nil, "closed" (set before anyone is resumed), so a loop that
+ * nil, read_err, one waiting in send gets nil, write_err, and every later
+ * call gets nil, `later` (set before anyone is woken), so a loop that
  * retries on "timeout" cannot spin. The socket closes at once. */
-static void end_with(le_lconn *lc, int read_err, int write_err) {
-  lc->ended = 1;
-  if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
-  if (!lc->out_err) lc->out_err = UV_ECANCELED;
-  if (lc->reader != NULL) {
-    lua_State *co = take_reader(lc);
-    resume(co, push_failure(co, lc, read_err));
-  }
-  lua_State *co = lc->writer;
-  if (co != NULL) {
-    lc->writer = NULL;
-    lc->write_deadline = 0;
-    resume(co, push_error(co, write_err));
-  }
+static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
+  if (lc->state == LE_LCONN_OPEN) set_state(lc, LE_LCONN_ENDED);
+  end_input(lc, later);
+  end_output(lc, later);
+  fail_reader(lc, read_err);
+  fail_writer(lc, write_err);
   lc->io->close(lc, 1);
 }
 
 void le_lconn_on_timeout(le_lconn *lc) {
   uint64_t now = lc->io->now(lc);
   lc->armed = 0;
-  if (lc->reader != NULL && lc->read_deadline && now >= lc->read_deadline) {
-    lua_State *co = take_reader(lc);
-    int nres = push_failure(co, lc, LE_TIMEOUT);
-    le__lconn_update_reading(lc);
-    resume(co, nres);
-  }
+  if (lc->reader != NULL && lc->read_deadline && now >= lc->read_deadline)
+    fail_reader(lc, LE_TIMEOUT);
   if (lc->writer != NULL && lc->write_deadline && now >= lc->write_deadline) {
-    if (lc->opts.send_timeout_close) {
-      end_with(lc, UV_ECANCELED, LE_TIMEOUT);
-    } else {
-      lua_State *co = lc->writer;
-      lc->writer = NULL;
-      lc->write_deadline = 0;
-      resume(co, push_error(co, LE_TIMEOUT));
-    }
+    if (lc->opts.send_timeout_close)
+      end_with(lc, UV_ECANCELED, LE_TIMEOUT, UV_ECANCELED);
+    else
+      fail_writer(lc, LE_TIMEOUT);
   }
   le__lconn_rearm(lc);
 }
 
 void le_lconn_check_idle(le_lconn *lc, uint64_t now) {
-  if (lc->opts.idle_timeout < 0 || lc->closed || lc->ended) return;
+  if (lc->opts.idle_timeout < 0 || lc->state != LE_LCONN_OPEN) return;
   if (now < lc->last_active + (uint64_t)(lc->opts.idle_timeout * 1000.0))
     return;
   le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
           (unsigned long long)lc->id);
-  end_with(lc, LE_TIMEOUT, LE_TIMEOUT);
+  end_with(lc, LE_EIDLE, LE_EIDLE, LE_EIDLE);
 }
 
-void le_lconn_abort(le_lconn *lc) {
-  end_with(lc, UV_ECANCELED, UV_ECANCELED);
+void le_lconn_abort(le_lconn *lc, int why) {
+  end_with(lc, why, why, why);
 }
 
 /* ---- recv and send ---- */
@@ -319,13 +387,16 @@ le__conn_ud *le__lconn_to_ud(lua_State *L) {
     ok = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
   }
-  if (!ok) luaL_typeerror(L, 1, LE_LCONN_METATABLE);
+  /* The metatable can be copied onto another userdata with the debug
+   * library; the cookie, which only luaecho writes, cannot. */
+  if (!ok || lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
+    luaL_typeerror(L, 1, LE_LCONN_METATABLE);
   return ud;
 }
 
 le_lconn *le__lconn_check_open(lua_State *L) {
   le__conn_ud *ud = le__lconn_to_ud(L);
-  if (ud->lc == NULL || ud->lc->closed)
+  if (ud->lc == NULL || ud->lc->state == LE_LCONN_CLOSED)
     luaL_error(L, "attempt to use a closed connection");
   return ud->lc;
 }
@@ -340,12 +411,6 @@ static void check_owner(lua_State *L, le_lconn *lc, const char *method) {
                "conn:%s() called from a coroutine that does not own "
                "connection %I; call it from the connection's handler",
                method, (lua_Integer)lc->id);
-}
-
-static int push_error(lua_State *L, int err) {
-  lua_pushnil(L);
-  le__lconn_push_errname(L, err);
-  return 2;
 }
 
 static int push_busy(lua_State *L) {
@@ -363,18 +428,63 @@ static double opt_timeout(lua_State *L, int idx, double dflt) {
   return t;
 }
 
-/* A coroutine ended while waiting here: forget it. */
-static void cancel_reader(le_coro *c) {
-  le_lconn *lc = c->wait;
+/* What recv waits for, handed to arm_reader. */
+typedef struct recv_wait {
+  size_t want;
+  uint64_t deadline;
+} recv_wait;
+
+static int arm_reader(le_coro *c, void *obj, const void *arg) {
+  le_lconn *lc = obj;
+  const recv_wait *w = arg;
+  lc->reader = c;
+  lc->want = (uint32_t)w->want;
+  lc->read_deadline = w->deadline;
+  lc->reader_err = 0;
+  le__lconn_update_reading(lc);
+  le__lconn_rearm(lc);
+  return 0;
+}
+
+/* The reader ended while waiting: forget it. */
+static void cancel_reader(le_coro *c, void *obj) {
+  le_lconn *lc = obj;
+  if (lc->reader != c) return;
   take_reader(lc);
   le__lconn_rearm(lc);
 }
 
-static void cancel_writer(le_coro *c) {
-  le_lconn *lc = c->wait;
-  lc->writer = NULL;
-  lc->write_deadline = 0;
-  le__lconn_rearm(lc);
+static const le_wait_ops recv_ops = {"conn:recv", arm_reader, cancel_reader, NULL};
+
+static int recv_k(lua_State *L, int status, lua_KContext kctx);
+
+/* Answers recv(n) from what has arrived, or waits. Shared by the first
+ * call and the continuation after a wake. */
+static int recv_now(lua_State *L, le_lconn *lc, size_t want, double timeout) {
+  int nres = push_recv(L, lc, want);
+  if (nres == 0 && timeout == 0) nres = push_failure(L, lc, LE_TIMEOUT);
+  if (nres > 0) {
+    le__lconn_update_reading(lc);
+    return nres;
+  }
+  recv_wait w = {want, timeout > 0 ? deadline_after(lc, timeout) : 0};
+  return le_coro_wait(L, &recv_ops, lc, &w, recv_k, (lua_KContext)want);
+}
+
+/* After a wake: the connection may have gone meanwhile (its conn object
+ * then points nowhere), or the reader has its own error (a timeout). */
+static int recv_k(lua_State *L, int status, lua_KContext kctx) {
+  le_lconn *lc = ((le__conn_ud *)lua_touserdata(L, 1))->lc;
+  (void)status;
+  if (lc == NULL) return le_lconn_push_error(L, UV_ECANCELED);
+  if (lc->reader_err) {
+    int err = lc->reader_err;
+    lc->reader_err = 0;
+    int nres = push_failure(L, lc, err);
+    le__lconn_update_reading(lc);
+    return nres;
+  }
+  return recv_now(L, lc, (size_t)kctx, -1);
 }
 
 /* conn:recv([n [, timeout]]) */
@@ -386,25 +496,8 @@ static int conn_recv(lua_State *L) {
   double timeout = opt_timeout(L, 3, lc->opts.recv_timeout);
   check_owner(L, lc, "recv");
   if (lc->reader != NULL) return push_busy(L);
-  size_t want = framed(lc) ? 0 : (size_t)n;
-  int nres = push_recv(L, lc, want);
-  if (nres > 0) {
-    le__lconn_update_reading(lc);
-    return nres;
-  }
-  if (timeout == 0) {
-    nres = push_failure(L, lc, LE_TIMEOUT);
-    le__lconn_update_reading(lc);
-    return nres;
-  }
-  le_coro_check_yieldable(L, "conn:recv");
-  le_coro_wait(L, cancel_reader, lc);
-  lc->reader = L;
-  lc->want = (uint32_t)want;
-  lc->read_deadline = timeout > 0 ? deadline_after(lc, timeout) : 0;
-  le__lconn_update_reading(lc);
-  le__lconn_rearm(lc);
-  return le_coro_yield(L);
+  lua_settop(L, 1); /* the continuation finds the conn object at 1 */
+  return recv_now(L, lc, framed(lc) ? 0 : (size_t)n, timeout);
 }
 
 /* Writes hdr+data: at once as far as the kernel takes it, the rest queued
@@ -438,6 +531,39 @@ static int write_message(lua_State *L, le_lconn *lc, int idx,
   return 0;
 }
 
+static int arm_writer(le_coro *c, void *obj, const void *arg) {
+  le_lconn *lc = obj;
+  (void)arg;
+  lc->writer = c;
+  lc->writer_err = 0;
+  if (lc->opts.send_timeout > 0)
+    lc->write_deadline = deadline_after(lc, lc->opts.send_timeout);
+  le__lconn_rearm(lc);
+  return 0;
+}
+
+static void cancel_writer(le_coro *c, void *obj) {
+  le_lconn *lc = obj;
+  if (lc->writer != c) return;
+  take_writer(lc);
+  le__lconn_rearm(lc);
+}
+
+static const le_wait_ops send_ops = {"conn:send", arm_writer, cancel_writer, NULL};
+
+/* After the wait for queued output to drain. */
+static int send_k(lua_State *L, int status, lua_KContext kctx) {
+  le_lconn *lc = ((le__conn_ud *)lua_touserdata(L, 1))->lc;
+  (void)status;
+  (void)kctx;
+  if (lc == NULL) return le_lconn_push_error(L, UV_ECANCELED);
+  int err = lc->writer_err ? lc->writer_err : lc->out_err;
+  lc->writer_err = 0;
+  if (err) return le_lconn_push_error(L, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* conn:send(data) */
 static int conn_send(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
@@ -445,10 +571,10 @@ static int conn_send(lua_State *L) {
   const char *data = luaL_checklstring(L, 2, &len);
   check_owner(L, lc, "send");
   if (lc->writer != NULL) return push_busy(L);
-  if (lc->out_err) return push_error(L, lc->out_err);
+  if (lc->out_err) return le_lconn_push_error(L, lc->out_err);
   unsigned char hdr[4];
   int hlen = le_frame_header(lc->opts.packet, len, hdr);
-  if (hlen < 0) return push_error(L, UV_EMSGSIZE);
+  if (hlen < 0) return le_lconn_push_error(L, UV_EMSGSIZE);
   if (len == 0 && hlen == 0) {
     lua_pushboolean(L, 1);
     return 1;
@@ -457,38 +583,39 @@ static int conn_send(lua_State *L) {
   int r = write_message(L, lc, 2, hdr, (size_t)hlen, data, len);
   if (r < 0) {
     lc->out_err = r;
-    return push_error(L, r);
+    return le_lconn_push_error(L, r);
   }
   /* Where Lua cannot yield (a C callback), the bytes are already queued:
    * send returns true without waiting rather than raise after sending. */
-  if (over_send_buffer(lc) && lua_isyieldable(L)) {
-    le_coro_wait(L, cancel_writer, lc);
-    lc->writer = L;
-    if (lc->opts.send_timeout > 0)
-      lc->write_deadline = deadline_after(lc, lc->opts.send_timeout);
-    le__lconn_rearm(lc);
-    return le_coro_yield(L);
-  }
+  if (over_send_buffer(lc) && lua_isyieldable(L))
+    return le_coro_wait(L, &send_ops, lc, NULL, send_k, 0);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* Ends the handler's use of lc: methods raise from now on, waiting
+ * coroutines of the connection get nil, "closed" on the loop's next turn,
+ * and the socket closes (after flushing, unless `abort`). */
+static void close_by_handler(le_lconn *lc, int abort) {
+  if (lc->state != LE_LCONN_CLOSED) set_state(lc, LE_LCONN_CLOSED);
+  end_input(lc, UV_ECANCELED);
+  end_output(lc, UV_ECANCELED);
+  wake_reader(lc);
+  le__lconn_wake_writer(lc);
+  le__lconn_update_reading(lc);
+  le__lconn_rearm(lc);
+  lc->io->close(lc, abort);
+}
+
+void le__lconn_close(le_lconn *lc, int abort) {
+  if (lc->state != LE_LCONN_CLOSED || abort) close_by_handler(lc, abort);
 }
 
 /* conn:close(): flushes queued output and closes. Closing twice is fine. */
 static int conn_close(lua_State *L) {
   le__conn_ud *ud = le__lconn_to_ud(L);
-  le_lconn *lc = ud->lc;
-  if (lc != NULL && !lc->closed) {
-    lc->closed = 1;
-    if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
-    if (!lc->out_err) lc->out_err = UV_ECANCELED;
-    /* Another coroutine of this connection (a spawned one) may be waiting;
-     * it gets nil, "closed" on the loop's next turn. */
-    wake_reader(lc);
-    le__lconn_wake_writer(lc);
-    le__lconn_update_reading(lc);
-    le__lconn_rearm(lc);
-    lc->io->close(lc, 0);
-  }
+  if (ud->lc != NULL && ud->lc->state != LE_LCONN_CLOSED)
+    close_by_handler(ud->lc, 0);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -499,8 +626,8 @@ static int conn_shutdown(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
   int how = luaL_checkoption(L, 2, NULL, hows);
   if (how != 0) { /* read side: nothing more is delivered */
-    if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = UV_ECANCELED;
-    le_buf_consume(&lc->in, le_buf_size(&lc->in));
+    end_input(lc, UV_ECANCELED);
+    discard_input(lc);
     wake_reader(lc);
     le__lconn_update_reading(lc);
   }
@@ -530,34 +657,27 @@ static void end_children(le_lconn *lc) {
   while (lc->children != NULL) {
     le_lconn *child = lc->children;
     le_lconn_orphan(child);
-    if (!child->closed) {
-      child->closed = 1;
-      child->io->close(child, 1);
-    }
+    le__lconn_close(child, 1);
   }
 }
 
 /* The handler returned or raised: log a failure with its connection, close
- * (at once after an error, else after flushing) and tell the connection. */
+ * (at once after an error, else after flushing) and tell the connection.
+ * Nothing here allocates in Lua (see le_coro_done_cb). */
 static void on_handler_done(le_coro *c, lua_State *co, int nres,
                             const char *error) {
   le_lconn *lc = LCONN_OF_CORO(c);
   (void)co;
   (void)nres;
   if (error != NULL) {
-    le__lconn_push_peer(lc->L, lc);
+    char peer[LE_ADDR_TEXT_MAX];
+    le__lconn_format_peer(lc, peer, sizeof peer);
     le_logf(lc->log, LE_LOG_ERROR, "conn %llu %s: handler error: %s",
-            (unsigned long long)lc->id, lua_tostring(lc->L, -1), error);
-    lua_pop(lc->L, 1);
+            (unsigned long long)lc->id, peer, error);
   }
   end_children(lc);
-  if (!lc->closed || error != NULL) {
-    lc->closed = 1;
-    le__lconn_update_reading(lc);
-    le__lconn_rearm(lc);
-    /* After an error, output is dropped even if close() began a flush. */
-    lc->io->close(lc, error != NULL);
-  }
+  /* After an error, output is dropped even if close() began a flush. */
+  le__lconn_close(lc, error != NULL);
   lc->io->handler_done(lc);
 }
 
@@ -569,6 +689,7 @@ void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
   lc->L = L;
   lc->coro.ref = LUA_NOREF;
   lc->peer.sa.sa_family = AF_UNIX;
+  lc->state = LE_LCONN_OPEN;
   le_opts_init(&lc->opts);
   le_buf_init(&lc->in);
 }
@@ -576,9 +697,29 @@ void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
 /* Pushes a new conn object for lc on L. */
 static void push_conn_object(le_lconn *lc, lua_State *L) {
   le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->lc = NULL;
+  ud->cookie = &le__conn_cookie;
+  luaL_setmetatable(L, LE_LCONN_METATABLE);
   ud->lc = lc;
   lc->ud = ud;
-  luaL_setmetatable(L, LE_LCONN_METATABLE);
+}
+
+/* Detaches lc from its conn object: later use of the object raises. */
+static void detach_object(le_lconn *lc) {
+  if (lc->ud != NULL) lc->ud->lc = NULL;
+  lc->ud = NULL;
+}
+
+/* lua_CFunction: handler(conn) in a new coroutine. Stack: the handler
+ * function, lc as a light userdata. */
+static int start_protected(lua_State *L) {
+  le_lconn *lc = lua_touserdata(L, 2);
+  lua_pop(L, 1);
+  /* The conn object is not referenced from C: the handler holds it, and
+   * lc->ud is a weak link that __gc clears if it goes first. */
+  push_conn_object(lc, L);
+  le_coro_start(&lc->coro, L, 1, on_handler_done, NULL);
+  return 0;
 }
 
 int le_lconn_start(le_lconn *lc) {
@@ -588,14 +729,17 @@ int le_lconn_start(le_lconn *lc) {
     return -1;
   }
   lc->last_active = lc->io->now(lc);
-  /* The conn object is not referenced from C: the handler holds it, and
-   * lc->ud is a weak link that __gc clears if it goes first. */
-  push_conn_object(lc, L);
   lc->owner = lc;
   lc->coro.owner = lc;
-  if (le_coro_start(&lc->coro, L, 1, on_handler_done, NULL) != 0) {
-    lua_pop(L, 2);
-    return -1;
+  lua_pushcfunction(L, start_protected);
+  lua_insert(L, -2);
+  lua_pushlightuserdata(L, lc);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    if (!le_coro_alive(&lc->coro)) {
+      detach_object(lc);
+      return -1;
+    }
   }
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);
@@ -604,16 +748,18 @@ int le_lconn_start(le_lconn *lc) {
 
 void le_lconn_adopt(le_lconn *lc, lua_State *L) {
   le_coro *c = le_coro_of(L);
-  le_lconn *parent = c->owner;
+  le_lconn *parent = le_lconn_of_coro(c);
   lc->owner = parent;
   lc->parent = parent;
   lc->next_child = parent->children;
   if (parent->children) parent->children->prev_child = lc;
   parent->children = lc;
   lc->last_active = lc->io->now(lc);
-  push_conn_object(lc, L);
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);
+  /* Last, since it may raise (out of memory): the connection is already
+   * the parent's child then, and is closed with it. */
+  push_conn_object(lc, L);
 }
 
 void le_lconn_orphan(le_lconn *lc) {
@@ -629,8 +775,10 @@ void le_lconn_release(le_lconn *lc) {
   end_children(lc);
   le_lconn_orphan(lc);
   le_coro_release(&lc->coro);
-  /* Later use of a conn object that outlives its connection raises. */
-  if (lc->ud != NULL) lc->ud->lc = NULL;
-  lc->ud = NULL;
+  /* Later use of a conn object that outlives its connection raises; a
+   * coroutine of another task still waiting here learns it is closed. */
+  detach_object(lc);
+  if (lc->reader) le_coro_wake(take_reader(lc));
+  if (lc->writer) le_coro_wake(take_writer(lc));
   le_buf_free(&lc->in);
 }

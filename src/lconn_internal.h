@@ -8,11 +8,16 @@
 #include "luaecho/lconn.h"
 
 /* The userdata Lua holds: only a pointer, cleared when the connection is
- * freed, so Lua's collector and the connection's lifetime stay separate. */
+ * freed, so Lua's collector and the connection's lifetime stay separate;
+ * and a cookie that only luaecho writes, which tells a genuine conn object
+ * from another userdata given the conn metatable with the debug library. */
 struct le__conn_ud {
   le_lconn *lc;
+  const void *cookie; /* &le__conn_cookie */
 };
 typedef struct le__conn_ud le__conn_ud;
+
+extern const char le__conn_cookie;
 
 /* recv, send, close and shutdown, from lconn.c. */
 extern const luaL_Reg le__lconn_io_methods[];
@@ -26,12 +31,17 @@ le__conn_ud *le__lconn_to_ud(lua_State *L);
 /* Returns the connection of argument 1; raises if it is closed. */
 le_lconn *le__lconn_check_open(lua_State *L);
 
+/* Closes lc for its handler (CLOSED): after flushing, or at once when
+ * `abort`; an abort also cuts short a flush already under way. */
+void le__lconn_close(le_lconn *lc, int abort);
+
 void le__lconn_update_reading(le_lconn *lc);
 void le__lconn_wake_writer(le_lconn *lc);
 void le__lconn_rearm(le_lconn *lc);
 void le__lconn_push_errname(lua_State *L, int err);
 
-/* Pushes the peer as "host:port", "[v6]:port" or "unix:path". */
-void le__lconn_push_peer(lua_State *L, le_lconn *lc);
+
+/* Writes the peer as "host:port", "[v6]:port", "unix:path" or "unix". */
+char *le__lconn_format_peer(le_lconn *lc, char *out, size_t len);
 
 #endif

@@ -1,9 +1,12 @@
 /* The conn methods that do not wait: options, addresses, tostring, and the
  * metatable that ties every method together. See include/luaecho/lconn.h. */
+#include <stdio.h>
 #include <string.h>
 
 #include "lconn_internal.h"
 #include "luaecho/addr.h"
+
+const char le__conn_cookie = 0;
 
 void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa) {
   memset(&lc->peer, 0, sizeof lc->peer);
@@ -26,24 +29,11 @@ void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen,
     lc->io->peer_path(lc, host, hostlen);
 }
 
-/* Pushes "host:port", "[v6]:port", "unix:PATH", or "unix" for an unnamed
- * unix socket, for the address given. */
-static void push_address(lua_State *L, const char *host, int port) {
-  if (port < 0 && *host == '\0')
-    lua_pushliteral(L, "unix");
-  else if (port < 0)
-    lua_pushfstring(L, "unix:%s", host);
-  else if (strchr(host, ':') != NULL)
-    lua_pushfstring(L, "[%s]:%d", host, port);
-  else
-    lua_pushfstring(L, "%s:%d", host, port);
-}
-
-void le__lconn_push_peer(lua_State *L, le_lconn *lc) {
-  char host[128];
+char *le__lconn_format_peer(le_lconn *lc, char *out, size_t len) {
+  char host[LE_ADDR_HOST_MAX];
   int port;
   le_lconn_peer(lc, host, sizeof host, &port);
-  push_address(L, host, port);
+  return le_addr_format_host_port(host, port, out, len);
 }
 
 /* Pushes host and port (nil for unix sockets); returns 2. */
@@ -140,16 +130,15 @@ static int conn_tostring(lua_State *L) {
     lua_pushliteral(L, "conn (closed)");
     return 1;
   }
-  char host[128];
-  int port;
-  le__lconn_push_peer(L, lc);
-  if (lc->closed || lc->io->sockname(lc, host, sizeof host, &port) != 0)
-    lua_pushliteral(L, "?");
+  char host[LE_ADDR_HOST_MAX], peer[LE_ADDR_TEXT_MAX], local[LE_ADDR_TEXT_MAX];
+  int port, closed = lc->state == LE_LCONN_CLOSED;
+  if (closed || lc->io->sockname(lc, host, sizeof host, &port) != 0)
+    snprintf(local, sizeof local, "?");
   else
-    push_address(L, host, port);
+    le_addr_format_host_port(host, port, local, sizeof local);
   lua_pushfstring(L, "conn %I (%s -> %s)%s", (lua_Integer)lc->id,
-                  lua_tostring(L, -2), lua_tostring(L, -1),
-                  lc->closed ? " closed" : "");
+                  le__lconn_format_peer(lc, peer, sizeof peer), local,
+                  closed ? " closed" : "");
   return 1;
 }
 
@@ -177,10 +166,7 @@ static int conn_gc(lua_State *L) {
   if (lc != NULL) {
     lc->ud = NULL;
     ud->lc = NULL;
-    if (!lc->closed) {
-      lc->closed = 1;
-      lc->io->close(lc, 1);
-    }
+    if (lc->state != LE_LCONN_CLOSED) le__lconn_close(lc, 1);
   }
   return 0;
 }

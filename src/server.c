@@ -26,22 +26,20 @@ static le_server *server_of_conns(le_conn_ctx *ctx) {
 
 /* ---- Lua state ---- */
 
-static lua_State *new_lua_state(void) {
-  lua_State *L = luaL_newstate();
+static lua_State *new_lua_state(le_mem *mem, size_t max_memory) {
+  lua_State *L = le_mem_newstate(mem, max_memory);
   if (L == NULL) return NULL;
-  /* Coroutines copy the main thread's extra space; NULL there marks
-   * threads that are not handler coroutines (see coro.h). */
-  *(void **)lua_getextraspace(L) = NULL;
   luaL_openlibs(L);
   le_lconn_open(L);
   return L;
 }
 
-/* Creates the loop's Lua state and connection context, with the luaecho
- * module registered. Returns 0 or -1 (out of memory). */
+/* Creates the loop's Lua state (its memory capped at max_memory) and
+ * connection context, with the luaecho module registered. Returns 0 or -1
+ * (out of memory). */
 static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
-                    lua_State **out) {
-  lua_State *L = *out = new_lua_state();
+                    le_mem *mem, size_t max_memory, lua_State **out) {
+  lua_State *L = *out = new_lua_state(mem, max_memory);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
   return 0;
@@ -185,10 +183,7 @@ static int resolve(const le_addr *a, struct sockaddr_storage *ss, char *why,
     return -1;
   }
   memcpy(ss, res->ai_addr, res->ai_addrlen);
-  if (ss->ss_family == AF_INET)
-    ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)a->port);
-  else
-    ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)a->port);
+  le_addr_set_port((struct sockaddr *)ss, a->port);
   freeaddrinfo(res);
   return 0;
 }
@@ -441,18 +436,11 @@ static void finish(le_server *s) {
   le_conn_ctx_close(&s->conns);
 }
 
-static void abort_connections(le_server *s) {
-  for (le_conn *c = s->conns.head, *next; c != NULL; c = next) {
-    next = c->next;
-    le_conn_abort(c);
-  }
-}
-
 static void on_drain_timeout(uv_timer_t *t) {
   le_server *s = t->data;
   le_logf(&s->log, LE_LOG_WARN, "shutdown timeout: closing %zu connections",
           s->conns.count);
-  abort_connections(s);
+  le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
 }
 
 static void on_conn_freed(le_conn_ctx *ctx) {
@@ -464,7 +452,7 @@ void le_server_stop(le_server *s, const char *why) {
   if (s->stopping) {
     le_logf(&s->log, LE_LOG_WARN, "%s again: closing %zu connections now",
             why, s->conns.count);
-    abort_connections(s);
+    le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
     return;
   }
   s->stopping = 1;
@@ -524,7 +512,8 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
-  if (open_lua(&s->loop, &s->conns, &s->log, &s->L) != 0) {
+  if (open_lua(&s->loop, &s->conns, &s->log, &s->mem, LE_DEFAULT_MAX_MEMORY,
+               &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -543,7 +532,7 @@ void le_server_free(le_server *s) {
   if (s->loop_open) {
     close_listeners(s);
     stop_watches(s);
-    abort_connections(s);
+    le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
     finish(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
@@ -569,6 +558,7 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
   uv_loop_t loop;
   le_conn_ctx ctx;
   le_log log;
+  le_mem mem;
   lua_State *L = NULL;
   memset(&ctx, 0, sizeof ctx);
   le_log_init(&log, cfg->log_level, stderr);
@@ -576,7 +566,7 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
     snprintf(err, errlen, "cannot create the event loop");
     return -1;
   }
-  int r = open_lua(&loop, &ctx, &log, &L);
+  int r = open_lua(&loop, &ctx, &log, &mem, LE_DEFAULT_MAX_MEMORY, &L);
   if (r != 0) snprintf(err, errlen, "out of memory");
   for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++) {
     const char *handler = le_config_listener_handler(cfg, &cfg->listeners[i]);

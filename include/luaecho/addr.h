@@ -18,6 +18,8 @@ typedef enum { LE_ADDR_TCP, LE_ADDR_UNIX } le_addr_kind;
 
 #define LE_ADDR_HOST_MAX 256
 #define LE_ADDR_PATH_MAX 108 /* sizeof(sockaddr_un.sun_path) on Linux */
+/* Room for any address as le_addr_format* writes it. */
+#define LE_ADDR_TEXT_MAX (LE_ADDR_HOST_MAX + 16)
 
 typedef struct le_addr {
   le_addr_kind kind;
@@ -34,6 +36,11 @@ int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen);
  * "unix:/p") into out. Returns out. */
 char *le_addr_format(const le_addr *addr, char *out, size_t len);
 
+/* Writes host and port as "1.2.3.4:5", "[::1]:5" (a host with a colon),
+ * "unix:PATH" (port < 0), or "unix" (port < 0 and no path). Returns out. */
+char *le_addr_format_host_port(const char *host, int port, char *out,
+                               size_t len);
+
 /* Writes a socket address as "1.2.3.4:5" or "[::1]:5" (AF_UNIX: "unix:PATH",
  * or "unix:" for an unnamed peer). Returns out. */
 char *le_addr_format_sockaddr(const struct sockaddr *sa, socklen_t salen,
@@ -43,5 +50,9 @@ char *le_addr_format_sockaddr(const struct sockaddr *sa, socklen_t salen,
  * Returns 0, or -1 for an address family it does not know. */
 int le_addr_split_sockaddr(const struct sockaddr *sa, socklen_t salen,
                            char *host, size_t hostlen, int *port);
+
+/* Sets the port of an IPv4 or IPv6 socket address (a resolver's answer
+ * carries none). */
+void le_addr_set_port(struct sockaddr *sa, int port);
 
 #endif

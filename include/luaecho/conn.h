@@ -2,19 +2,38 @@
  * and the one close path. Its Lua face (le_lconn) is embedded and driven
  * from here.
  *
+ * The socket's life (c->state), and the only transitions allowed
+ * (asserted in set_state):
+ *
+ *   CONNECTING --connected-->                 OPEN
+ *   CONNECTING --failed, timed out, cancelled--> CLOSING
+ *   OPEN       --graceful close (io_close)-->   DRAINING
+ *   OPEN       --le_conn_close-->               CLOSING
+ *   DRAINING   --flushed and the peer's FIN seen, or its deadline-->
+ *                                               CLOSING
+ *   CLOSING    --the socket's close callback--> CLOSED
+ *
+ * CONNECTING: an outbound connect is in flight. OPEN: the handler reads and
+ * writes. DRAINING: the handler is done with it; queued output is flushed,
+ * our FIN sent, and input read and discarded until the peer's FIN, for up
+ * to LE_LINGER_MS, so that closing with unread input does not turn into an
+ * RST that destroys the reply. CLOSING: uv_close was called. CLOSED: the
+ * handle is gone. Beside the state, two facts about the directions: `fin`
+ * (our FIN: none, requested, sent) and `peer_fin` (the peer's FIN or a
+ * read error was seen), and one about the handler: `handler_done`.
+ *
  * Memory: an idle connection holds only what it must (the socket handle and
  * the Lua face); its timer and its connect or shutdown request are
  * allocated when first needed and released on their own close callbacks.
  * Idleness needs no per-connection timer: the loop sweeps every connection
  * four times a second (le_lconn_check_idle).
  *
- * Lifetime: a connection ends when its socket is closed and its handler
- * has ended, in either order. If the socket closes last, the connection is
- * freed in the socket's close callback; if the handler ends last, it is
- * freed at the end of that loop iteration (the loop's reaper), never inside
- * a call chain that still uses it. Every socket event passes through one
- * function here (on_read, on_write, on_timer, le_conn_close), the place
- * where a trace line can be emitted.
+ * Lifetime: a connection is freed when it is CLOSED and its handler has
+ * ended, in either order: in the socket's close callback if that comes
+ * last, else at the end of that loop iteration (the loop's reaper), never
+ * inside a call chain that still uses it. Every socket event passes through
+ * one function here (on_read, on_write, on_shutdown, on_connected,
+ * on_timer, le_conn_close), the place where a trace line can be emitted.
  */
 #ifndef LUAECHO_CONN_H
 #define LUAECHO_CONN_H
@@ -23,6 +42,7 @@
 
 #include "luaecho/lconn.h"
 #include "luaecho/log.h"
+#include "luaecho/preempt.h"
 
 /* Seconds a connection whose handler ended may spend flushing queued output
  * to a peer that does not read, when send_timeout is off. */
@@ -32,8 +52,25 @@
  * own, reading and discarding input meanwhile (see io_close in conn.c). */
 #define LE_LINGER_MS 2000
 
+/* CPU a handler may use without waiting before it is stopped. */
+#define LE_DEFAULT_CPU_LIMIT_MS 5000
+
 /* How often the loop checks every connection's idle deadline. */
 #define LE_IDLE_SWEEP_MS 250
+
+typedef enum le_conn_state {
+  LE_CONN_CONNECTING,
+  LE_CONN_OPEN,
+  LE_CONN_DRAINING,
+  LE_CONN_CLOSING,
+  LE_CONN_CLOSED
+} le_conn_state;
+
+typedef enum le_conn_fin {
+  LE_FIN_NONE,    /* we have not asked for our FIN */
+  LE_FIN_PENDING, /* uv_shutdown was called, its callback has not run */
+  LE_FIN_SENT     /* its callback ran (the FIN went out, or could not) */
+} le_conn_fin;
 
 typedef struct le_conn le_conn;
 typedef struct le_conn_ctx le_conn_ctx;
@@ -54,6 +91,8 @@ struct le_conn_ctx {
   uv_check_t reaper;  /* frees connections whose handler ended last */
   le_coro_sched sched; /* coroutines woken while another one runs ... */
   uv_idle_t waker;    /* ... are resumed from here, on the next turn */
+  le_preempt preempt; /* the watchdog that preempts long-running handlers */
+  uint64_t cpu_limit_ms; /* CPU a handler may use without waiting; 0 none */
   le_conn *reap;      /* connections waiting for the reaper */
   /* Called after a connection was freed (the count is already lower). */
   void (*on_freed)(le_conn_ctx *ctx);
@@ -72,22 +111,21 @@ struct le_conn {
   le_conn_ctx *ctx;
   le_conn *prev, *next;     /* in ctx's list of live connections */
   le_conn *next_reap;       /* in ctx's reap list, once ready to be freed */
-  unsigned closing : 1;     /* le_conn_close was called on the socket */
-  unsigned sock_closed : 1; /* ... and its close callback has run */
-  unsigned flushing : 1;    /* closing gracefully: flushing, then lingering */
-  unsigned input_ended : 1; /* the peer's FIN or a read error was seen */
-  unsigned shutdown_sent : 1;    /* FIN requested (uv_shutdown called) */
-  unsigned shutdown_pending : 1; /* ... and its callback has not run yet */
-  unsigned handler_done : 1;     /* the handler coroutine has ended */
   uint32_t swept_queue;     /* write queue size (low bits) at the last sweep */
+  uint8_t state;            /* le_conn_state */
+  uint8_t fin;              /* le_conn_fin */
+  unsigned peer_fin : 1;    /* the peer's FIN or a read error was seen */
+  unsigned handler_done : 1; /* the handler coroutine has ended */
 };
 
-/* Initializes ctx for `loop` and starts its idle sweep; the read buffer is
- * allocated here. Returns 0 or UV_ENOMEM. */
+/* Initializes ctx for `loop` and starts its idle sweep and its preemption
+ * watchdog, and prepares L's coroutine library (le_coro_open); the read
+ * buffer is allocated here. Returns 0 or a negative error. */
 int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
                      const le_log *log);
 
-/* Closes the context's handles; the loop must then run to let them go. */
+/* Closes the context's handles and stops its watchdog; the loop must then
+ * run to let them go. */
 void le_conn_ctx_close(le_conn_ctx *ctx);
 
 /* Frees the read buffer, after the loop has run the handles' close. */
@@ -101,7 +139,8 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
                         const le_opts *opts, le_script *script);
 
 /* Reports the end of an outbound connect: status 0 (then the caller adopts
- * c->lc with le_lconn_adopt) or a libuv error (then c is already closing). */
+ * c->lc with le_lconn_adopt), a libuv error or LE_TIMEOUT (then c is
+ * already closing). */
 typedef void (*le_connect_cb)(le_conn *c, int status, void *arg);
 
 /* Opens an outbound connection to `sa` (TCP) or `path` (unix; sa NULL),
@@ -120,8 +159,17 @@ void le_conn_cancel_connect(le_conn *c);
 void le_conn_close(le_conn *c);
 
 /* Ends the connection from the server's side: a waiting handler gets
- * nil, "closed", the socket closes, and a handler still suspended on
- * anything else is ended without being resumed. */
-void le_conn_abort(le_conn *c);
+ * nil, NAME (le_lconn_errname(why): "shutdown" for LE_ESHUTDOWN), the
+ * socket closes, and a handler still suspended on anything else is ended
+ * without being resumed. */
+void le_conn_abort(le_conn *c, int why);
+
+/* Aborts every connection of ctx (le_conn_abort). */
+void le_conn_ctx_abort_all(le_conn_ctx *ctx, int why);
+
+/* Returns 1 when c is still open for its handler (not closing). */
+static inline int le_conn_is_open(const le_conn *c) {
+  return c->state <= LE_CONN_OPEN;
+}
 
 #endif

@@ -1,61 +1,141 @@
-/* Handler coroutines: start, resume and finish them, and report how they
- * ended. Nothing here knows about sockets.
+/* Coroutines the core runs (a connection's handler, the tasks it spawns):
+ * start, wait, wake, preempt and finish them, and report how they ended.
+ * Nothing here knows about sockets.
  *
- * A le_coro lives in its owner (a connection, or a task spawned by one).
- * Every Lua thread started here points back to its le_coro through the
- * thread's extra space, so a binding called from Lua finds the coroutine it
- * runs in with le_coro_of(). Bindings that must wait record how to undo the
- * wait (le_coro_wait), then return le_coro_yield(L); whoever they wait on
- * later pushes the results onto the coroutine and calls le_coro_resume.
- * When the coroutine returns or raises, the `done` callback runs once, from
- * inside le_coro_resume, like a libuv completion callback.
+ * A le_coro lives in its owner (a connection, or a task). Every Lua thread
+ * started here points back to its le_coro through the thread's extra space,
+ * so a binding called from Lua finds the coroutine it runs in with
+ * le_coro_of(); threads that Lua code makes itself point nowhere.
  *
- * Coroutines that work for one connection share its `owner` tag; a
- * connection's spawned coroutines are kept on a list (le_coro_list) so they
- * can all be ended with it.
+ * States (c->state), and the only transitions allowed (asserted):
+ *
+ *   RUNNING  --le_coro_wait-->       WAITING   (suspended in a binding)
+ *   RUNNING  --preempted-->          READY     (resumed on a later turn)
+ *   RUNNING  --returns or raises-->  DEAD      (`done` runs)
+ *   WAITING  --le_coro_wake-->       RUNNING, or READY when another
+ *                                    coroutine runs now (resumed later)
+ *   WAITING  --le_coro_release-->    DEAD      (the wait's cancel runs)
+ *   READY    --its turn-->           RUNNING
+ *   READY    --le_coro_release-->    DEAD
+ *
+ * The wait lifecycle. A binding that must wait ends with
+ *
+ *     return le_coro_wait(L, &ops, obj, k, kctx);
+ *
+ * which raises, with nothing recorded, when L cannot yield (inside a C
+ * function such as a table.sort comparator); otherwise it records the wait
+ * (ops, obj), calls ops->arm so the awaited object learns who waits, and
+ * yields. The record stays until one of these ends it, exactly once:
+ *  - le_coro_wake(c), then the continuation: what it waited for happened.
+ *    The waker has already updated its own state (cleared its waiter slot,
+ *    stored a result); the coroutine resumes in k(L, LUA_YIELD, kctx),
+ *    which builds the binding's results from that state. Results are made
+ *    inside the coroutine, so a failed allocation there is an ordinary Lua
+ *    error in that coroutine and never an unprotected one in a libuv
+ *    callback.
+ *  - le_coro_release while WAITING (at shutdown, or when its connection
+ *    goes): ops->cancel(c, obj) makes obj forget c and frees what the wait
+ *    owns (a timer, a request).
+ *  - le_coro_release after the wake but before the continuation ran:
+ *    ops->drop(c, obj) frees the result the waker handed over.
+ * Lua code cannot end a wait any other way: coroutine.close and
+ * coroutine.resume refuse luaecho's coroutines (le_coro_open).
+ *
+ * Preemption. A coroutine that computes for a whole preemption tick without
+ * waiting is suspended at a count hook and put at the back of the ready
+ * list, so every other coroutine gets its turn first. One that computes for
+ * more than its CPU limit in total without waiting is ended as an error
+ * ("cpu_limit exceeded"), even inside a C function that cannot yield.
  */
 #ifndef LUAECHO_CORO_H
 #define LUAECHO_CORO_H
 
+#include <stdint.h>
+
 #include <lua.h>
+
+#include "luaecho/preempt.h"
 
 typedef struct le_coro le_coro;
 typedef struct le_coro_sched le_coro_sched;
 
-/* Where a loop's coroutines are resumed from. A coroutine woken while
- * another luaecho coroutine runs (conn:close() in one coroutine waking a
- * reader in another, say) is not resumed on the spot: it goes on the ready
- * list and the loop resumes it once nothing runs, through `kick`. So no
- * coroutine ever runs nested inside another one's binding, where its end
- * could tear down the coroutine that woke it. */
-struct le_coro_sched {
-  int depth;                       /* luaecho coroutines running now */
-  le_coro *ready;                  /* woken, waiting for the loop */
-  void (*kick)(le_coro_sched *s);  /* asks the loop to call le_coro_sched_run */
-};
+typedef enum le_coro_state {
+  LE_CORO_DEAD,    /* not started, ended, or released; co is NULL */
+  LE_CORO_RUNNING, /* executing, or inside a nested start (spawn) */
+  LE_CORO_WAITING, /* suspended in a luaecho wait; wait_ops is set */
+  LE_CORO_READY    /* woken or preempted, on the scheduler's ready list */
+} le_coro_state;
+
+/* What a coroutine waits on. `what` names the wait for people ("recv",
+ * "sleep"). Any of the functions may be NULL when there is nothing to do. */
+typedef struct le_wait_ops {
+  const char *what;
+  /* Makes obj know c as its waiter; `arg` is the binding's, valid only
+   * during this call. May replace c->wait_obj. Returns 0, or a negative
+   * error when it cannot start the wait: then nothing waits, and the
+   * continuation runs at once with that error as its status. */
+  int (*arm)(le_coro *c, void *obj, const void *arg);
+  /* The coroutine ended while WAITING: obj must forget c, and what the
+   * wait owns is freed. */
+  void (*cancel)(le_coro *c, void *obj);
+  /* obj will never reach the continuation: the coroutine ended after
+   * le_coro_wake but before its continuation ran, or le_coro_wait raised
+   * before arming. Whatever obj holds is freed. */
+  void (*drop)(le_coro *c, void *obj);
+} le_wait_ops;
 
 /* Called once when the coroutine ends by returning or raising. `co` is the
  * finished thread with its `nres` results on top (when error is NULL);
- * `error` is the message followed by a stack traceback. The le_coro is
- * already detached (c->co is NULL), so the callback may release the memory
- * that holds it. */
+ * `error` is the message followed by a stack traceback (only the message
+ * when memory is short). The le_coro is already DEAD, so the callback may
+ * release the memory that holds it. It runs from the loop, outside any
+ * protected call: it must not allocate in Lua (no new strings or tables),
+ * so that it works when Lua's memory is exhausted. */
 typedef void (*le_coro_done_cb)(le_coro *c, lua_State *co, int nres,
                                 const char *error);
 
+/* Where a loop's coroutines are resumed from. A coroutine woken while
+ * another one runs (conn:close() in one coroutine waking a reader in
+ * another, say) is not resumed on the spot: it goes on the ready list and
+ * the loop resumes it once nothing runs, through `kick`. So no coroutine
+ * ever runs nested inside another one's binding. Coroutines are resumed in
+ * the order they became ready; one preempted goes to the back, behind a
+ * turn of the loop, so I/O is polled before it runs again. */
+struct le_coro_sched {
+  int depth;                       /* luaecho coroutines running now */
+  le_coro *ready, *ready_tail;     /* woken, waiting for the loop */
+  le_coro *later, *later_tail;     /* preempted, for the next turn */
+  void (*kick)(le_coro_sched *s);  /* asks the loop to call le_coro_sched_run */
+  /* Returns c's CPU limit in milliseconds (0: none). Asked only when c is
+   * preempted, so changing it costs nothing on the data path. */
+  uint64_t (*cpu_limit_ms)(le_coro *c);
+  le_preempt *preempt;             /* the loop's watchdog, or NULL */
+  le_coro *current;                /* the coroutine running now, or NULL */
+  int yielded_by_hook;             /* current was just preempted */
+  uint64_t preempted;              /* times a coroutine was preempted */
+  uint64_t cpu_killed;             /* coroutines stopped by cpu_limit */
+  char stop_where[160];            /* "file:line:" of the last one stopped */
+};
+
 struct le_coro {
   lua_State *L;          /* the main state, where the registry ref lives */
-  lua_State *co;         /* the coroutine, NULL once it ended or was released */
+  lua_State *co;         /* the coroutine, NULL while DEAD */
   int ref;               /* registry ref that keeps co alive */
-  int waiting;           /* set by le_coro_yield: something will resume it */
+  le_coro_state state;
+  const le_wait_ops *wait_ops; /* from le_coro_wait to its continuation */
+  void *wait_obj;
+  lua_KFunction k;       /* while WAITING: the binding's continuation */
+  lua_KContext kctx;
   le_coro_done_cb done;  /* completion callback */
   void *owner;           /* tag of the connection this coroutine works for */
-  void (*cancel)(le_coro *c); /* undoes the current wait; see le_coro_wait */
-  void *wait;            /* what it waits on, for cancel */
   void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
   le_coro *next, *prev;  /* in a le_coro_list */
-  le_coro_sched *sched;  /* its loop's scheduler; set before le_coro_start */
-  le_coro *next_ready;   /* in sched->ready while woken */
-  int ready_nargs;       /* values pushed for the deferred resume, or -1 */
+  le_coro_sched *sched;  /* its loop's scheduler, or NULL (run at once) */
+  le_coro *next_ready;   /* in sched->ready or sched->later */
+  uint64_t cpu_ns;       /* computed since it last waited, counted when
+                          * preempted */
+  uint64_t slice_start;  /* uv_hrtime() of a resume after a preemption, 0 */
+  unsigned over_limit : 1; /* past its CPU limit: it is being stopped */
 };
 
 /* A list of coroutines that end together (a connection's spawned tasks). */
@@ -63,41 +143,36 @@ typedef struct le_coro_list {
   le_coro *head;
 } le_coro_list;
 
+/* Prepares L, a main state, for luaecho coroutines: marks the main thread
+ * as not being one (so threads Lua code creates are not either), and makes
+ * coroutine.close and coroutine.resume refuse luaecho's coroutines with a
+ * clear message, since ending or resuming one behind luaecho's back would
+ * leave its wait behind. Call once per state, before any le_coro_start. */
+void le_coro_open(lua_State *L, le_coro_sched *s);
+
+/* The count hook the watchdog installs on a coroutine that overran a tick
+ * (pass it to le_preempt_start). */
+void le_coro_preempt_hook(lua_State *L, lua_Debug *ar);
+
 /* Starts a coroutine running the function below `nargs` arguments on top of
  * L, the main state (all of them are popped), and runs it until it first
  * waits or ends. `from` is the coroutine starting it (NULL from the loop),
- * so that Lua counts nested starts against its C-stack limit. c->owner and
- * c->killed must be set before. Returns 0, or -1 when no thread could be
- * made (nothing is popped then). */
+ * so that Lua counts nested starts against its C-stack limit. c->owner,
+ * c->killed and c->sched must be set before. Must be called inside a
+ * protected call (it allocates). Returns 0; a failure to make the thread
+ * raises in L. */
 int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
                   lua_State *from);
 
-/* Resumes c with the `nargs` values already pushed on c->co, from the loop.
- * A coroutine that is not suspended in a luaecho wait is left alone (the
- * values are dropped). A coroutine that yields without le_coro_yield (a
- * bare coroutine.yield) is ended as an error, since nothing would ever
- * resume it. */
-void le_coro_resume(le_coro *c, int nargs);
+/* Suspends the coroutine running L until le_coro_wake, continuing in k.
+ * See the wait lifecycle above. Use as `return le_coro_wait(...)`. */
+int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
+                 const void *arg, lua_KFunction k, lua_KContext kctx);
 
-/* Same, from inside the coroutine `from` (see le_coro_start). */
-void le_coro_resume_from(le_coro *c, int nargs, lua_State *from);
-
-/* Records what the coroutine running L is about to wait on: if it is ended
- * while waiting, cancel(c) runs first so the waited-on object forgets it.
- * The record is cleared when the coroutine is resumed. */
-void le_coro_wait(lua_State *L, void (*cancel)(le_coro *c), void *wait);
-
-/* Raises "<what> cannot wait here: ..." unless L can yield. Bindings call
- * it before they record any waiting state, so a call made where Lua cannot
- * yield (a table.sort comparator, a metamethod called from C) fails
- * cleanly instead of leaving a waiter behind. */
-void le_coro_check_yieldable(lua_State *L, const char *what);
-
-/* Suspends the calling coroutine until something resumes it; use as
- * `return le_coro_yield(L);` in a binding. If Lua code resumes it instead
- * (coroutine.resume on a handler's thread), the wait is cancelled and the
- * binding raises, so no stale wait is left behind. */
-int le_coro_yield(lua_State *L);
+/* Ends c's wait: resumes it in its continuation now, or later from the
+ * ready list when another coroutine runs. The waker must have forgotten c
+ * first. Does nothing unless c is WAITING. */
+void le_coro_wake(le_coro *c);
 
 /* Returns the le_coro that L runs in, or NULL for the main thread or a
  * coroutine the handler created itself. */
@@ -106,15 +181,20 @@ le_coro *le_coro_of(lua_State *L);
 /* Returns 1 while c has not ended. */
 static inline int le_coro_alive(const le_coro *c) { return c->co != NULL; }
 
-/* Ends a coroutine that is still suspended without resuming it: its wait is
- * cancelled, its to-be-closed variables are closed, its ref released, it
- * leaves its list, and c->killed runs. `done` is not called. Safe to call
- * on an ended coroutine. */
+/* Returns what c waits on ("recv", "sleep", ...), "ready" when it is about
+ * to run, "running", or "ended". */
+const char *le_coro_waits_on(const le_coro *c);
+
+/* Ends a coroutine that is WAITING or READY without resuming it: its wait
+ * is cancelled, its to-be-closed variables are closed, its ref released,
+ * it leaves its list, and c->killed runs. `done` is not called. Safe to
+ * call on a DEAD coroutine; a RUNNING one cannot be released. */
 void le_coro_release(le_coro *c);
 
-/* Resumes every coroutine on the ready list. The loop calls it after
- * `kick`, from a callback where no coroutine runs. */
-void le_coro_sched_run(le_coro_sched *s);
+/* Resumes the coroutines that are ready now; those that become ready
+ * meanwhile wait for the next call. Returns 1 when more remain (the loop
+ * should call again on its next turn, after polling for I/O). */
+int le_coro_sched_run(le_coro_sched *s);
 
 /* Adds c to list; it leaves the list by itself when it ends. */
 void le_coro_list_add(le_coro_list *list, le_coro *c);

@@ -2,15 +2,26 @@
  * methods (recv, send, shutdown, close, setopts, ...), and the handler
  * coroutine that runs with it.
  *
- * lconn keeps the connection state a handler sees, explicitly: received bytes
- * not yet returned (`in`), bytes queued for the kernel (`queued`), who waits
- * and for what (`reader`/`want`, `writer`), their deadlines, and how each
- * direction ended (`in_err`, `out_err`). It does no socket I/O itself: the
- * connection that embeds it supplies a table of I/O operations (le_lconn_io)
- * and reports socket events through the le_lconn_on_* functions, the way
- * libuv reports completions. So the same bindings can sit on TCP, Unix
- * sockets and, later, other transports, and are unit-tested without a
- * network.
+ * lconn keeps the connection state a handler sees, explicitly: received
+ * bytes not yet returned (`in`), bytes queued for the kernel (`queued`), who
+ * waits and for what (`reader`/`want`, `writer`), their deadlines, how each
+ * direction ended (`in_err`, `out_err`), and where the connection stands
+ * for its handler (`state`). It makes no socket calls itself: the connection
+ * that embeds it supplies a table of I/O operations (le_lconn_io) and
+ * reports socket events through the le_lconn_on_* functions, the way libuv
+ * reports completions. So the same bindings can sit on TCP, Unix sockets
+ * and, later, other transports, and are unit-tested without a network. (It
+ * includes uv.h for uv_buf_t and the error codes only.)
+ *
+ * States, and the only transitions allowed (asserted):
+ *
+ *   OPEN  --the server ends it (timeout, idle, shutdown, abort)-->  ENDED
+ *   OPEN  --conn:close(), the handler ends, the collector-->         CLOSED
+ *   ENDED --conn:close(), the handler ends, the collector-->         CLOSED
+ *
+ * OPEN: every method works. ENDED: methods still work but I/O fails with
+ * nil, err (err names why it ended: "idle", "shutdown", "closed").
+ * CLOSED: using the connection raises "attempt to use a closed connection".
  *
  * Failures follow the gen_tcp/LuaSocket convention: a failed operation
  * returns nil and an error name ("closed", "timeout", "econnreset", ...);
@@ -36,9 +47,18 @@
 
 #define LE_LCONN_METATABLE "luaecho.conn"
 
-/* luaecho's own deadline passed (Lua sees "timeout"); distinct from the
- * kernel's UV_ETIMEDOUT ("etimedout"). Outside libuv's error range. */
-#define LE_TIMEOUT (-0x10000)
+/* luaecho's own error codes, outside libuv's range; le_lconn_errname
+ * names them. */
+#define LE_TIMEOUT (-0x10000)  /* a deadline passed: "timeout" (retryable);
+                                * distinct from the kernel's "etimedout" */
+#define LE_EIDLE (-0x10001)    /* ended by idle_timeout: "idle" */
+#define LE_ESHUTDOWN (-0x10002) /* ended by the server's shutdown: "shutdown" */
+
+typedef enum le_lconn_state {
+  LE_LCONN_OPEN,
+  LE_LCONN_ENDED,
+  LE_LCONN_CLOSED
+} le_lconn_state;
 
 typedef struct le_lconn le_lconn;
 
@@ -65,7 +85,8 @@ typedef struct le_lconn_io {
   void (*apply_sockopts)(le_lconn *lc);
   /* Writes the local address; returns 0 or a libuv error. */
   int (*sockname)(le_lconn *lc, char *host, size_t hostlen, int *port);
-  /* Writes a unix socket peer's path ("" when unnamed or unknown). */
+  /* Writes a unix socket peer's path ("" when unnamed or unknown); may be
+   * NULL for transports without one. */
   void (*peer_path)(le_lconn *lc, char *path, size_t len);
   /* Closes the socket: after flushing queued output, or at once when
    * `abort` is set. May be called more than once; the first call counts,
@@ -89,7 +110,8 @@ struct le_lconn {
   le_lconn *parent;      /* for an outbound connection: whose child it is */
   le_lconn *next_child, *prev_child; /* in parent->children */
   struct le__conn_ud *ud; /* the conn object; a weak link (see __gc) */
-  uint64_t id;           /* unique in the process; conn.id */
+  uint64_t id;           /* unique within its loop (one per process today,
+                          * until worker threads); conn.id */
   union {
     struct sockaddr sa;
     struct sockaddr_in in;
@@ -98,8 +120,12 @@ struct le_lconn {
   le_opts opts;          /* options in force (conn:setopts changes them) */
   le_buf in;             /* received bytes not yet returned by recv */
   size_t queued;         /* bytes queued by io->queue_write, not yet written */
-  lua_State *reader;     /* coroutine waiting in recv, or NULL */
-  lua_State *writer;     /* coroutine waiting in send for output to drain */
+  le_coro *reader;       /* coroutine waiting in recv, or NULL */
+  le_coro *writer;       /* coroutine waiting in send for output to drain */
+  /* While on_data hands a read straight to a waiting reader: the bytes not
+   * yet taken. Valid only during that call; `in` is empty meanwhile. */
+  const char *direct;
+  size_t direct_len;
   /* 32-bit counters keep an idle connection small; each is bounded by a
    * 1 GiB option (packet_size, recv's n) or by memory. */
   uint32_t scanned;      /* line mode: bytes of `in` known to hold no '\n' */
@@ -111,13 +137,24 @@ struct le_lconn {
   uint64_t armed;          /* deadline the io timer is set for, 0 none */
   int in_err;            /* 0; UV_EOF after the peer's FIN; or an error */
   int out_err;           /* 0, or the error that ended output */
+  int reader_err;        /* for the woken reader only: its error, 0 none */
+  int writer_err;        /* for the woken writer only: its error, 0 none */
+  le_lconn_state state;
   unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
-  unsigned closed : 1;   /* closed by the handler (or it ended); methods raise */
-  unsigned ended : 1;    /* ended by this side (timeout, abort): calls fail */
 };
 
 /* Registers the conn metatable in L. Call once per Lua state. */
 void le_lconn_open(lua_State *L);
+
+/* Returns the connection the coroutine c works for (its owner tag). */
+static inline le_lconn *le_lconn_of_coro(const le_coro *c) {
+  return (le_lconn *)c->owner;
+}
+
+/* Returns 1 once the handler's side is done with lc (closed or ended). */
+static inline int le_lconn_is_open(const le_lconn *lc) {
+  return lc->state == LE_LCONN_OPEN;
+}
 
 /* Prepares lc with default options; the embedding connection then fills
  * id, peer (le_lconn_set_peer) and opts. */
@@ -145,8 +182,9 @@ void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen, int *port);
 void le_lconn_check_idle(le_lconn *lc, uint64_t now);
 
 /* Runs the handler function on top of L (popped) as handler(conn) in a new
- * coroutine, up to its first wait. Returns 0, or -1 when Lua is out of
- * memory (the function is popped and io->handler_done is not called). */
+ * coroutine, up to its first wait, inside a protected call. Returns 0, or
+ * -1 when Lua is out of memory (the function is popped, the conn object,
+ * if made, is detached, and io->handler_done is not called). */
 int le_lconn_start(le_lconn *lc);
 
 /* Socket events, reported by the embedding connection. `data` is only
@@ -157,9 +195,10 @@ void le_lconn_on_error(le_lconn *lc, int err);
 void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status);
 void le_lconn_on_timeout(le_lconn *lc);
 
-/* Ends the connection from the server's side (shutdown timeout): waiting
- * coroutines get nil, "closed" and the socket is closed at once. */
-void le_lconn_abort(le_lconn *lc);
+/* Ends the connection from the server's side: waiting coroutines get
+ * nil, NAME where NAME is le_lconn_errname(why) ("shutdown" for
+ * LE_ESHUTDOWN), so do later calls, and the socket is closed at once. */
+void le_lconn_abort(le_lconn *lc, int why);
 
 /* Drops everything lc holds in Lua: a still-suspended handler coroutine is
  * ended (its to-be-closed variables run), the userdata is detached so later
@@ -169,7 +208,11 @@ void le_lconn_release(le_lconn *lc);
 
 /* Writes the lower-case name Lua code sees for a libuv error into out and
  * returns out: "closed" for UV_EOF and UV_ECANCELED, "timeout" for
- * LE_TIMEOUT, else "econnreset", "etimedout" and the like. */
+ * LE_TIMEOUT, "idle" for LE_EIDLE, "shutdown" for LE_ESHUTDOWN, else
+ * "econnreset", "etimedout" and the like. */
 char *le_lconn_errname(int err, char *out, size_t len);
+
+/* Pushes nil and the error's name (le_lconn_errname) on L; returns 2. */
+int le_lconn_push_error(lua_State *L, int err);
 
 #endif

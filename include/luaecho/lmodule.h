@@ -1,8 +1,11 @@
 /* The `luaecho` module handlers get with require "luaecho":
  *
  *   luaecho.connect(host, port [, opts]) / luaecho.connect("unix:/path" [, opts])
- *   luaecho.spawn(fn, ...)   -> task, with task:join()
- *   luaecho.sleep(seconds)   luaecho.now()   luaecho.log(level, ...)
+ *                            -> conn, or nil, err          (lconnect.c)
+ *   luaecho.spawn(fn, ...)   -> task, with task:join()     (ltask.c)
+ *   luaecho.sleep(seconds)                                 (lsleep.c)
+ *   luaecho.now()   luaecho.log(level, ...)
+ *   luaecho.latest()   luaecho.version()                   (lmodule.c)
  *
  * It sits above conn.c (connect makes connections) and works on one loop's
  * le_conn_ctx, which it keeps as an upvalue: no global state.

@@ -56,4 +56,12 @@ int le_opts_known(const char *name);
 /* The option names, NULL-terminated, in documentation order. */
 extern const char *const le_opts_names[];
 
+/* Milliseconds in `seconds` (>= 0), rounded up, capped far from overflow
+ * (1e15 ms is about 30,000 years: never, in practice). */
+static inline uint64_t le_opts_ms(double seconds) {
+  double ms = seconds * 1000.0;
+  uint64_t whole = ms > 1e15 ? (uint64_t)1e15 : (uint64_t)ms;
+  return (double)whole < ms ? whole + 1 : whole;
+}
+
 #endif

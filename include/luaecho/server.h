@@ -22,6 +22,7 @@
 
 #include "luaecho/config.h"
 #include "luaecho/conn.h"
+#include "luaecho/lmem.h"
 #include "luaecho/log.h"
 #include "luaecho/script.h"
 #include "luaecho/watch.h"
@@ -54,6 +55,7 @@ struct le_listener {
 struct le_server {
   uv_loop_t loop;
   lua_State *L;                  /* handlers and their coroutines live here */
+  le_mem mem;                    /* L's allocator: counts and caps its memory */
   le_log log;
   le_conn_ctx conns;             /* every connection of this loop */
   le_config *cfg;                /* the configuration in force; owned */
