@@ -32,7 +32,10 @@ static const char usage_text[] =
     "  --check            load and validate the config and handlers, print\n"
     "                     what would listen, and exit\n"
     "  --version          print the version and exit\n"
-    "  --help             print this help and exit\n";
+    "  --help             print this help and exit\n"
+    "\n"
+    "Example handlers: " LE_DATADIR "/examples\n"
+    "Documentation: man luaecho, " LE_DOCDIR "\n";
 
 typedef struct options {
   const char *config;

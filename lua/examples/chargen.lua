@@ -16,8 +16,11 @@
 -- RFC 864 says received data is thrown away; this handler never reads it,
 -- so a client that sends a lot is simply pushed back by TCP.
 --
--- Try it:
+-- Try it, installed (`luaecho --help` names the examples directory):
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/chargen.lua
+-- or from a source checkout:
 --   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/chargen.lua
+-- then:
 --   nc 127.0.0.1 7000 | head -n 3
 local LINE = 72
 local RING = {}

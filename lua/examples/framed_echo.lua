@@ -9,8 +9,11 @@
 -- works for packet = 1 or 4, or for a config.lua that sets packet = 2 for
 -- the whole listener.
 --
--- Try it:
+-- Try it, installed (`luaecho --help` names the examples directory):
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/framed_echo.lua
+-- or from a source checkout:
 --   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/framed_echo.lua
+-- then:
 --   printf '\000\005hello\000\002hi' | socat -t 1 - TCP:127.0.0.1:7000 | od -c
 -- prints the same 11 bytes back: two messages, each with its header.
 return function(conn)

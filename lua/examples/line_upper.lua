@@ -6,8 +6,11 @@
 -- packet_size ends the input with nil, "emsgsize", and bytes after the last
 -- "\n" when the client closes are not a line: recv returns nil, "closed".
 --
--- Try it:
+-- Try it, installed (`luaecho --help` names the examples directory):
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/line_upper.lua
+-- or from a source checkout:
 --   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/line_upper.lua
+-- then:
 --   printf 'hello\nworld\n' | nc -N 127.0.0.1 7000
 -- prints HELLO and WORLD.
 return function(conn)

@@ -21,9 +21,13 @@
 --   * When the handler returns, connections it opened are closed at once,
 --     so it closes the upstream itself, which flushes what is queued.
 --
--- Try it:
---   build/luaecho --listen 127.0.0.1:7001 &   # the built-in echo, upstream
+-- Try it, installed (`luaecho --help` names the examples directory):
+--   luaecho --listen 127.0.0.1:7001 &   # the built-in echo, upstream
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/proxy.lua
+-- or from a source checkout:
+--   build/luaecho --listen 127.0.0.1:7001 &
 --   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/proxy.lua
+-- then:
 --   printf 'via the proxy\n' | nc -N 127.0.0.1 7000
 local luaecho = require "luaecho"
 

@@ -8,8 +8,11 @@
 -- FIN counts: if recv fails with another error ("econnreset", "timeout"),
 -- nobody is there to answer and the handler just returns.
 --
--- Try it:
+-- Try it, installed (`luaecho --help` names the examples directory):
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/sink_then_reply.lua
+-- or from a source checkout:
 --   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/sink_then_reply.lua
+-- then:
 --   head -c 100000 /dev/zero | nc -N 127.0.0.1 7000
 -- prints "received 100000 bytes" (nc -N sends FIN when its input ends).
 return function(conn)

@@ -8,10 +8,13 @@
 -- block in a handler with os.execute("sleep 1") or a busy loop: that
 -- stops the whole server.
 --
--- Try it (two terminals at once, or more):
+-- Try it, installed (`luaecho --help` names the examples directory):
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/slow_echo.lua
+-- or from a source checkout:
 --   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/slow_echo.lua
+-- then, in two terminals at once or more:
 --   nc 127.0.0.1 7000
--- then type lines: each comes back half a second later.
+-- and type lines: each comes back half a second later.
 local luaecho = require "luaecho"
 
 local DELAY = 0.5 -- seconds before each reply

@@ -24,10 +24,15 @@
 -- * One-time setup (setopts) runs only for a new connection, not on each
 --   upgrade; being a tail call, an upgrade never grows the stack.
 --
--- Try it (the server watches the directory of the file it runs):
+-- Try it on a copy you can edit (the server watches the directory of the
+-- file it runs). Installed (`luaecho --help` names the examples directory):
+--   cp /usr/share/luaecho/examples/upgrade.lua /tmp/upgrade.lua
+--   luaecho --listen 127.0.0.1:7000 --handler /tmp/upgrade.lua
+-- or from a source checkout:
 --   cp lua/examples/upgrade.lua /tmp/upgrade.lua
 --   build/luaecho --listen 127.0.0.1:7000 --handler /tmp/upgrade.lua
---   nc 127.0.0.1 7000            then type: hello, world
+-- then:
+--   nc 127.0.0.1 7000            and type: hello, world
 -- answers "1 hello" and "2 world". Change REPLY in /tmp/upgrade.lua to
 -- "line %d: %s" and save; the same nc session answers the next line with
 -- "line 3: ...".

@@ -117,7 +117,7 @@ local function prepare(opts)
   local dir = make_dir()
   for name, src in pairs(opts.handlers or {}) do M.write_file(dir .. "/" .. name, subst(src, dir)) end
   for name, src in pairs(opts.files or {}) do M.write_file(dir .. "/" .. name, subst(src, dir)) end
-  local argv = { M.bin }
+  local argv = { opts.bin or M.bin }
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = subst(a, dir) end
   if opts.config then
     local name = opts.config_name or "config.lua"
@@ -172,7 +172,8 @@ Server.__index = Server
 --              config_arg = false), handlers / files = { [name] = source },
 --   args     = extra arguments before the config path,
 --   expect   = number of "listening on" lines to wait for (default 1),
---   cwd, env = for the process (cwd defaults to the temp dir).
+--   cwd, env = for the process (cwd defaults to the temp dir),
+--   bin      = the luaecho to run (default M.bin, the build's).
 -- Returns a Server, stopped by the next cleanup(); raises with the whole log
 -- if the server does not report its listeners within START_TIMEOUT seconds.
 function M.start(opts)
