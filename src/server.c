@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "luaecho/lmodule.h"
+#include "luaecho/sandbox.h"
 
 static le_server *server_of_conns(le_conn_ctx *ctx) {
   return (le_server *)((char *)ctx - offsetof(le_server, conns));
@@ -26,22 +27,30 @@ static le_server *server_of_conns(le_conn_ctx *ctx) {
 
 /* ---- Lua state ---- */
 
-static lua_State *new_lua_state(void) {
+/* Returns a new state with the standard library, under the sandbox unless
+ * `sandbox` is 0, or NULL when out of memory. */
+static lua_State *new_lua_state(int sandbox) {
   lua_State *L = luaL_newstate();
   if (L == NULL) return NULL;
   /* Coroutines copy the main thread's extra space; NULL there marks
    * threads that are not handler coroutines (see coro.h). */
   *(void **)lua_getextraspace(L) = NULL;
   luaL_openlibs(L);
+  if (le_sandbox_apply(L, sandbox ? LE_SANDBOX_HANDLERS : LE_SANDBOX_OFF) !=
+      0) {
+    lua_close(L);
+    return NULL;
+  }
   le_lconn_open(L);
   return L;
 }
 
-/* Creates the loop's Lua state and connection context, with the luaecho
- * module registered. Returns 0 or -1 (out of memory). */
+/* Creates the loop's Lua state (sandboxed as cfg says) and connection
+ * context, with the luaecho module registered. Returns 0 or -1 (out of
+ * memory). */
 static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
-                    lua_State **out) {
-  lua_State *L = *out = new_lua_state();
+                    const le_config *cfg, lua_State **out) {
+  lua_State *L = *out = new_lua_state(cfg->sandbox);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
   return 0;
@@ -524,7 +533,7 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
-  if (open_lua(&s->loop, &s->conns, &s->log, &s->L) != 0) {
+  if (open_lua(&s->loop, &s->conns, &s->log, cfg, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -576,7 +585,7 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
     snprintf(err, errlen, "cannot create the event loop");
     return -1;
   }
-  int r = open_lua(&loop, &ctx, &log, &L);
+  int r = open_lua(&loop, &ctx, &log, cfg, &L);
   if (r != 0) snprintf(err, errlen, "out of memory");
   for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++) {
     const char *handler = le_config_listener_handler(cfg, &cfg->listeners[i]);
