@@ -86,11 +86,26 @@ local function case_modules(files)
   return files
 end
 
-local function start_cases(sandbox)
+-- Starts luaecho running @DIR@/h.lua, given in files, with extra config.
+local function start_handler(files, config)
   return server.start{
-    config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n' .. (sandbox or ""),
-    handlers = case_modules{ ["h.lua"] = case_handler() },
+    config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n' .. (config or ""),
+    files = files,
   }
+end
+
+local function start_cases(config)
+  return start_handler(case_modules{ ["h.lua"] = case_handler() }, config)
+end
+
+-- Saves source as the running server's config.lua, sends SIGHUP and waits
+-- for the rejection of the reload with the message want(config path).
+local function assert_config_rejected(srv, source, want)
+  local config = srv:file("config.lua")
+  server.write_file(config, source)
+  assert(srv:signal("HUP"))
+  local line = ("config reload failed: %s; keeping the running configuration"):format(want(config))
+  assert(srv:wait_line(record("error", literal(line)), 5), "no line '" .. line .. "'; log:\n" .. srv:log_text())
 end
 
 local function ask(sock, line)
@@ -130,10 +145,7 @@ describe("sandbox", function()
     end)
 
     it("raises out of a handler that does not catch it: the log names the call, the server lives", function()
-      local srv = server.start{
-        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
-        handlers = { ["h.lua"] = 'return function(conn)\n  os.exit(3)\nend\n' },
-      }
+      local srv = start_handler{ ["h.lua"] = 'return function(conn)\n  os.exit(3)\nend\n' }
       local sock = assert(server.connect(srv.host, srv.port))
       assert.same({ "", "closed" }, { server.read_all_until_close(sock, 5) })
       assert(srv:wait_line(record("error", "conn %d+ .-: handler error: "
@@ -146,10 +158,7 @@ describe("sandbox", function()
 
   describe("in a reloaded handler", function()
     it("rejects each version that makes a removed call; version 1 keeps serving", function()
-      local srv = server.start{
-        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\nwatch = false\n',
-        handlers = { ["h.lua"] = 'return function(conn) conn:send("v1") end\n' },
-      }
+      local srv = start_handler({ ["h.lua"] = 'return function(conn) conn:send("v1") end\n' }, "watch = false\n")
       local h = srv:file("h.lua")
       for _, case in ipairs(CASES) do
         server.write_file(h, "local r = " .. case[2] .. '\nreturn function(conn) conn:send("v2") end\n')
@@ -175,12 +184,9 @@ describe("sandbox", function()
 
     it("rejects a config reload on SIGHUP that calls os.exit, and keeps serving", function()
       local srv = server.start{ config = 'listen = "127.0.0.1:0"\n' }
-      local config = srv:file("config.lua")
-      server.write_file(config, 'listen = "127.0.0.1:0"\nos.exit(3)\n')
-      assert(srv:signal("HUP"))
-      local want = ("config reload failed: %s; keeping the running configuration"):format(
-        message(CASES[1], config .. ":2", CONFIG_HINT))
-      assert(srv:wait_line(record("error", literal(want)), 5), srv:log_text())
+      assert_config_rejected(srv, 'listen = "127.0.0.1:0"\nos.exit(3)\n', function(config)
+        return message(CASES[1], config .. ":2", CONFIG_HINT)
+      end)
       local sock = assert(server.connect(srv.host, srv.port))
       assert.equal("still echoing", server.exchange(sock, "still echoing"))
     end)
@@ -204,12 +210,11 @@ describe("sandbox", function()
 
     it("cannot be changed by a config reload", function()
       local srv = server.start{ config = 'listen = "127.0.0.1:0"\n' }
-      local config = srv:file("config.lua")
-      server.write_file(config, 'listen = "127.0.0.1:0"\nsandbox = false\n')
-      assert(srv:signal("HUP"))
-      local want = ("config reload failed: %s: key 'sandbox': changing it needs a restart "
-        .. "(the server runs with sandbox = true); keeping the running configuration"):format(config)
-      assert(srv:wait_line(record("error", literal(want)), 5), srv:log_text())
+      assert_config_rejected(srv, 'listen = "127.0.0.1:0"\nsandbox = false\n', function(config)
+        return config .. ": key 'sandbox': changing it needs a restart (the server runs with sandbox = true)"
+      end)
+      local sock = assert(server.connect(srv.host, srv.port))
+      assert.equal("still echoing", server.exchange(sock, "still echoing"))
     end)
   end)
 
@@ -228,19 +233,15 @@ describe("sandbox", function()
     end)
 
     it("runs a binary handler file with sandbox = false", function()
-      local srv = server.start{
-        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\nsandbox = false\n',
-        files = { ["h.lua"] = BINARY },
-      }
+      local srv = start_handler({ ["h.lua"] = BINARY }, "sandbox = false\n")
       local sock = assert(server.connect(srv.host, srv.port))
       assert.same({ "binary", "closed" }, { server.read_all_until_close(sock, 5) })
     end)
 
     it("refuses a binary module, load() and loadfile() of binary code, naming the file", function()
-      local srv = server.start{
-        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
-        files = { ["b.lua"] = BINARY },
-        handlers = { ["h.lua"] = [[
+      local srv = start_handler{
+        ["b.lua"] = BINARY,
+        ["h.lua"] = [[
 return function(conn)
   local _, err = pcall(require, "b")
   conn:send(err .. "\n")
@@ -248,7 +249,7 @@ return function(conn)
   conn:send(select(2, loadfile("@DIR@/b.lua")) .. "\n")
   conn:send(select(2, pcall(dofile, "@DIR@/b.lua")) .. "\n")
 end
-]] },
+]],
       }
       local sock = assert(server.connect(srv.host, srv.port))
       local b = srv:file("b.lua")
@@ -268,16 +269,15 @@ end
 
   describe("C modules", function()
     it("are refused by require, naming the library file", function()
-      local srv = server.start{
-        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
-        files = { ["cmod.so"] = "not really a library" },
-        handlers = { ["h.lua"] = [[
+      local srv = start_handler{
+        ["cmod.so"] = "not really a library",
+        ["h.lua"] = [[
 package.cpath = "@DIR@/?.so"
 return function(conn)
   conn:send(select(2, pcall(require, "cmod")) .. "\n")
   conn:send(select(2, pcall(require, "cmod.sub")) .. "\n")
 end
-]] },
+]],
       }
       local sock = assert(server.connect(srv.host, srv.port))
       local lib = srv:file("cmod.so")
