@@ -58,11 +58,25 @@ int le_sandbox_loadbuffer(lua_State *L, const char *buf, size_t len,
   return name_mode_error(L, status, name);
 }
 
+/* Returns 1 when msg names the file `name` as a word of its own (at the
+ * start or after a space, followed by ':', a space or the end), or starts
+ * with "..." as Lua's shortened chunk names do. */
+static int names_file(const char *msg, const char *name) {
+  size_t len = strlen(name);
+  if (strncmp(msg, "...", 3) == 0) return 1;
+  for (const char *p = strstr(msg, name); p != NULL; p = strstr(p + 1, name)) {
+    if ((p == msg || p[-1] == ' ') &&
+        (p[len] == ':' || p[len] == ' ' || p[len] == '\0'))
+      return 1;
+  }
+  return 0;
+}
+
 void le_sandbox_message(char *out, size_t outlen, const char *name,
                         const char *msg) {
   if (outlen == 0) return;
   size_t n = 0;
-  if (strstr(msg, name) == NULL && strncmp(msg, "...", 3) != 0) {
+  if (*name != '\0' && !names_file(msg, name)) {
     int k = snprintf(out, outlen, "%s: ", name);
     n = k < 0 ? 0 : (size_t)k < outlen ? (size_t)k : outlen - 1;
   }

@@ -342,6 +342,10 @@ static void test_message_is_one_line_naming_the_file(void **state) {
   assert_string_equal(out, "h.lua:3: boom");
   le_sandbox_message(out, sizeof out, "h.lua", "boom");
   assert_string_equal(out, "h.lua: boom");
+  le_sandbox_message(out, sizeof out, "h.lua", "cannot open h.lua: gone");
+  assert_string_equal(out, "cannot open h.lua: gone");
+  le_sandbox_message(out, sizeof out, "h.lua", "./mh.lua:1: x");
+  assert_string_equal(out, "h.lua: ./mh.lua:1: x");
   le_sandbox_message(out, sizeof out, "h.lua", "a:\n\tb\n\tc");
   assert_string_equal(out, "h.lua: a: b c");
   le_sandbox_message(out, sizeof out, "/a/very/long/h.lua", "...long/h.lua:1: x");
