@@ -103,6 +103,18 @@ describe("command line", function()
       end)
     end
 
+    it("reports a sandbox key that is not a boolean", function()
+      assert_startup_error({ config = 'listen = "127.0.0.1:0"\nsandbox = "no"\n' }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua: key 'sandbox': expected boolean, got string"
+      end)
+    end)
+
+    it("puts a multi-line error on one line naming the file", function()
+      assert_startup_error({ config = 'error("first\\n\\tsecond", 0)\n' }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua: first second"
+      end)
+    end)
+
     it("reports an invalid address", function()
       assert_startup_error({ config = 'listen = { "foo" }\n' }, function(dir)
         return "luaecho: " .. dir
@@ -151,6 +163,41 @@ describe("command line", function()
       end)
     end)
 
+    it("names the file of an error raised without a position", function()
+      assert_startup_error(with_handler('error("oops", 0)\n'), function(dir)
+        return "luaecho: " .. dir .. "/h.lua: oops"
+      end)
+    end)
+
+    describe("in a module it requires", function()
+      local function with_module(source)
+        local opts = with_handler('local helper = require "helper"\nreturn function() end\n')
+        opts.handlers["helper.lua"] = source
+        return opts
+      end
+
+      it("reports a syntax error on one line, naming the require and the module's line", function()
+        local source = "local x = = 1\n"
+        assert_startup_error(with_module(source), function(dir)
+          return ("luaecho: %s/h.lua:1: error loading module 'helper': %s"):format(dir,
+            lua_load_error(source, dir .. "/helper.lua"))
+        end)
+      end)
+
+      it("reports an error the module raises, naming both files", function()
+        assert_startup_error(with_module('error("broken helper")\n'), function(dir)
+          return ("luaecho: %s/h.lua: %s/helper.lua:1: broken helper"):format(dir, dir)
+        end)
+      end)
+
+      it("reports a missing module on one line", function()
+        assert_startup_error(with_handler('require "nosuch"\n'), function(dir)
+          return "luaecho: " .. dir
+            .. "/h.lua:1: module 'nosuch' not found (searched package.preload, package.path and package.cpath)"
+        end)
+      end)
+    end)
+
     it("reports an error in a listener's own handler", function()
       local opts = {
         config = 'listen = { { address = "127.0.0.1:0", handler = "@DIR@/h.lua" } }\n',
@@ -163,6 +210,23 @@ describe("command line", function()
   end)
 
   describe("bind errors", function()
+    it("reports a unix socket in a directory that does not exist", function()
+      assert_startup_error({ args = { "--listen", "unix:@DIR@/nodir/s.sock" } }, function(dir)
+        return ("luaecho: cannot listen on unix:%s/nodir/s.sock: directory %s/nodir does not exist"):format(dir, dir)
+      end)
+    end)
+
+    it("reports a host name that does not resolve, also with --check", function()
+      for _, args in ipairs({ { "--listen", "nosuch.invalid:7000" }, { "--check", "--listen", "nosuch.invalid:7000" } }) do
+        local code, lines = run_stderr{ args = args }
+        assert.equal(1, code)
+        assert.equal(1, #lines, table.concat(lines, "\n"))
+        -- The resolver's own reason (no such name, or no DNS at all) ends it.
+        assert.matches("^luaecho: cannot listen on nosuch%.invalid:7000: cannot resolve host 'nosuch%.invalid': .+$",
+          lines[1])
+      end
+    end)
+
     it("reports an address in use with exit status 1", function()
       local srv = server.start{ args = { "--listen", "127.0.0.1:0" } }
       local code, lines = run_stderr{ args = { "--listen", "127.0.0.1:" .. srv.port } }
@@ -175,6 +239,14 @@ describe("command line", function()
     it("reports an unknown option on stderr with exit status 2", function()
       local code, lines = run_stderr{ args = { "--bogus" } }
       assert.same({ 2, { "luaecho: unknown option '--bogus'", "Try 'luaecho --help'." } }, { code, lines })
+    end)
+
+    it("reports an unknown log level with the valid ones and exit status 2", function()
+      for _, args in ipairs({ { "--log-level", "loud" }, { "--check", "--log-level=loud" } }) do
+        local code, lines = run_stderr{ args = args }
+        assert.same({ 2, { "luaecho: --log-level: expected debug, info, warn or error, got 'loud'",
+          "Try 'luaecho --help'." } }, { code, lines })
+      end
     end)
   end)
 
@@ -240,6 +312,36 @@ describe("command line", function()
     it("shows the built-in defaults when there is no ./config.lua", function()
       local code, lines = run_stdout{ args = { "--check" } }
       assert.same({ 0, { "would listen on 127.0.0.1:7000 with handler echo.lua (built-in)" } }, { code, lines })
+    end)
+  end)
+
+  describe("shutdown log lines", function()
+    local function start_one(config)
+      local srv = server.start{ config = 'listen = "127.0.0.1:0"\n' .. config }
+      local sock = assert(server.connect(srv.host, srv.port))
+      assert.equal("hi", server.exchange(sock, "hi"))
+      return srv
+    end
+
+    local function expect(srv, level, msg)
+      assert(srv:wait_line(server.record(level, server.literal(msg)), 10), "no line '" .. msg .. "'; log:\n" .. srv:log_text())
+    end
+
+    it("count one connection in the singular at the drain timeout", function()
+      local srv = start_one("shutdown_timeout = 0.2\n")
+      assert(srv:signal("TERM"))
+      expect(srv, "info", "shutting down on SIGTERM: 1 connection to drain (up to 0.2s)")
+      expect(srv, "warn", "shutdown timeout: closing 1 connection")
+      assert.equal(0, srv:wait_exit(10))
+    end)
+
+    it("count one connection in the singular at a second signal", function()
+      local srv = start_one("")
+      assert(srv:signal("TERM"))
+      expect(srv, "info", "shutting down on SIGTERM: 1 connection to drain (up to 10s)")
+      assert(srv:signal("TERM"))
+      expect(srv, "warn", "SIGTERM again: closing 1 connection now")
+      assert.equal(0, srv:wait_exit(10))
     end)
   end)
 

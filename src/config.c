@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "luaecho/sandbox.h"
+
 /* What validation needs while walking one file. */
 typedef struct loader {
   lua_State *L;
@@ -22,7 +24,7 @@ typedef struct loader {
 static const char *const top_keys[] = {"listen",    "handler",
                                        "backlog",   "shutdown_timeout",
                                        "log_level", "watch",
-                                       NULL};
+                                       "sandbox",   NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
                                             NULL};
 
@@ -172,6 +174,18 @@ static int field(lua_State *L, int idx, const char *key) {
   return 0;
 }
 
+/* Reads the boolean key of the table at idx into *out, if it is set. */
+static int get_boolean(loader *ld, int idx, const char *key, int *out) {
+  if (!field(ld->L, idx, key)) return 0;
+  int r = 0;
+  if (lua_type(ld->L, -1) != LUA_TBOOLEAN)
+    r = wrong_type(ld, key, "boolean", -1);
+  else
+    *out = lua_toboolean(ld->L, -1);
+  lua_pop(ld->L, 1);
+  return r;
+}
+
 /* Applies every connection option set in the table at idx to opts;
  * `prefix` names the table in messages. */
 static int get_opts(loader *ld, int idx, const char *prefix, le_opts *opts) {
@@ -319,13 +333,8 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
     r = get_seconds(ld, -1, "shutdown_timeout", &cfg->shutdown_timeout);
     lua_pop(L, 1);
   }
-  if (r == 0 && field(L, idx, "watch")) {
-    if (lua_type(L, -1) != LUA_TBOOLEAN)
-      r = wrong_type(ld, "watch", "boolean", -1);
-    else
-      cfg->watch = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-  }
+  if (r == 0) r = get_boolean(ld, idx, "watch", &cfg->watch);
+  if (r == 0) r = get_boolean(ld, idx, "sandbox", &cfg->sandbox);
   if (r == 0 && field(L, idx, "log_level")) {
     r = get_log_level(ld, -1, "log_level", &cfg->log_level);
     lua_pop(L, 1);
@@ -373,10 +382,7 @@ static int run_chunk(loader *ld, le_config *cfg) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING
                           ? lua_tostring(L, -1)
                           : "(error object is not a string)";
-    if (lua_type(L, -1) == LUA_TSTRING)
-      snprintf(ld->err, ld->errlen, "%s", msg);
-    else
-      snprintf(ld->err, ld->errlen, "%s: %s", ld->name, msg);
+    le_sandbox_message(ld->err, ld->errlen, ld->name, msg);
     return -1;
   }
   /* Validation only reads raw fields, but a file can still make a Lua call
@@ -399,13 +405,18 @@ static int load_with(le_config *cfg, const char *chunk, const char *name,
   loader ld = {luaL_newstate(), name, dir, err, errlen};
   if (ld.L == NULL) return out_of_memory(&ld);
   luaL_openlibs(ld.L);
-  char chunkname[1024];
-  snprintf(chunkname, sizeof chunkname, "@%s", name);
-  int status = chunk ? luaL_loadbufferx(ld.L, chunk, strlen(chunk), chunkname, "t")
-                     : luaL_loadfilex(ld.L, name, "t");
+  /* A config file is evaluated again on SIGHUP inside the running server,
+   * where os.exit or a call that blocks would stop every connection: it
+   * always runs sandboxed, whatever its `sandbox` key says. */
+  if (le_sandbox_apply(ld.L, LE_SANDBOX_CONFIG) != 0) {
+    lua_close(ld.L);
+    return out_of_memory(&ld);
+  }
+  int status = chunk ? le_sandbox_loadbuffer(ld.L, chunk, strlen(chunk), name)
+                     : le_sandbox_loadfile(ld.L, name);
   int r;
   if (status != LUA_OK) {
-    snprintf(err, errlen, "%s", lua_tostring(ld.L, -1));
+    le_sandbox_message(err, errlen, name, lua_tostring(ld.L, -1));
     r = -1;
   } else {
     r = run_chunk(&ld, cfg);
@@ -502,6 +513,7 @@ int le_config_init(le_config *cfg) {
   cfg->shutdown_timeout = LE_DEFAULT_SHUTDOWN_TIMEOUT;
   cfg->log_level = LE_LOG_INFO;
   cfg->watch = 1;
+  cfg->sandbox = 1;
   le_opts_init(&cfg->opts);
   if (le_config_set_listen(cfg, &def, 1, err, sizeof err) != 0) return -1;
   cfg->listeners[0].builtin = 1;

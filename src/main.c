@@ -43,7 +43,9 @@ typedef struct options {
   size_t nlisten;
   const char *handler;
   const char *log_level;
+  le_log_level level; /* log_level parsed */
   int check;
+  int sandbox;        /* the sandbox setting the server started with */
 } options;
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -98,6 +100,10 @@ static int parse_args(int argc, char **argv, options *o) {
     else
       o->config = a;
   }
+  if (o->log_level != NULL && le_log_level_parse(o->log_level, &o->level) != 0)
+    return usage_error(
+        "--log-level: expected debug, info, warn or error, got '%s'",
+        o->log_level);
   return -1;
 }
 
@@ -124,20 +130,23 @@ static int configure(const options *o, le_config *cfg, char *err,
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  if (o->log_level != NULL &&
-      le_log_level_parse(o->log_level, &cfg->log_level) != 0) {
-    snprintf(err, errlen,
-             "--log-level: expected debug, info, warn or error, got '%s'",
-             o->log_level);
-    return -1;
-  }
+  if (o->log_level != NULL) cfg->log_level = o->level;
   return 0;
 }
 
-/* le_config_loader for SIGHUP: the same file and options as at start. */
+/* le_config_loader for SIGHUP: the same file and options as at start. The
+ * handlers' Lua state is made once, sandboxed or not, so a config that
+ * changes `sandbox` cannot be applied while the server runs. */
 static int reload_config(void *arg, le_config *cfg, char *err,
                          size_t errlen) {
-  return configure(arg, cfg, err, errlen);
+  const options *o = arg;
+  if (configure(o, cfg, err, errlen) != 0) return -1;
+  if (cfg->sandbox == o->sandbox) return 0;
+  snprintf(err, errlen,
+           "%s: key 'sandbox': changing it needs a restart (the server runs "
+           "with sandbox = %s)",
+           cfg->path ? cfg->path : "config", o->sandbox ? "true" : "false");
+  return -1;
 }
 
 /* Runs the server on cfg, which it takes over. */
@@ -177,6 +186,7 @@ int main(int argc, char **argv) {
     status = le_server_check(cfg, stdout, err, sizeof err) == 0 ? 0 : EXIT_CONFIG;
     if (status != 0) fprintf(stderr, "luaecho: %s\n", err);
   } else {
+    o.sandbox = cfg->sandbox;
     status = serve(cfg, &o);
     cfg = NULL; /* the server freed it */
   }

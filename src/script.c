@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "luaecho/sandbox.h"
+
 extern const char le_builtin_echo[];
 extern const size_t le_builtin_echo_len;
 
@@ -132,7 +134,7 @@ static int load_chunk(lua_State *L, const char *path) {
   /* Without the module path the handler still loads; only its requires of
    * modules next to it would fail, with Lua's own message. */
   if (call_protected(L, do_add_module_dir, path, 0) != LUA_OK) lua_pop(L, 1);
-  return luaL_loadfilex(L, path, "t");
+  return le_sandbox_loadfile(L, path);
 }
 
 int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
@@ -140,7 +142,7 @@ int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
   if (load_chunk(L, path) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (msg != NULL)
-      snprintf(err, errlen, "%s", msg);
+      le_sandbox_message(err, errlen, name, msg);
     else
       snprintf(err, errlen, "%s: (error object is a %s value)", name,
                luaL_typename(L, -1));

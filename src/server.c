@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "luaecho/lmodule.h"
+#include "luaecho/sandbox.h"
 
 static le_server *server_of_conns(le_conn_ctx *ctx) {
   return (le_server *)((char *)ctx - offsetof(le_server, conns));
@@ -26,20 +27,28 @@ static le_server *server_of_conns(le_conn_ctx *ctx) {
 
 /* ---- Lua state ---- */
 
-static lua_State *new_lua_state(le_mem *mem, size_t max_memory) {
+/* Returns a new state with the standard library, its memory counted and
+ * capped at max_memory by mem, under the sandbox unless `sandbox` is 0, or
+ * NULL when out of memory. */
+static lua_State *new_lua_state(le_mem *mem, size_t max_memory, int sandbox) {
   lua_State *L = le_mem_newstate(mem, max_memory);
   if (L == NULL) return NULL;
   luaL_openlibs(L);
+  if (le_sandbox_apply(L, sandbox ? LE_SANDBOX_HANDLERS : LE_SANDBOX_OFF) !=
+      0) {
+    lua_close(L);
+    return NULL;
+  }
   le_lconn_open(L);
   return L;
 }
 
-/* Creates the loop's Lua state (its memory capped at max_memory) and
+/* Creates the loop's Lua state (capped and sandboxed as cfg says) and
  * connection context, with the luaecho module registered. Returns 0 or -1
  * (out of memory). */
 static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
-                    le_mem *mem, size_t max_memory, lua_State **out) {
-  lua_State *L = *out = new_lua_state(mem, max_memory);
+                    const le_config *cfg, le_mem *mem, lua_State **out) {
+  lua_State *L = *out = new_lua_state(mem, LE_DEFAULT_MAX_MEMORY, cfg->sandbox);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
   return 0;
@@ -238,9 +247,33 @@ static int clear_stale_socket(const char *path, le_log *log, char *why,
   return 0;
 }
 
+/* Checks that the directory a unix socket goes in exists: bind(2) would
+ * report only ENOENT or EACCES, which does not say what is missing.
+ * Returns 0, or -1 with the reason in why. */
+static int check_socket_dir(const char *path, char *why, size_t whylen) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) return 0;
+  char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
+  size_t n = slash == path ? 1 : (size_t)(slash - path);
+  if (n >= sizeof dir) return 0; /* too long: bind says so */
+  memcpy(dir, path, n);
+  dir[n] = '\0';
+  struct stat st;
+  int r = stat(dir, &st);
+  if (r != 0 && (errno == ENOENT || errno == ENOTDIR))
+    snprintf(why, whylen, "directory %s does not exist", dir);
+  else if (r == 0 && !S_ISDIR(st.st_mode))
+    snprintf(why, whylen, "%s is not a directory", dir);
+  else
+    return 0;
+  return -1;
+}
+
 static int listen_unix(le_listener *l, char *why, size_t whylen) {
   const char *path = l->conf->addr.path;
-  if (clear_stale_socket(path, &l->server->log, why, whylen) != 0) return -1;
+  if (check_socket_dir(path, why, whylen) != 0 ||
+      clear_stale_socket(path, &l->server->log, why, whylen) != 0)
+    return -1;
   int r = uv_pipe_init(&l->server->loop, &l->sock.pipe, 0);
   if (r < 0) goto fail;
   l->open = 1;
@@ -436,10 +469,13 @@ static void finish(le_server *s) {
   le_conn_ctx_close(&s->conns);
 }
 
+/* The plural ending for n connections. */
+static const char *plural(size_t n) { return n == 1 ? "" : "s"; }
+
 static void on_drain_timeout(uv_timer_t *t) {
   le_server *s = t->data;
-  le_logf(&s->log, LE_LOG_WARN, "shutdown timeout: closing %zu connections",
-          s->conns.count);
+  le_logf(&s->log, LE_LOG_WARN, "shutdown timeout: closing %zu connection%s",
+          s->conns.count, plural(s->conns.count));
   le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
 }
 
@@ -450,8 +486,8 @@ static void on_conn_freed(le_conn_ctx *ctx) {
 
 void le_server_stop(le_server *s, const char *why) {
   if (s->stopping) {
-    le_logf(&s->log, LE_LOG_WARN, "%s again: closing %zu connections now",
-            why, s->conns.count);
+    le_logf(&s->log, LE_LOG_WARN, "%s again: closing %zu connection%s now",
+            why, s->conns.count, plural(s->conns.count));
     le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
     return;
   }
@@ -459,8 +495,8 @@ void le_server_stop(le_server *s, const char *why) {
   close_listeners(s);
   stop_watches(s);
   le_logf(&s->log, LE_LOG_INFO,
-          "shutting down on %s: %zu connections to drain (up to %gs)", why,
-          s->conns.count, s->cfg->shutdown_timeout);
+          "shutting down on %s: %zu connection%s to drain (up to %gs)", why,
+          s->conns.count, plural(s->conns.count), s->cfg->shutdown_timeout);
   if (s->conns.count == 0) {
     finish(s);
     return;
@@ -512,8 +548,7 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
-  if (open_lua(&s->loop, &s->conns, &s->log, &s->mem, LE_DEFAULT_MAX_MEMORY,
-               &s->L) != 0) {
+  if (open_lua(&s->loop, &s->conns, &s->log, cfg, &s->mem, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -551,6 +586,20 @@ void le_server_free(le_server *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* What --check can learn about a listener's address without binding it:
+ * that its host name resolves, that a unix socket's directory exists.
+ * Returns 0, or -1 with the message the server would give. */
+static int check_address(const le_listener_conf *conf, char *err,
+                         size_t errlen) {
+  char why[300];
+  struct sockaddr_storage ss;
+  int r = conf->addr.kind == LE_ADDR_UNIX
+              ? check_socket_dir(conf->addr.path, why, sizeof why)
+              : resolve(&conf->addr, &ss, why, sizeof why);
+  if (r != 0) snprintf(err, errlen, "cannot listen on %s: %s", conf->address, why);
+  return r;
+}
+
 int le_server_check(const le_config *cfg, FILE *out, char *err,
                     size_t errlen) {
   /* Handlers are loaded exactly as the server would, luaecho module
@@ -566,11 +615,12 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
     snprintf(err, errlen, "cannot create the event loop");
     return -1;
   }
-  int r = open_lua(&loop, &ctx, &log, &mem, LE_DEFAULT_MAX_MEMORY, &L);
+  int r = open_lua(&loop, &ctx, &log, cfg, &mem, &L);
   if (r != 0) snprintf(err, errlen, "out of memory");
   for (size_t i = 0; r == 0 && i < cfg->nlisteners; i++) {
     const char *handler = le_config_listener_handler(cfg, &cfg->listeners[i]);
-    r = le_script_load(L, handler, err, errlen);
+    r = check_address(&cfg->listeners[i], err, errlen);
+    if (r == 0) r = le_script_load(L, handler, err, errlen);
     lua_settop(L, 0);
     if (r == 0)
       fprintf(out, "would listen on %s with handler %s\n",

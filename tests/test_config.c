@@ -100,6 +100,8 @@ static void test_init_defaults(void **state) {
   assert_int_equal(f->cfg.backlog, 511);
   assert_true(f->cfg.shutdown_timeout == 10.0);
   assert_int_equal(f->cfg.log_level, LE_LOG_INFO);
+  assert_int_equal(f->cfg.watch, 1);
+  assert_int_equal(f->cfg.sandbox, 1);
 }
 
 static void test_empty_file_keeps_defaults(void **state) {
@@ -253,6 +255,38 @@ static void test_runtime_error(void **state) {
   assert_load_error(f, "backlog = 5\nerror('boom')", "c.lua:2: boom");
   assert_int_equal(f->cfg.backlog, 511);
   assert_load_error(f, "error({})", "c.lua: (error object is not a string)");
+}
+
+static void test_error_on_one_line_naming_the_file(void **state) {
+  fixture *f = *state;
+  assert_load_error(f, "error('first\\n\\tsecond', 0)", "c.lua: first second");
+}
+
+/* ---- sandbox ---- */
+
+static void test_sandbox_key(void **state) {
+  fixture *f = *state;
+  assert_int_equal(f->cfg.sandbox, 1);
+  assert_loads(f, "sandbox = false\n");
+  assert_int_equal(f->cfg.sandbox, 0);
+  assert_loads(f, "sandbox = true\n");
+  assert_int_equal(f->cfg.sandbox, 1);
+  assert_load_error(f, "sandbox = 'no'\n",
+                    "c.lua: key 'sandbox': expected boolean, got string");
+}
+
+static void test_config_always_runs_sandboxed(void **state) {
+  fixture *f = *state;
+  assert_load_error(f, "sandbox = false\nos.exit(3)\n",
+                    "c.lua:2: os.exit is disabled by the sandbox (a config "
+                    "file always runs in the sandbox)");
+  assert_load_error(f, "local line = io.read()\n",
+                    "c.lua:1: io.read: reading standard input is disabled by "
+                    "the sandbox (a config file always runs in the sandbox)");
+  assert_load_error(f, "\x1bLua",
+                    "c.lua: binary (precompiled) chunks are disabled by the "
+                    "sandbox (a config file always runs in the sandbox)");
+  assert_int_equal(f->cfg.sandbox, 1);
 }
 
 /* ---- listen ---- */
@@ -637,6 +671,9 @@ int main(void) {
       TEST(test_computed_values),
       TEST(test_syntax_error),
       TEST(test_runtime_error),
+      TEST(test_error_on_one_line_naming_the_file),
+      TEST(test_sandbox_key),
+      TEST(test_config_always_runs_sandboxed),
       TEST(test_listen_single_address),
       TEST(test_listen_single_listener_table),
       TEST(test_listen_list_mixing_strings_and_tables),

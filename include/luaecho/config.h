@@ -4,8 +4,9 @@
  *
  * A config file is a Lua chunk; the globals it assigns are the keys. It runs
  * in a separate, short-lived Lua state with the standard libraries visible,
- * so it may compute values (os.getenv, string.format, loops). Every error
- * names the file, the key and what was expected.
+ * so it may compute values (os.getenv, string.format, loops), always under
+ * the sandbox (sandbox.h) whatever its `sandbox` key says. Every error
+ * names the file, the key and what was expected, on one line.
  */
 #ifndef LUAECHO_CONFIG_H
 #define LUAECHO_CONFIG_H
@@ -39,6 +40,7 @@ typedef struct le_config {
   double shutdown_timeout;      /* seconds connections may drain at shutdown */
   le_log_level log_level;
   int watch;                    /* reload handlers when their files change */
+  int sandbox;                  /* handlers run sandboxed (sandbox.h) */
 } le_config;
 
 /* Fills cfg with the built-in defaults. Returns 0, or -1 when out of memory. */

@@ -32,10 +32,13 @@ struct le_script {
 };
 
 /* Loads the handler at `path` (NULL: built-in echo) into L and pushes the
- * function it returns. Returns 0, or -1 with the message in err: Lua's own
- * for syntax and load-time errors ("h.lua:2: unexpected symbol near '+'"),
- * "cannot open h.lua: No such file or directory" for a missing file, and
- * "h.lua: handler must return a function, got nil" for a wrong result. */
+ * function it returns; a binary file loads only when L has no sandbox
+ * (sandbox.h). Returns 0, or -1 with the message in err, always one line
+ * naming the file: Lua's own for syntax and load-time errors ("h.lua:2:
+ * unexpected symbol near '+'"), with "h.lua: " in front when it names no
+ * file ("h.lua: oops" for error("oops", 0)), "cannot open h.lua: No such
+ * file or directory" for a missing file, and "h.lua: handler must return a
+ * function, got nil" for a wrong result. */
 int le_script_load(lua_State *L, const char *path, char *err, size_t errlen);
 
 /* Loads version 1 of a handler into a new script with one reference.
