@@ -184,13 +184,18 @@ static const char *parse_packet(const le_opt_def *d, lua_State *L, int idx,
   return ok == 0 ? NULL : "\"raw\", \"line\", 0, 1, 2 or 4";
 }
 
+/* Reads an integer in d->min..d->max into *v; returns 1, or 0. */
+static int get_in_range(const le_opt_def *d, lua_State *L, int idx,
+                        double *v) {
+  lua_Integer n;
+  if (!get_int(L, idx, &n) || n < d->min || n > d->max) return 0;
+  *v = (double)n;
+  return 1;
+}
+
 static const char *parse_size(const le_opt_def *d, lua_State *L, int idx,
                               double *v, char *buf, size_t buflen) {
-  lua_Integer n;
-  if (get_int(L, idx, &n) && n >= d->min && n <= d->max) {
-    *v = (double)n;
-    return NULL;
-  }
+  if (get_in_range(d, L, idx, v)) return NULL;
   snprintf(buf, buflen, "an integer byte count in %lld..%lld",
            (long long)d->min, (long long)d->max);
   return buf;
@@ -223,15 +228,11 @@ static const char *parse_bool(const le_opt_def *d, lua_State *L, int idx,
 /* A delay is a boolean (true: d->on seconds, false: off) or seconds. */
 static const char *parse_delay(const le_opt_def *d, lua_State *L, int idx,
                                double *v, char *buf, size_t buflen) {
-  lua_Integer n;
   if (lua_type(L, idx) == LUA_TBOOLEAN) {
     *v = lua_toboolean(L, idx) ? d->on : 0;
     return NULL;
   }
-  if (get_int(L, idx, &n) && n >= d->min && n <= d->max) {
-    *v = (double)n;
-    return NULL;
-  }
+  if (get_in_range(d, L, idx, v)) return NULL;
   snprintf(buf, buflen, "a boolean or a delay in seconds (%lld..%lld)",
            (long long)d->min, (long long)d->max);
   return buf;

@@ -1,10 +1,5 @@
 /* Unit tests for configuration loading (include/luaecho/config.h). */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cmocka.h>
+#include "test_support.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -52,18 +47,6 @@ static int load(fixture *f, const char *chunk) {
   do {                                          \
     assert_int_equal(load((f), (chunk)), -1);   \
     assert_string_equal((f)->err, (message));   \
-  } while (0)
-
-#define assert_starts_with(s, prefix)                                  \
-  do {                                                                 \
-    if (strncmp((s), (prefix), strlen(prefix)) != 0)                   \
-      fail_msg("\"%s\" does not start with \"%s\"", (s), (prefix));    \
-  } while (0)
-
-#define assert_contains(s, needle)                                     \
-  do {                                                                 \
-    if (strstr((s), (needle)) == NULL)                                 \
-      fail_msg("\"%s\" does not contain \"%s\"", (s), (needle));       \
   } while (0)
 
 static const le_listener_conf *listener(const fixture *f, size_t i) {
@@ -528,13 +511,6 @@ static void test_load_missing_file(void **state) {
                       "cannot open /nonexistent/c.lua: No such file or "
                       "directory");
   assert_null(f->cfg.path);
-}
-
-static void write_file(const char *path, const char *text) {
-  FILE *fp = fopen(path, "w");
-  assert_non_null(fp);
-  assert_int_equal(fputs(text, fp) >= 0, 1);
-  assert_int_equal(fclose(fp), 0);
 }
 
 static void test_load_real_file(void **state) {
