@@ -1,0 +1,472 @@
+/* Unit tests for connection options (include/luaecho/opts.h): the
+ * defaults, every option's accepted and rejected values with their
+ * messages, the Lua form getopts returns, and docs/config.md's table of
+ * options against the option table. */
+#include "test_support.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "luaecho/opts.h"
+
+#ifndef LE_SOURCE_DIR
+#error "tests/CMakeLists.txt defines LE_SOURCE_DIR, the repository root"
+#endif
+
+#define SIZE_WORDS "an integer byte count in 1..1073741824"
+#define SECONDS_WORDS "a number of seconds > 0, or false for none"
+#define PACKET_WORDS "\"raw\", \"line\", 0, 1, 2 or 4"
+#define DELAY_WORDS "a boolean or a delay in seconds (1..86400)"
+
+typedef struct fixture {
+  lua_State *L;
+  le_opts opts;
+  char err[256];
+  char shown[256];
+} fixture;
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  if (f == NULL || (f->L = luaL_newstate()) == NULL) return -1;
+  luaL_openlibs(f->L);
+  le_opts_init(&f->opts);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  lua_close(f->L);
+  free(f);
+  return 0;
+}
+
+/* Pushes the value of the Lua expression `expr`. */
+static void push_expr(lua_State *L, const char *expr) {
+  char src[256];
+  snprintf(src, sizeof src, "return %s", expr);
+  if (luaL_loadstring(L, src) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK)
+    fail_msg("cannot evaluate %s: %s", expr, lua_tostring(L, -1));
+}
+
+/* Sets option `name` to the value of `expr`; the stack must be as before. */
+static le_opt_status set(fixture *f, const char *name, const char *expr) {
+  push_expr(f->L, expr);
+  f->err[0] = '\0';
+  le_opt_status st = le_opts_set(&f->opts, name, f->L, -1, f->err,
+                                 sizeof f->err);
+  assert_int_equal(lua_gettop(f->L), 1);
+  lua_settop(f->L, 0);
+  return st;
+}
+
+#define assert_sets(f, name, expr)                                     \
+  do {                                                                 \
+    if (set((f), (name), (expr)) != LE_OPT_OK)                         \
+      fail_msg("%s = %s rejected: %s", (name), (expr), (f)->err);      \
+  } while (0)
+
+/* `name = expr` is rejected with "expected <words>, got <got>" and leaves
+ * every option as it was. */
+static void assert_rejects(fixture *f, const char *name, const char *expr,
+                           const char *words, const char *got) {
+  char want[256];
+  le_opts before = f->opts;
+  snprintf(want, sizeof want, "expected %s, got %s", words, got);
+  assert_int_equal(set(f, name, expr), LE_OPT_INVALID);
+  assert_string_equal(f->err, want);
+  assert_memory_equal(&f->opts, &before, sizeof before);
+}
+
+/* Returns the Lua form of option `name` as text: strings in quotes,
+ * numbers as Lua prints them (60 and 60.0 differ), booleans. */
+static const char *shown(fixture *f, const char *name) {
+  assert_int_equal(le_opts_push(&f->opts, name, f->L), 0);
+  assert_int_equal(lua_gettop(f->L), 1);
+  if (lua_type(f->L, 1) == LUA_TSTRING)
+    snprintf(f->shown, sizeof f->shown, "'%s'", lua_tostring(f->L, 1));
+  else
+    snprintf(f->shown, sizeof f->shown, "%s", luaL_tolstring(f->L, 1, NULL));
+  lua_settop(f->L, 0);
+  return f->shown;
+}
+
+/* ---- the table ---- */
+
+static void test_defaults(void **state) {
+  fixture *f = *state;
+  le_opts o;
+  memset(&o, 0xAB, sizeof o);
+  le_opts_init(&o);
+  assert_int_equal(o.packet, LE_PACKET_RAW);
+  assert_int_equal(o.packet_size, 1024 * 1024);
+  assert_int_equal(o.recv_buffer, 256 * 1024);
+  assert_int_equal(o.send_buffer, 256 * 1024);
+  assert_true(o.recv_timeout < 0);
+  assert_true(o.send_timeout == 60.0);
+  assert_true(o.idle_timeout == 300.0);
+  assert_int_equal(o.send_timeout_close, 1);
+  assert_int_equal(o.nodelay, 1);
+  assert_int_equal(o.keepalive, 0);
+  assert_memory_equal(&o, &f->opts, sizeof o);
+}
+
+/* The names, the rows by index and the rows by name agree. */
+static void test_names(void **state) {
+  (void)state;
+  size_t n = le_opts_count();
+  assert_true(n > 0);
+  for (size_t i = 0; i < n; i++) {
+    assert_non_null(le_opts_name(i));
+    assert_ptr_equal(le_opts_name(i), le_opts_at(i)->name);
+    assert_ptr_equal(le_opts_find(le_opts_name(i)), le_opts_at(i));
+    assert_true(le_opts_known(le_opts_name(i)));
+  }
+  assert_null(le_opts_name(n));
+  assert_null(le_opts_at(n));
+  assert_string_equal(le_opts_name(0), "packet");
+  assert_string_equal(le_opts_name(9), "keepalive");
+}
+
+/* Every row names a field of its own inside le_opts, its default is one
+ * its own parser accepts, and every name is distinct. */
+static void test_rows_are_consistent(void **state) {
+  fixture *f = *state;
+  for (size_t i = 0; i < le_opts_count(); i++) {
+    const le_opt_def *d = le_opts_at(i);
+    assert_true(d->offset < sizeof(le_opts));
+    assert_non_null(d->type);
+    assert_non_null(d->meaning);
+    for (size_t j = 0; j < i; j++) {
+      assert_true(le_opts_at(j)->offset != d->offset);
+      assert_string_not_equal(le_opts_at(j)->name, d->name);
+    }
+    /* The default's Lua form is accepted and stores the default again. */
+    le_opts o = f->opts;
+    assert_int_equal(le_opts_push(&f->opts, d->name, f->L), 0);
+    assert_int_equal(le_opts_set(&o, d->name, f->L, -1, f->err, sizeof f->err),
+                     LE_OPT_OK);
+    lua_settop(f->L, 0);
+    assert_memory_equal(&o, &f->opts, sizeof o);
+  }
+}
+
+static void test_unknown_name(void **state) {
+  fixture *f = *state;
+  le_opts before = f->opts;
+  assert_int_equal(set(f, "colour", "'red'"), LE_OPT_UNKNOWN);
+  assert_int_equal(set(f, "timeout", "5"), LE_OPT_UNKNOWN);
+  assert_memory_equal(&f->opts, &before, sizeof before);
+  assert_int_equal(le_opts_push(&f->opts, "colour", f->L), -1);
+  assert_int_equal(lua_gettop(f->L), 0);
+  assert_false(le_opts_known("colour"));
+  assert_false(le_opts_known(""));
+  assert_null(le_opts_find("Packet"));
+}
+
+/* ---- each option: accepted values, stored and shown ---- */
+
+static void test_packet(void **state) {
+  fixture *f = *state;
+  static const struct { const char *expr, *shown; uint8_t mode; } ok[] = {
+      {"'line'", "'line'", LE_PACKET_LINE}, {"1", "1", LE_PACKET_1},
+      {"2", "2", LE_PACKET_2},              {"4.0", "4", LE_PACKET_4},
+      {"'raw'", "'raw'", LE_PACKET_RAW},    {"4", "4", LE_PACKET_4},
+      {"0", "'raw'", LE_PACKET_RAW}};
+  for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+    assert_sets(f, "packet", ok[i].expr);
+    assert_int_equal(f->opts.packet, ok[i].mode);
+    assert_string_equal(shown(f, "packet"), ok[i].shown);
+  }
+  assert_rejects(f, "packet", "3", PACKET_WORDS, "3");
+  assert_rejects(f, "packet", "-1", PACKET_WORDS, "-1");
+  assert_rejects(f, "packet", "8", PACKET_WORDS, "8");
+  assert_rejects(f, "packet", "2.5", PACKET_WORDS, "2.5");
+  assert_rejects(f, "packet", "'RAW'", PACKET_WORDS, "\"RAW\"");
+  assert_rejects(f, "packet", "'2'", PACKET_WORDS, "\"2\"");
+  assert_rejects(f, "packet", "true", PACKET_WORDS, "true");
+  assert_rejects(f, "packet", "{}", PACKET_WORDS, "table");
+}
+
+/* The three sizes share a kind; each stores into its own field. */
+static void check_size(fixture *f, const char *name, const uint32_t *field) {
+  assert_sets(f, name, "1");
+  assert_int_equal(*field, 1);
+  assert_sets(f, name, "1073741824");
+  assert_int_equal(*field, 1073741824u);
+  assert_sets(f, name, "2^20"); /* an integral float, as Lua takes it */
+  assert_int_equal(*field, 1048576);
+  assert_string_equal(shown(f, name), "1048576");
+  assert_sets(f, name, "64 * 1024");
+  assert_int_equal(*field, 65536);
+  assert_string_equal(shown(f, name), "65536");
+  assert_rejects(f, name, "0", SIZE_WORDS, "0");
+  assert_rejects(f, name, "-1", SIZE_WORDS, "-1");
+  assert_rejects(f, name, "1073741825", SIZE_WORDS, "1073741825");
+  assert_rejects(f, name, "1.5", SIZE_WORDS, "1.5");
+  assert_rejects(f, name, "1/0", SIZE_WORDS, "inf");
+  assert_rejects(f, name, "'4096'", SIZE_WORDS, "\"4096\"");
+  assert_rejects(f, name, "false", SIZE_WORDS, "false");
+  assert_rejects(f, name, "{}", SIZE_WORDS, "table");
+}
+
+static void test_sizes(void **state) {
+  fixture *f = *state;
+  check_size(f, "packet_size", &f->opts.packet_size);
+  check_size(f, "recv_buffer", &f->opts.recv_buffer);
+  check_size(f, "send_buffer", &f->opts.send_buffer);
+}
+
+static void check_seconds(fixture *f, const char *name, const double *field) {
+  assert_sets(f, name, "5");
+  assert_true(*field == 5.0);
+  assert_string_equal(shown(f, name), "5.0");
+  assert_sets(f, name, "0.25");
+  assert_true(*field == 0.25);
+  assert_string_equal(shown(f, name), "0.25");
+  assert_sets(f, name, "1e12"); /* "never" in practice: cut, not rejected */
+  assert_true(*field == LE_MAX_TIMEOUT);
+  assert_sets(f, name, "false");
+  assert_true(*field < 0);
+  assert_string_equal(shown(f, name), "false");
+  assert_rejects(f, name, "0", SECONDS_WORDS, "0");
+  assert_rejects(f, name, "-1", SECONDS_WORDS, "-1");
+  assert_int_equal(set(f, name, "0/0"), LE_OPT_INVALID);
+  assert_starts_with(f->err, "expected " SECONDS_WORDS ", got ");
+  assert_contains(f->err, "nan"); /* "nan" or "-nan", as the C library prints it */
+  assert_rejects(f, name, "1/0", SECONDS_WORDS, "inf");
+  assert_rejects(f, name, "true", SECONDS_WORDS, "true");
+  assert_rejects(f, name, "'5'", SECONDS_WORDS, "\"5\"");
+  assert_rejects(f, name, "print", SECONDS_WORDS, "function");
+}
+
+static void test_timeouts(void **state) {
+  fixture *f = *state;
+  check_seconds(f, "recv_timeout", &f->opts.recv_timeout);
+  check_seconds(f, "send_timeout", &f->opts.send_timeout);
+  check_seconds(f, "idle_timeout", &f->opts.idle_timeout);
+}
+
+static void check_bool(fixture *f, const char *name, const uint8_t *field) {
+  assert_sets(f, name, "false");
+  assert_int_equal(*field, 0);
+  assert_string_equal(shown(f, name), "false");
+  assert_sets(f, name, "true");
+  assert_int_equal(*field, 1);
+  assert_string_equal(shown(f, name), "true");
+  assert_rejects(f, name, "1", "a boolean", "1");
+  assert_rejects(f, name, "0", "a boolean", "0");
+  assert_rejects(f, name, "'yes'", "a boolean", "\"yes\"");
+  assert_rejects(f, name, "{}", "a boolean", "table");
+}
+
+static void test_booleans(void **state) {
+  fixture *f = *state;
+  check_bool(f, "send_timeout_close", &f->opts.send_timeout_close);
+  check_bool(f, "nodelay", &f->opts.nodelay);
+}
+
+static void test_keepalive(void **state) {
+  fixture *f = *state;
+  assert_sets(f, "keepalive", "true");
+  assert_int_equal(f->opts.keepalive, 60);
+  assert_string_equal(shown(f, "keepalive"), "60");
+  assert_sets(f, "keepalive", "1");
+  assert_int_equal(f->opts.keepalive, 1);
+  assert_sets(f, "keepalive", "86400");
+  assert_int_equal(f->opts.keepalive, 86400);
+  assert_string_equal(shown(f, "keepalive"), "86400");
+  assert_sets(f, "keepalive", "false");
+  assert_int_equal(f->opts.keepalive, 0);
+  assert_string_equal(shown(f, "keepalive"), "false");
+  assert_rejects(f, "keepalive", "0", DELAY_WORDS, "0");
+  assert_rejects(f, "keepalive", "86401", DELAY_WORDS, "86401");
+  assert_rejects(f, "keepalive", "1.5", DELAY_WORDS, "1.5");
+  assert_rejects(f, "keepalive", "'60'", DELAY_WORDS, "\"60\"");
+  assert_rejects(f, "keepalive", "{}", DELAY_WORDS, "table");
+}
+
+/* Long strings are cut to the buffer, never overrun it. */
+static void test_message_cut_to_buffer(void **state) {
+  fixture *f = *state;
+  char small[16];
+  memset(small, 'x', sizeof small);
+  lua_pushstring(f->L, "a very long string value that does not fit");
+  assert_int_equal(le_opts_set(&f->opts, "nodelay", f->L, -1, small, 12),
+                   LE_OPT_INVALID);
+  assert_string_equal(small, "expected a ");
+  assert_int_equal(small[12], 'x');
+  lua_settop(f->L, 0);
+}
+
+/* ---- getopts and setopts agree ---- */
+
+/* Writes into buf a Lua value, other than row d's default, that its kind
+ * accepts: so every option, old or new, takes part in the round trip. */
+static const char *other_value(const le_opt_def *d, char *buf, size_t len) {
+  switch (d->kind) {
+    case LE_OPTK_PACKET: return d->def == LE_PACKET_2 ? "4" : "2";
+    case LE_OPTK_SECONDS: return d->def < 0 ? "1.5" : "false";
+    case LE_OPTK_BOOL: return d->def ? "false" : "true";
+    case LE_OPTK_DELAY: return d->def == 0 ? "true" : "false";
+    case LE_OPTK_SIZE: break;
+  }
+  snprintf(buf, len, "%lld", (long long)(d->def == d->min ? d->max : d->min));
+  return buf;
+}
+
+/* Sets option i of `to` from its Lua form in `from`. */
+static le_opt_status copy_option(fixture *f, size_t i, const le_opts *from,
+                                 le_opts *to) {
+  assert_int_equal(le_opts_push(from, le_opts_name(i), f->L), 0);
+  le_opt_status st = le_opts_set(to, le_opts_name(i), f->L, -1, f->err,
+                                 sizeof f->err);
+  lua_settop(f->L, 0);
+  return st;
+}
+
+/* Every option, set to a value other than its default, shows a Lua form
+ * (what getopts returns) that sets the same value again. */
+static void test_round_trip(void **state) {
+  fixture *f = *state;
+  le_opts defaults = f->opts, copy = f->opts;
+  char buf[32];
+  for (size_t i = 0; i < le_opts_count(); i++) {
+    le_opts before = f->opts;
+    assert_sets(f, le_opts_name(i), other_value(le_opts_at(i), buf, sizeof buf));
+    assert_memory_not_equal(&f->opts, &before, sizeof before);
+  }
+  for (size_t i = 0; i < le_opts_count(); i++) {
+    le_opts one = defaults;
+    assert_int_equal(copy_option(f, i, &f->opts, &one), LE_OPT_OK);
+    assert_memory_not_equal(&one, &defaults, sizeof one);
+    assert_int_equal(copy_option(f, i, &f->opts, &copy), LE_OPT_OK);
+  }
+  assert_memory_equal(&copy, &f->opts, sizeof copy);
+}
+
+/* Only socket options (nodelay, keepalive) make the socket change. */
+static void test_differ(void **state) {
+  fixture *f = *state;
+  le_opts a = f->opts;
+  assert_false(le_opts_differ(&a, &f->opts, LE_OPTF_SOCKET));
+  assert_sets(f, "recv_buffer", "10");
+  assert_sets(f, "packet", "'line'");
+  assert_sets(f, "idle_timeout", "1");
+  assert_false(le_opts_differ(&a, &f->opts, LE_OPTF_SOCKET));
+  assert_sets(f, "nodelay", "false");
+  assert_true(le_opts_differ(&a, &f->opts, LE_OPTF_SOCKET));
+  a = f->opts;
+  assert_sets(f, "keepalive", "30");
+  assert_true(le_opts_differ(&a, &f->opts, LE_OPTF_SOCKET));
+  a = f->opts;
+  assert_sets(f, "keepalive", "30");
+  assert_false(le_opts_differ(&a, &f->opts, LE_OPTF_SOCKET));
+}
+
+/* ---- docs/config.md ---- */
+
+#define DOCS LE_SOURCE_DIR "/docs/config.md"
+#define DOCS_HEADER "| option | type | default | meaning |"
+
+/* Splits a table row "| a | b | c | d |" in place into cells. Returns how
+ * many cells it found (at most max). */
+static size_t split_row(char *row, char **cells, size_t max) {
+  size_t n = 0, len = strlen(row);
+  if (len < 4 || strncmp(row, "| ", 2) != 0 || strcmp(row + len - 2, " |"))
+    return 0;
+  row[len - 2] = '\0';
+  char *cell = row + 2;
+  while (n < max) {
+    cells[n++] = cell;
+    char *bar = strstr(cell, " | ");
+    if (bar == NULL) break;
+    *bar = '\0';
+    cell = bar + 3;
+  }
+  return n;
+}
+
+/* Returns the text between the first pair of backquotes of s, copied into
+ * buf, or fails. */
+static const char *first_code(const char *s, char *buf, size_t len) {
+  const char *a = strchr(s, '`'), *b = a ? strchr(a + 1, '`') : NULL;
+  if (b == NULL || (size_t)(b - a) > len) fail_msg("no `value` in \"%s\"", s);
+  memcpy(buf, a + 1, (size_t)(b - a - 1));
+  buf[b - a - 1] = '\0';
+  return buf;
+}
+
+/* Checks one row of the docs against option d: the name, the type and
+ * meaning text, and the default, whose first `code` is a Lua value equal
+ * to what getopts returns for the default. */
+static void check_docs_row(fixture *f, size_t i, char *line) {
+  char *cells[5], name[64], def[64];
+  const le_opt_def *d = le_opts_at(i);
+  if (split_row(line, cells, 5) != 4)
+    fail_msg("%s: not a row of 4 cells: %s", DOCS, line);
+  if (d == NULL)
+    fail_msg("%s lists %s, which is not in src/opts.c's table", DOCS,
+             cells[0]);
+  snprintf(name, sizeof name, "`%s`", d->name);
+  if (strcmp(cells[0], name) != 0)
+    fail_msg("%s row %zu is %s; src/opts.c's row %zu is %s", DOCS, i + 1,
+             cells[0], i + 1, name);
+  assert_string_equal(cells[1], d->type);
+  assert_string_equal(cells[3], d->meaning);
+  push_expr(f->L, first_code(cells[2], def, sizeof def));
+  assert_int_equal(le_opts_push(&f->opts, d->name, f->L), 0);
+  if (!lua_rawequal(f->L, -1, -2))
+    fail_msg("%s documents %s's default as %s; it is %s", DOCS, d->name, def,
+             luaL_tolstring(f->L, -1, NULL));
+  lua_settop(f->L, 0);
+}
+
+/* docs/config.md's "Connection options" table lists exactly the options
+ * of the table, in its order, with its type and meaning text and the
+ * defaults le_opts_init sets: an option added without its documentation
+ * fails here. */
+static void test_docs_table(void **state) {
+  fixture *f = *state;
+  char *text = read_file(DOCS);
+  char *section = strstr(text, "\n## Connection options\n");
+  if (section == NULL) fail_msg("%s has no '## Connection options'", DOCS);
+  char *header = strstr(section, "\n" DOCS_HEADER "\n");
+  if (header == NULL) fail_msg("%s: no table '%s'", DOCS, DOCS_HEADER);
+  char *line = strchr(header + 1, '\n') + 1; /* the "| --- |" line */
+  line = strchr(line, '\n') + 1;
+  size_t rows = 0;
+  while (line[0] == '|') {
+    char *end = strchr(line, '\n');
+    assert_non_null(end);
+    *end = '\0';
+    check_docs_row(f, rows++, line);
+    line = end + 1;
+  }
+  if (rows != le_opts_count())
+    fail_msg("%s lists %zu options; src/opts.c has %zu (the first missing is "
+             "%s)", DOCS, rows, le_opts_count(), le_opts_name(rows));
+  free(text);
+}
+
+#define TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      TEST(test_defaults),
+      TEST(test_names),
+      TEST(test_rows_are_consistent),
+      TEST(test_unknown_name),
+      TEST(test_packet),
+      TEST(test_sizes),
+      TEST(test_timeouts),
+      TEST(test_booleans),
+      TEST(test_keepalive),
+      TEST(test_message_cut_to_buffer),
+      TEST(test_round_trip),
+      TEST(test_differ),
+      TEST(test_docs_table),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
