@@ -167,124 +167,118 @@ static void test_unknown_name(void **state) {
 
 /* ---- each option: accepted values, stored and shown ---- */
 
-static void test_packet(void **state) {
-  fixture *f = *state;
-  static const struct { const char *expr, *shown; uint8_t mode; } ok[] = {
-      {"'line'", "'line'", LE_PACKET_LINE}, {"1", "1", LE_PACKET_1},
-      {"2", "2", LE_PACKET_2},              {"4.0", "4", LE_PACKET_4},
-      {"'raw'", "'raw'", LE_PACKET_RAW},    {"4", "4", LE_PACKET_4},
-      {"0", "'raw'", LE_PACKET_RAW}};
-  for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
-    assert_sets(f, "packet", ok[i].expr);
-    assert_int_equal(f->opts.packet, ok[i].mode);
-    assert_string_equal(shown(f, "packet"), ok[i].shown);
+/* One Lua value and how it shows: getopts' form for an accepted value,
+ * the "got ..." words for a rejected one. */
+typedef struct value_case {
+  const char *expr, *shown;
+} value_case;
+
+#define N(cases) (sizeof cases / sizeof *cases)
+
+/* Sets option `name` to each accepted value and checks its Lua form, then
+ * each rejected one and checks the message. The last accepted value stays. */
+static void check_values(fixture *f, const char *name, const value_case *ok,
+                         size_t nok, const value_case *bad, size_t nbad,
+                         const char *words) {
+  for (size_t i = 0; i < nbad; i++)
+    assert_rejects(f, name, bad[i].expr, words, bad[i].shown);
+  for (size_t i = 0; i < nok; i++) {
+    assert_sets(f, name, ok[i].expr);
+    assert_string_equal(shown(f, name), ok[i].shown);
   }
-  assert_rejects(f, "packet", "3", PACKET_WORDS, "3");
-  assert_rejects(f, "packet", "-1", PACKET_WORDS, "-1");
-  assert_rejects(f, "packet", "8", PACKET_WORDS, "8");
-  assert_rejects(f, "packet", "2.5", PACKET_WORDS, "2.5");
-  assert_rejects(f, "packet", "'RAW'", PACKET_WORDS, "\"RAW\"");
-  assert_rejects(f, "packet", "'2'", PACKET_WORDS, "\"2\"");
-  assert_rejects(f, "packet", "true", PACKET_WORDS, "true");
-  assert_rejects(f, "packet", "{}", PACKET_WORDS, "table");
 }
 
-/* The three sizes share a kind; each stores into its own field. */
-static void check_size(fixture *f, const char *name, const uint32_t *field) {
-  assert_sets(f, name, "1");
-  assert_int_equal(*field, 1);
-  assert_sets(f, name, "1073741824");
-  assert_int_equal(*field, 1073741824u);
-  assert_sets(f, name, "2^20"); /* an integral float, as Lua takes it */
-  assert_int_equal(*field, 1048576);
-  assert_string_equal(shown(f, name), "1048576");
-  assert_sets(f, name, "64 * 1024");
-  assert_int_equal(*field, 65536);
-  assert_string_equal(shown(f, name), "65536");
-  assert_rejects(f, name, "0", SIZE_WORDS, "0");
-  assert_rejects(f, name, "-1", SIZE_WORDS, "-1");
-  assert_rejects(f, name, "1073741825", SIZE_WORDS, "1073741825");
-  assert_rejects(f, name, "1.5", SIZE_WORDS, "1.5");
-  assert_rejects(f, name, "1/0", SIZE_WORDS, "inf");
-  assert_rejects(f, name, "'4096'", SIZE_WORDS, "\"4096\"");
-  assert_rejects(f, name, "false", SIZE_WORDS, "false");
-  assert_rejects(f, name, "{}", SIZE_WORDS, "table");
+static void test_packet(void **state) {
+  fixture *f = *state;
+  static const value_case ok[] = {{"'line'", "'line'"}, {"1", "1"},
+                                  {"4.0", "4"},         {"'raw'", "'raw'"},
+                                  {"0", "'raw'"},       {"2", "2"}};
+  static const value_case bad[] = {
+      {"3", "3"},           {"-1", "-1"},         {"8", "8"},
+      {"2.5", "2.5"},       {"'RAW'", "\"RAW\""}, {"'2'", "\"2\""},
+      {"true", "true"},     {"{}", "table"}};
+  check_values(f, "packet", ok, N(ok), bad, N(bad), PACKET_WORDS);
+  assert_int_equal(f->opts.packet, LE_PACKET_2);
+  assert_sets(f, "packet", "'line'");
+  assert_int_equal(f->opts.packet, LE_PACKET_LINE);
 }
 
 static void test_sizes(void **state) {
   fixture *f = *state;
-  check_size(f, "packet_size", &f->opts.packet_size);
-  check_size(f, "recv_buffer", &f->opts.recv_buffer);
-  check_size(f, "send_buffer", &f->opts.send_buffer);
+  static const value_case ok[] = {{"1", "1"},
+                                  {"1073741824", "1073741824"},
+                                  {"2^20", "1048576"}, /* integral float */
+                                  {"64 * 1024", "65536"}};
+  static const value_case bad[] = {
+      {"0", "0"},         {"-1", "-1"},         {"1073741825", "1073741825"},
+      {"1.5", "1.5"},     {"1/0", "inf"},       {"'4096'", "\"4096\""},
+      {"false", "false"}, {"{}", "table"}};
+  check_values(f, "packet_size", ok, N(ok), bad, N(bad), SIZE_WORDS);
+  check_values(f, "recv_buffer", ok, N(ok), bad, N(bad), SIZE_WORDS);
+  check_values(f, "send_buffer", ok, N(ok), bad, N(bad), SIZE_WORDS);
+  /* Each stored into its own field. */
+  assert_int_equal(f->opts.packet_size, 65536);
+  assert_int_equal(f->opts.recv_buffer, 65536);
+  assert_int_equal(f->opts.send_buffer, 65536);
+  assert_sets(f, "recv_buffer", "7");
+  assert_int_equal(f->opts.packet_size, 65536);
+  assert_int_equal(f->opts.recv_buffer, 7);
+  assert_int_equal(f->opts.send_buffer, 65536);
 }
 
-static void check_seconds(fixture *f, const char *name, const double *field) {
-  assert_sets(f, name, "5");
-  assert_true(*field == 5.0);
-  assert_string_equal(shown(f, name), "5.0");
-  assert_sets(f, name, "0.25");
-  assert_true(*field == 0.25);
-  assert_string_equal(shown(f, name), "0.25");
-  assert_sets(f, name, "1e12"); /* "never" in practice: cut, not rejected */
-  assert_true(*field == LE_MAX_TIMEOUT);
-  assert_sets(f, name, "false");
-  assert_true(*field < 0);
-  assert_string_equal(shown(f, name), "false");
-  assert_rejects(f, name, "0", SECONDS_WORDS, "0");
-  assert_rejects(f, name, "-1", SECONDS_WORDS, "-1");
+/* NaN prints as "nan" or "-nan", as the C library has it. */
+static void assert_rejects_nan(fixture *f, const char *name,
+                               const char *words) {
   assert_int_equal(set(f, name, "0/0"), LE_OPT_INVALID);
-  assert_starts_with(f->err, "expected " SECONDS_WORDS ", got ");
-  assert_contains(f->err, "nan"); /* "nan" or "-nan", as the C library prints it */
-  assert_rejects(f, name, "1/0", SECONDS_WORDS, "inf");
-  assert_rejects(f, name, "true", SECONDS_WORDS, "true");
-  assert_rejects(f, name, "'5'", SECONDS_WORDS, "\"5\"");
-  assert_rejects(f, name, "print", SECONDS_WORDS, "function");
+  assert_starts_with(f->err, "expected ");
+  assert_contains(f->err, words);
+  assert_contains(f->err, ", got ");
+  assert_contains(f->err, "nan");
 }
 
 static void test_timeouts(void **state) {
   fixture *f = *state;
-  check_seconds(f, "recv_timeout", &f->opts.recv_timeout);
-  check_seconds(f, "send_timeout", &f->opts.send_timeout);
-  check_seconds(f, "idle_timeout", &f->opts.idle_timeout);
-}
-
-static void check_bool(fixture *f, const char *name, const uint8_t *field) {
-  assert_sets(f, name, "false");
-  assert_int_equal(*field, 0);
-  assert_string_equal(shown(f, name), "false");
-  assert_sets(f, name, "true");
-  assert_int_equal(*field, 1);
-  assert_string_equal(shown(f, name), "true");
-  assert_rejects(f, name, "1", "a boolean", "1");
-  assert_rejects(f, name, "0", "a boolean", "0");
-  assert_rejects(f, name, "'yes'", "a boolean", "\"yes\"");
-  assert_rejects(f, name, "{}", "a boolean", "table");
+  static const value_case ok[] = {{"0.25", "0.25"},
+                                  {"1e12", "1000000000.0"}, /* cut */
+                                  {"false", "false"},
+                                  {"5", "5.0"}};
+  static const value_case bad[] = {
+      {"0", "0"},         {"-1", "-1"},       {"1/0", "inf"},
+      {"true", "true"},   {"'5'", "\"5\""}, {"print", "function"}};
+  static const char *const names[] = {"recv_timeout", "send_timeout",
+                                      "idle_timeout"};
+  for (size_t i = 0; i < N(names); i++) {
+    check_values(f, names[i], ok, N(ok), bad, N(bad), SECONDS_WORDS);
+    assert_rejects_nan(f, names[i], SECONDS_WORDS);
+  }
+  assert_true(f->opts.recv_timeout == 5.0);
+  assert_sets(f, "send_timeout", "false");
+  assert_true(f->opts.recv_timeout == 5.0);
+  assert_true(f->opts.send_timeout < 0);
+  assert_true(f->opts.idle_timeout == 5.0);
 }
 
 static void test_booleans(void **state) {
   fixture *f = *state;
-  check_bool(f, "send_timeout_close", &f->opts.send_timeout_close);
-  check_bool(f, "nodelay", &f->opts.nodelay);
+  static const value_case ok[] = {{"false", "false"}, {"true", "true"}};
+  static const value_case bad[] = {
+      {"1", "1"}, {"0", "0"}, {"'yes'", "\"yes\""}, {"{}", "table"}};
+  check_values(f, "send_timeout_close", ok, N(ok), bad, N(bad), "a boolean");
+  check_values(f, "nodelay", ok, N(ok), bad, N(bad), "a boolean");
+  assert_sets(f, "nodelay", "false");
+  assert_int_equal(f->opts.nodelay, 0);
+  assert_int_equal(f->opts.send_timeout_close, 1);
 }
 
 static void test_keepalive(void **state) {
   fixture *f = *state;
-  assert_sets(f, "keepalive", "true");
+  static const value_case ok[] = {{"false", "false"}, {"1", "1"},
+                                  {"86400", "86400"}, {"true", "60"}};
+  static const value_case bad[] = {{"0", "0"},     {"86401", "86401"},
+                                   {"1.5", "1.5"}, {"'60'", "\"60\""},
+                                   {"{}", "table"}};
+  check_values(f, "keepalive", ok, N(ok), bad, N(bad), DELAY_WORDS);
   assert_int_equal(f->opts.keepalive, 60);
-  assert_string_equal(shown(f, "keepalive"), "60");
-  assert_sets(f, "keepalive", "1");
-  assert_int_equal(f->opts.keepalive, 1);
-  assert_sets(f, "keepalive", "86400");
-  assert_int_equal(f->opts.keepalive, 86400);
-  assert_string_equal(shown(f, "keepalive"), "86400");
-  assert_sets(f, "keepalive", "false");
-  assert_int_equal(f->opts.keepalive, 0);
-  assert_string_equal(shown(f, "keepalive"), "false");
-  assert_rejects(f, "keepalive", "0", DELAY_WORDS, "0");
-  assert_rejects(f, "keepalive", "86401", DELAY_WORDS, "86401");
-  assert_rejects(f, "keepalive", "1.5", DELAY_WORDS, "1.5");
-  assert_rejects(f, "keepalive", "'60'", DELAY_WORDS, "\"60\"");
-  assert_rejects(f, "keepalive", "{}", DELAY_WORDS, "table");
 }
 
 /* Long strings are cut to the buffer, never overrun it. */
