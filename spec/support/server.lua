@@ -248,6 +248,27 @@ function Server:signal(name)
   return self.proc:kill(name)
 end
 
+-- Stops the server process (SIGSTOP) and waits, bounded, until the kernel
+-- shows it stopped: what a client does next happens before the server can
+-- react, while the kernel still completes connections and buffers their
+-- bytes.  resume(), or else the next cleanup(), continues it.
+function Server:pause(timeout)
+  self.proc:kill("STOP")
+  M.defer(function() self:resume() end)
+  local deadline = proc.now() + (timeout or 5)
+  repeat
+    local stat = M.read_file("/proc/" .. self.pid .. "/stat")
+    if stat and stat:match("^%d+ %b() (%a)") == "T" then return end
+    proc.sleep(0.005)
+  until proc.now() > deadline
+  error(("luaecho did not stop within %gs"):format(timeout or 5), 2)
+end
+
+-- Continues a server stopped by pause().
+function Server:resume()
+  if not self.code then self.proc:kill("CONT") end
+end
+
 -- Waits up to timeout seconds for the server to exit, then reads the rest of
 -- its log.  Returns the exit code (128+signo and the signal name if killed),
 -- or nil, "timeout".
