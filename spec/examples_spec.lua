@@ -56,9 +56,7 @@ local function connect(srv)
   return assert(server.connect(srv.host, srv.port))
 end
 
-local function assert_same_bytes(expected, actual)
-  assert(server.same_bytes(expected, actual))
-end
+local assert_same_bytes = server.assert_same_bytes
 
 -- The RFC 864 pattern, built independently of the example: line n (from 0)
 -- holds the 72 printable characters starting at character n mod 95 of the
@@ -84,7 +82,7 @@ describe("examples", function()
       for i = 1, 300 do
         local len = math.random() < 0.1 and 0 or math.random(1, 2000)
         if i == 150 then len = 65535 end
-        msgs[i] = traffic.frame(2, traffic.rand_bytes(len))
+        msgs[i] = traffic.frame(2, server.random_bytes(len))
       end
       local data = table.concat(msgs)
       local sock = connect(srv)

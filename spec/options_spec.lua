@@ -90,11 +90,7 @@ local function line_of(source, text)
   error("no line contains " .. text)
 end
 
--- Receives one "\n"-terminated line.
-local function receive_line(sock)
-  sock:settimeout(10)
-  return assert(sock:receive("*l"))
-end
+local receive_line = server.receive_line
 
 -- Bad values for each option, as Lua source, and what every error names as
 -- expected; the message ends "got <the value>".  Config files and setopts
