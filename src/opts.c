@@ -90,6 +90,10 @@ int le_opts_known(const char *name) { return le_opts_find(name) != NULL; }
 
 /* ---- fields ---- */
 
+/* A field holds a uint8_t, a uint32_t or a double (the kinds' types);
+ * values travel between parsers, fields and Lua as doubles, which hold
+ * every one of them exactly. */
+
 static void *field_of(le_opts *o, const le_opt_def *d) {
   return (char *)o + d->offset;
 }
@@ -98,24 +102,25 @@ static const void *cfield_of(const le_opts *o, const le_opt_def *d) {
   return (const char *)o + d->offset;
 }
 
-/* The size of a kind's field, for copies and comparisons. */
-static size_t field_size(le_opt_kind kind) {
-  switch (kind) {
-    case LE_OPTK_SECONDS: return sizeof(double);
-    case LE_OPTK_SIZE:
-    case LE_OPTK_DELAY: return sizeof(uint32_t);
-    default: return sizeof(uint8_t);
+static size_t field_size(const le_opt_def *d);
+
+/* Stores v, already valid for row d, in its field. */
+static void store(le_opts *o, const le_opt_def *d, double v) {
+  void *p = field_of(o, d);
+  switch (field_size(d)) {
+    case sizeof(double): *(double *)p = v; break;
+    case sizeof(uint32_t): *(uint32_t *)p = (uint32_t)v; break;
+    default: *(uint8_t *)p = (uint8_t)v; break;
   }
 }
 
-/* Stores v, already valid for the row, in its field. */
-static void store(le_opts *o, const le_opt_def *d, double v) {
-  void *p = field_of(o, d);
-  switch (d->kind) {
-    case LE_OPTK_SECONDS: *(double *)p = v; break;
-    case LE_OPTK_SIZE:
-    case LE_OPTK_DELAY: *(uint32_t *)p = (uint32_t)v; break;
-    default: *(uint8_t *)p = (uint8_t)v; break;
+/* Returns the value in row d's field. */
+static double load(const le_opts *o, const le_opt_def *d) {
+  const void *p = cfield_of(o, d);
+  switch (field_size(d)) {
+    case sizeof(double): return *(const double *)p;
+    case sizeof(uint32_t): return *(const uint32_t *)p;
+    default: return *(const uint8_t *)p;
   }
 }
 
@@ -127,9 +132,7 @@ void le_opts_init(le_opts *o) {
 int le_opts_differ(const le_opts *a, const le_opts *b, unsigned flags) {
   for (size_t i = 0; i < COUNT; i++) {
     const le_opt_def *d = &table[i];
-    if ((d->flags & flags) &&
-        memcmp(cfield_of(a, d), cfield_of(b, d), field_size(d->kind)) != 0)
-      return 1;
+    if ((d->flags & flags) && load(a, d) != load(b, d)) return 1;
   }
   return 0;
 }
@@ -238,10 +241,66 @@ static const char *parse_delay(const le_opt_def *d, lua_State *L, int idx,
   return buf;
 }
 
-static const parse_fn parsers[] = {
-    [LE_OPTK_PACKET] = parse_packet, [LE_OPTK_SIZE] = parse_size,
-    [LE_OPTK_SECONDS] = parse_seconds, [LE_OPTK_BOOL] = parse_bool,
-    [LE_OPTK_DELAY] = parse_delay};
+/* ---- the Lua form ---- */
+
+/* Pushes value v of row d as getopts returns it. */
+typedef void (*push_fn)(const le_opt_def *d, double v, lua_State *L);
+
+static void push_packet(const le_opt_def *d, double v, lua_State *L) {
+  (void)d;
+  le_packet m = (le_packet)v;
+  if (m == LE_PACKET_RAW || m == LE_PACKET_LINE)
+    lua_pushstring(L, le_packet_name(m));
+  else
+    lua_pushinteger(L, (lua_Integer)m);
+}
+
+static void push_integer(const le_opt_def *d, double v, lua_State *L) {
+  (void)d;
+  lua_pushinteger(L, (lua_Integer)v);
+}
+
+/* Seconds, or false for none (stored as -1). */
+static void push_seconds(const le_opt_def *d, double v, lua_State *L) {
+  (void)d;
+  if (v < 0)
+    lua_pushboolean(L, 0);
+  else
+    lua_pushnumber(L, v);
+}
+
+static void push_bool(const le_opt_def *d, double v, lua_State *L) {
+  (void)d;
+  lua_pushboolean(L, v != 0);
+}
+
+/* A delay in seconds, or false for off (stored as 0). */
+static void push_delay(const le_opt_def *d, double v, lua_State *L) {
+  if (v == 0)
+    push_bool(d, v, L);
+  else
+    push_integer(d, v, L);
+}
+
+/* ---- kinds ---- */
+
+/* What each kind does: read a Lua value, show one, and the size of its
+ * field (the *_AT macros above check the field's type; store() and load()
+ * know uint8_t, uint32_t and double). A new kind is an LE_OPTK_ value in
+ * opts.h, a *_AT macro, a parser, a push function and a row here. */
+static const struct {
+  parse_fn parse;
+  push_fn push;
+  size_t size;
+} kinds[] = {
+    [LE_OPTK_PACKET] = {parse_packet, push_packet, sizeof(uint8_t)},
+    [LE_OPTK_SIZE] = {parse_size, push_integer, sizeof(uint32_t)},
+    [LE_OPTK_SECONDS] = {parse_seconds, push_seconds, sizeof(double)},
+    [LE_OPTK_BOOL] = {parse_bool, push_bool, sizeof(uint8_t)},
+    [LE_OPTK_DELAY] = {parse_delay, push_delay, sizeof(uint32_t)},
+};
+
+static size_t field_size(const le_opt_def *d) { return kinds[d->kind].size; }
 
 le_opt_status le_opts_set(le_opts *o, const char *name, lua_State *L,
                           int idx, char *err, size_t errlen) {
@@ -250,44 +309,16 @@ le_opt_status le_opts_set(le_opts *o, const char *name, lua_State *L,
   idx = lua_absindex(L, idx);
   char words[96];
   double v = 0;
-  const char *expected = parsers[d->kind](d, L, idx, &v, words, sizeof words);
+  const char *expected = kinds[d->kind].parse(d, L, idx, &v, words,
+                                               sizeof words);
   if (expected != NULL) return invalid(L, idx, expected, err, errlen);
   store(o, d, v);
   return LE_OPT_OK;
 }
 
-/* ---- the Lua form ---- */
-
-static void push_value(const le_opt_def *d, const void *p, lua_State *L) {
-  switch (d->kind) {
-    case LE_OPTK_PACKET: {
-      le_packet m = (le_packet) * (const uint8_t *)p;
-      if (m == LE_PACKET_RAW || m == LE_PACKET_LINE)
-        lua_pushstring(L, le_packet_name(m));
-      else
-        lua_pushinteger(L, (lua_Integer)m);
-      break;
-    }
-    case LE_OPTK_SIZE: lua_pushinteger(L, *(const uint32_t *)p); break;
-    case LE_OPTK_SECONDS:
-      if (*(const double *)p < 0)
-        lua_pushboolean(L, 0);
-      else
-        lua_pushnumber(L, *(const double *)p);
-      break;
-    case LE_OPTK_BOOL: lua_pushboolean(L, *(const uint8_t *)p); break;
-    case LE_OPTK_DELAY:
-      if (*(const uint32_t *)p)
-        lua_pushinteger(L, *(const uint32_t *)p);
-      else
-        lua_pushboolean(L, 0);
-      break;
-  }
-}
-
 int le_opts_push(const le_opts *o, const char *name, lua_State *L) {
   const le_opt_def *d = le_opts_find(name);
   if (d == NULL) return -1;
-  push_value(d, cfield_of(o, d), L);
+  kinds[d->kind].push(d, load(o, d), L);
   return 0;
 }
