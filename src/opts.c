@@ -19,7 +19,7 @@
 
 /* Every connection option, in the order of docs/config.md. `type` and
  * `meaning` are that table's columns word for word (tests/test_opts.c
- * compares them, and the defaults, with the file). */
+ * compares them, and the defaults, with it and with docs/api.md). */
 static const le_opt_def table[] = {
     {.name = "packet", PACKET_AT(packet), .def = LE_PACKET_RAW,
      .type = "`\"raw\"` (or `0`), `1`, `2`, `4`, `\"line\"`",

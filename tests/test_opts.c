@@ -1,7 +1,7 @@
 /* Unit tests for connection options (include/luaecho/opts.h): the
  * defaults, every option's accepted and rejected values with their
- * messages, the Lua form getopts returns, and docs/config.md's table of
- * options against the option table. */
+ * messages, the Lua form getopts returns, and the tables of options in
+ * docs/config.md and docs/api.md against the option table. */
 #include "test_support.h"
 
 #include <lauxlib.h>
@@ -359,10 +359,24 @@ static void test_differ(void **state) {
   assert_false(le_opts_differ(&a, &f->opts, LE_OPTF_SOCKET));
 }
 
-/* ---- docs/config.md ---- */
+/* ---- the docs ---- */
 
-#define DOCS LE_SOURCE_DIR "/docs/config.md"
-#define DOCS_HEADER "| option | type | default | meaning |"
+/* A table of options in a docs file: config.md's is the reference and
+ * repeats the table's type and meaning text word for word; api.md's gives
+ * the same options and defaults in words of its own. */
+typedef struct docs_table {
+  const char *path;    /* below the repository root */
+  const char *section; /* the heading the table follows */
+  const char *header;  /* its header line */
+  int same_text;       /* compare the type and meaning columns too */
+} docs_table;
+
+static const docs_table config_md = {
+    "docs/config.md", "## Connection options",
+    "| option | type | default | meaning |", 1};
+static const docs_table api_md = {
+    "docs/api.md", "## Connection options",
+    "| option | values | default | meaning |", 0};
 
 /* Splits a table row "| a | b | c | d |" in place into cells. Returns how
  * many cells it found (at most max). */
@@ -382,67 +396,83 @@ static size_t split_row(char *row, char **cells, size_t max) {
   return n;
 }
 
-/* Returns the text between the first pair of backquotes of s, copied into
- * buf, or fails. */
-static const char *first_code(const char *s, char *buf, size_t len) {
-  const char *a = strchr(s, '`'), *b = a ? strchr(a + 1, '`') : NULL;
-  if (b == NULL || (size_t)(b - a) > len) fail_msg("no `value` in \"%s\"", s);
-  memcpy(buf, a + 1, (size_t)(b - a - 1));
-  buf[b - a - 1] = '\0';
+/* Copies the value a default cell starts with into buf: its first `code`,
+ * or else its first word ("1048576 (1 MiB)"). */
+static const char *default_value(const char *cell, char *buf, size_t len) {
+  const char *a = cell, *b;
+  if (*cell == '`') {
+    a = cell + 1;
+    b = strchr(a, '`');
+  } else {
+    b = a + strcspn(a, " ");
+  }
+  if (b == NULL || b == a || (size_t)(b - a) >= len)
+    fail_msg("no default value in \"%s\"", cell);
+  memcpy(buf, a, (size_t)(b - a));
+  buf[b - a] = '\0';
   return buf;
 }
 
-/* Checks one row of the docs against option d: the name, the type and
- * meaning text, and the default, whose first `code` is a Lua value equal
- * to what getopts returns for the default. */
-static void check_docs_row(fixture *f, size_t i, char *line) {
+/* Checks row i of docs table t against option i: the name, the default
+ * (a Lua value equal to what getopts returns for it) and, where the table
+ * repeats them, the type and meaning text. */
+static void check_docs_row(fixture *f, const docs_table *t, size_t i,
+                           char *line) {
   char *cells[5], name[64], def[64];
   const le_opt_def *d = le_opts_at(i);
   if (split_row(line, cells, 5) != 4)
-    fail_msg("%s: not a row of 4 cells: %s", DOCS, line);
+    fail_msg("%s: not a row of 4 cells: %s", t->path, line);
   if (d == NULL)
-    fail_msg("%s lists %s, which is not in src/opts.c's table", DOCS,
+    fail_msg("%s lists %s, which is not in src/opts.c's table", t->path,
              cells[0]);
   snprintf(name, sizeof name, "`%s`", d->name);
   if (strcmp(cells[0], name) != 0)
-    fail_msg("%s row %zu is %s; src/opts.c's row %zu is %s", DOCS, i + 1,
+    fail_msg("%s row %zu is %s; src/opts.c's row %zu is %s", t->path, i + 1,
              cells[0], i + 1, name);
-  assert_string_equal(cells[1], d->type);
-  assert_string_equal(cells[3], d->meaning);
-  push_expr(f->L, first_code(cells[2], def, sizeof def));
+  if (t->same_text) {
+    assert_string_equal(cells[1], d->type);
+    assert_string_equal(cells[3], d->meaning);
+  }
+  push_expr(f->L, default_value(cells[2], def, sizeof def));
   assert_int_equal(le_opts_push(&f->opts, d->name, f->L), 0);
   if (!lua_rawequal(f->L, -1, -2))
-    fail_msg("%s documents %s's default as %s; it is %s", DOCS, d->name, def,
-             luaL_tolstring(f->L, -1, NULL));
+    fail_msg("%s documents %s's default as %s; it is %s", t->path, d->name,
+             def, luaL_tolstring(f->L, -1, NULL));
   lua_settop(f->L, 0);
 }
 
-/* docs/config.md's "Connection options" table lists exactly the options
- * of the table, in its order, with its type and meaning text and the
- * defaults le_opts_init sets: an option added without its documentation
- * fails here. */
-static void test_docs_table(void **state) {
-  fixture *f = *state;
-  char *text = read_file(DOCS);
-  char *section = strstr(text, "\n## Connection options\n");
-  if (section == NULL) fail_msg("%s has no '## Connection options'", DOCS);
-  char *header = strstr(section, "\n" DOCS_HEADER "\n");
-  if (header == NULL) fail_msg("%s: no table '%s'", DOCS, DOCS_HEADER);
-  char *line = strchr(header + 1, '\n') + 1; /* the "| --- |" line */
+/* Docs table t lists exactly the options of the table, in its order, with
+ * the defaults le_opts_init sets: an option added without its
+ * documentation fails here. */
+static void check_docs(fixture *f, const docs_table *t) {
+  char path[512], section[128], header[128];
+  snprintf(path, sizeof path, "%s/%s", LE_SOURCE_DIR, t->path);
+  snprintf(section, sizeof section, "\n%s\n", t->section);
+  snprintf(header, sizeof header, "\n%s\n", t->header);
+  char *text = read_file(path);
+  char *at = strstr(text, section);
+  if (at == NULL) fail_msg("%s has no '%s'", t->path, t->section);
+  at = strstr(at, header);
+  if (at == NULL) fail_msg("%s: no table '%s'", t->path, t->header);
+  char *line = strchr(at + 1, '\n') + 1; /* the "| --- |" line */
   line = strchr(line, '\n') + 1;
   size_t rows = 0;
   while (line[0] == '|') {
     char *end = strchr(line, '\n');
     assert_non_null(end);
     *end = '\0';
-    check_docs_row(f, rows++, line);
+    check_docs_row(f, t, rows++, line);
     line = end + 1;
   }
   if (rows != le_opts_count())
     fail_msg("%s lists %zu options; src/opts.c has %zu (the first missing is "
-             "%s)", DOCS, rows, le_opts_count(), le_opts_name(rows));
+             "%s)", t->path, rows, le_opts_count(), le_opts_name(rows));
   free(text);
 }
+
+static void test_docs_config_md(void **state) { check_docs(*state, &config_md); }
+
+static void test_docs_api_md(void **state) { check_docs(*state, &api_md); }
 
 #define TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
@@ -460,7 +490,8 @@ int main(void) {
       TEST(test_message_cut_to_buffer),
       TEST(test_round_trip),
       TEST(test_differ),
-      TEST(test_docs_table),
+      TEST(test_docs_config_md),
+      TEST(test_docs_api_md),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

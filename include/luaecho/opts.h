@@ -7,8 +7,9 @@
  * words, and tests/test_opts.c checks docs/config.md against it.
  *
  * Adding an option: a field in le_opts (as narrow as its kind allows) and
- * one row in the table in opts.c; then a row in docs/config.md's
- * "Connection options" table, which tests/test_opts.c compares with it.
+ * one row in the table in opts.c; then a row in the options tables of
+ * docs/config.md and docs/api.md, which tests/test_opts.c compares with
+ * it. Code that acts on the option reads the field directly.
  */
 #ifndef LUAECHO_OPTS_H
 #define LUAECHO_OPTS_H
