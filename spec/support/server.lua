@@ -370,9 +370,9 @@ end
 
 -- ---- clients ------------------------------------------------------------
 
--- Returns sock connected to `where` (LuaSocket's connect arguments) with
--- a timeout and closed by the next cleanup(), or nil and LuaSocket's
--- message ("connection refused").
+-- Connects sock (to the address given as LuaSocket's connect takes it)
+-- with a timeout.  Returns it, closed by the next cleanup(), or nil and
+-- LuaSocket's message ("connection refused").
 local function connected(sock, timeout, ...)
   sock:settimeout(timeout or M.IO_TIMEOUT)
   local ok, err = sock:connect(...)
