@@ -549,8 +549,10 @@ handler = "@DIR@/h.lua"
         last = proc.now()
       end
       assert.same({ "", "closed" }, { server.read_all_until_close(sock, 10) })
+      -- At least idle_timeout after the server's last byte; the client saw
+      -- that byte a little later, so the bound leaves room for a busy machine.
       local quiet = proc.now() - last
-      assert.is_true(quiet >= 0.45, ("closed %.3fs after the last byte"):format(quiet))
+      assert.is_true(quiet >= 0.25, ("closed %.3fs after the last byte"):format(quiet))
       assert(srv:wait_line(server.record("debug", "conn 1: idle timeout"), 5), srv:log_text())
       assert.same({ n = 3, 15, nil, "timeout" }, srv:report("end", 10))
     end)
