@@ -16,9 +16,7 @@ local function start_echo(listen, expect)
   return server.start{ args = args, expect = expect }
 end
 
-local function assert_same_bytes(expected, actual)
-  assert(server.same_bytes(expected, actual))
-end
+local assert_same_bytes = server.assert_same_bytes
 
 describe("echo", function()
   after_each(server.cleanup)

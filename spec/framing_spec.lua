@@ -11,7 +11,7 @@ local SEED = tonumber(os.getenv("LUAECHO_SPEC_SEED") or "") or 20261121
 
 -- ---- building streams ------------------------------------------------------
 
-local header, frame, rand_bytes = traffic.header, traffic.frame, traffic.rand_bytes
+local header, frame, rand_bytes = traffic.header, traffic.frame, server.random_bytes
 
 -- The largest message each mode's header (or the default packet_size of
 -- 1 MiB, for lines) allows, used once per stream; 4 and line also cross

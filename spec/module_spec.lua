@@ -91,12 +91,7 @@ local function connect(srv)
 end
 
 -- Receives one "\n"-terminated reply line.
-local function receive_line(sock, timeout)
-  sock:settimeout(timeout or 10)
-  local line, err = sock:receive("*l")
-  sock:settimeout(server.IO_TIMEOUT)
-  return assert(line, err)
-end
+local receive_line = server.receive_line
 
 -- Waits for a log line matching pattern; fails with the log otherwise.
 local function expect_line(srv, pattern, timeout)

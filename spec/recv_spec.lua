@@ -18,11 +18,7 @@ local function connect(srv)
   return assert(server.connect(srv.host, srv.port))
 end
 
--- Receives one "\n"-terminated reply line.
-local function receive_line(sock)
-  sock:settimeout(10)
-  return assert(sock:receive("*l"))
-end
+local receive_line = server.receive_line
 
 describe("conn", function()
   after_each(server.cleanup)

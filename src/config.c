@@ -190,13 +190,14 @@ static int get_boolean(loader *ld, int idx, const char *key, int *out) {
  * `prefix` names the table in messages. */
 static int get_opts(loader *ld, int idx, const char *prefix, le_opts *opts) {
   lua_State *L = ld->L;
-  for (const char *const *name = le_opts_names; *name; name++) {
-    if (!field(L, idx, *name)) continue;
+  const char *name;
+  for (size_t i = 0; (name = le_opts_name(i)) != NULL; i++) {
+    if (!field(L, idx, name)) continue;
     char why[256];
-    le_opt_status st = le_opts_set(opts, *name, L, -1, why, sizeof why);
+    le_opt_status st = le_opts_set(opts, name, L, -1, why, sizeof why);
     lua_pop(L, 1);
     if (st != LE_OPT_OK)
-      return fail(ld, "key '%s%s': %s", prefix, *name, why);
+      return fail(ld, "key '%s%s': %s", prefix, name, why);
   }
   return 0;
 }

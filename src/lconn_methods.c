@@ -90,8 +90,7 @@ static int conn_setopts(lua_State *L) {
       return luaL_error(L, "conn:setopts: option '%s': %s", name, why);
     lua_pop(L, 1);
   }
-  int sock_changed = opts.nodelay != lc->opts.nodelay ||
-                     opts.keepalive != lc->opts.keepalive;
+  int sock_changed = le_opts_differ(&opts, &lc->opts, LE_OPTF_SOCKET);
   if (opts.packet != lc->opts.packet) lc->scanned = 0;
   lc->opts = opts;
   if (sock_changed) lc->io->apply_sockopts(lc);
@@ -107,10 +106,11 @@ static int conn_getopts(lua_State *L) {
   le_lconn *lc = le__lconn_check_open(L);
   int n = lua_gettop(L) - 1;
   if (n == 0) {
-    lua_createtable(L, 0, 10);
-    for (const char *const *name = le_opts_names; *name; name++) {
-      le_opts_push(&lc->opts, *name, L);
-      lua_setfield(L, -2, *name);
+    const char *name;
+    lua_createtable(L, 0, (int)le_opts_count());
+    for (size_t i = 0; (name = le_opts_name(i)) != NULL; i++) {
+      le_opts_push(&lc->opts, name, L);
+      lua_setfield(L, -2, name);
     }
     return 1;
   }

@@ -1,10 +1,5 @@
 /* Unit tests for address text (include/luaecho/addr.h). */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cmocka.h>
+#include "test_support.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>

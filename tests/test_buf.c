@@ -1,10 +1,5 @@
 /* Unit tests for the byte buffer (include/luaecho/buf.h). */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cmocka.h>
+#include "test_support.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,10 +1,5 @@
 /* Unit tests for message framing (include/luaecho/framing.h). */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cmocka.h>
+#include "test_support.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -6,12 +6,7 @@
  * try_write takes. Handlers are small Lua functions that leave what they saw
  * in globals; the tests read them back with show().
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cmocka.h>
+#include "test_support.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,14 +293,6 @@ static const char *show(fake *f, const char *exprs) {
 
 #define assert_lua(f, exprs, expected) \
   assert_string_equal(show((f), (exprs)), (expected))
-
-#define assert_contains(s, needle)                                   \
-  do {                                                               \
-    const char *s_ = (s);                                            \
-    if (s_ == NULL || strstr(s_, (needle)) == NULL)                  \
-      fail_msg("\"%s\" does not contain \"%s\"", s_ ? s_ : "(null)", \
-               (needle));                                            \
-  } while (0)
 
 /* The handler is suspended, waiting on the connection. */
 #define assert_waiting(f) assert_int_equal((f)->done, 0)

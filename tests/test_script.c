@@ -1,10 +1,5 @@
 /* Unit tests for handler scripts (include/luaecho/script.h). */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cmocka.h>
+#include "test_support.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,10 +56,7 @@ static int teardown(void **state) {
 static const char *write_handler(fixture *f, const char *name,
                                  const char *source) {
   snprintf(f->path, sizeof f->path, "%s/%s", tmpdir, name);
-  FILE *fp = fopen(f->path, "w");
-  assert_non_null(fp);
-  assert_true(fputs(source, fp) >= 0);
-  assert_int_equal(fclose(fp), 0);
+  write_file(f->path, source);
   assert_true(nwritten < sizeof written / sizeof *written);
   strcpy(written[nwritten++], f->path);
   return f->path;

@@ -89,13 +89,20 @@ function M.exists(path)
   return lfs.symlinkattributes(path, "mode") ~= nil
 end
 
--- Returns n random bytes.
+-- Returns n pseudo-random bytes from math.random, so a spec that seeds it
+-- (math.randomseed(seed)) gets the same bytes again and can replay a
+-- failure.  Eight bytes per call of math.random keep 16 MiB quick.
 function M.random_bytes(n)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local data = f:read(n)
-  f:close()
-  assert(#data == n)
-  return data
+  local parts, words, whole = {}, {}, n // 8
+  for i = 1, whole, 512 do
+    local k = math.min(512, whole - i + 1)
+    for j = 1, k do words[j] = math.random(0) end
+    parts[#parts + 1] = ("<" .. ("i8"):rep(k)):pack(table.unpack(words, 1, k))
+  end
+  local tail = {}
+  for j = 1, n % 8 do tail[j] = math.random(0, 255) end
+  parts[#parts + 1] = string.char(table.unpack(tail))
+  return table.concat(parts)
 end
 
 local function subst(s, dir)
@@ -249,6 +256,27 @@ function Server:signal(name)
   return self.proc:kill(name)
 end
 
+-- Stops the server process (SIGSTOP) and waits, bounded, until the kernel
+-- shows it stopped: what a client does next happens before the server can
+-- react, while the kernel still completes connections and buffers their
+-- bytes.  resume(), or else the next cleanup(), continues it.
+function Server:pause(timeout)
+  self.proc:kill("STOP")
+  M.defer(function() self:resume() end)
+  local deadline = proc.now() + (timeout or 5)
+  repeat
+    local stat = M.read_file("/proc/" .. self.pid .. "/stat")
+    if stat and stat:match("^%d+ %b() (%a)") == "T" then return end
+    proc.sleep(0.005)
+  until proc.now() > deadline
+  error(("luaecho did not stop within %gs"):format(timeout or 5), 2)
+end
+
+-- Continues a server stopped by pause().
+function Server:resume()
+  if not self.code then self.proc:kill("CONT") end
+end
+
 -- Waits up to timeout seconds for the server to exit, then reads the rest of
 -- its log.  Returns the exit code (128+signo and the signal name if killed),
 -- or nil, "timeout".
@@ -343,6 +371,20 @@ end
 
 -- ---- clients ------------------------------------------------------------
 
+-- Connects sock (to the address given as LuaSocket's connect takes it)
+-- with a timeout.  Returns it, closed by the next cleanup(), or nil and
+-- LuaSocket's message ("connection refused").
+local function connected(sock, timeout, ...)
+  sock:settimeout(timeout or M.IO_TIMEOUT)
+  local ok, err = sock:connect(...)
+  if not ok then
+    sock:close()
+    return nil, err
+  end
+  M.defer(function() sock:close() end)
+  return sock
+end
+
 -- Connects to host:port (or an address table from srv.addrs, unix ones
 -- included).  Returns a LuaSocket client with a timeout, closed by the next
 -- cleanup(), or nil and LuaSocket's message ("connection refused").
@@ -352,26 +394,11 @@ function M.connect(host, port, timeout)
     host, port = host.host, host.port
   end
   local sock = host:find(":", 1, true) and socket.tcp6() or socket.tcp()
-  sock:settimeout(timeout or M.IO_TIMEOUT)
-  local ok, err = sock:connect(host, port)
-  if not ok then
-    sock:close()
-    return nil, err
-  end
-  M.defer(function() sock:close() end)
-  return sock
+  return connected(sock, timeout, host, port)
 end
 
 function M.connect_unix(path, timeout)
-  local sock = unix.stream()
-  sock:settimeout(timeout or M.IO_TIMEOUT)
-  local ok, err = sock:connect(path)
-  if not ok then
-    sock:close()
-    return nil, err
-  end
-  M.defer(function() sock:close() end)
-  return sock
+  return connected(unix.stream(), timeout, path)
 end
 
 local SEND_CHUNK = 256 * 1024
@@ -384,6 +411,9 @@ local RECV_CHUNK = 64 * 1024
 --   expect      bytes to receive before returning (default #data)
 --   until_close receive until the peer closes instead
 --   half_close  shutdown("send") once everything is sent
+--   piece       function returning how many bytes the next send may take
+--               (default 256 KiB)
+--   after_send  function called after each send (to pace the sender)
 -- Returns the bytes received, and nil when `expect` bytes arrived, or
 -- "closed" | "timeout" | LuaSocket's error message otherwise.
 function M.exchange(sock, data, opts)
@@ -411,9 +441,11 @@ function M.exchange(sock, data, opts)
       if rerr and rerr ~= "timeout" then err = rerr; break end
     end
     if writable[sock] then
-      local last, serr, partial_last = sock:send(data, sent + 1, math.min(#data, sent + SEND_CHUNK))
+      local size = opts.piece and opts.piece() or SEND_CHUNK
+      local last, serr, partial_last = sock:send(data, sent + 1, math.min(#data, sent + size))
       sent = last or partial_last
       if serr and serr ~= "timeout" then err = serr; break end
+      if opts.after_send then opts.after_send() end
     end
   end
   sock:settimeout(M.IO_TIMEOUT)
@@ -431,6 +463,15 @@ function M.recv_exactly(sock, n, timeout)
   return M.exchange(sock, "", { timeout = timeout, expect = n })
 end
 
+-- Receives one "\n"-terminated line (without it) within timeout seconds
+-- (default IO_TIMEOUT); raises if none arrives.
+function M.receive_line(sock, timeout)
+  sock:settimeout(timeout or M.IO_TIMEOUT)
+  local line, err = sock:receive("*l")
+  sock:settimeout(M.IO_TIMEOUT)
+  return assert(line, err)
+end
+
 -- Compares two byte strings without printing megabytes on failure.  Returns
 -- true, or false and a short description of the first difference.
 function M.same_bytes(expected, actual)
@@ -439,6 +480,11 @@ function M.same_bytes(expected, actual)
   local i = 1
   while i <= n and expected:byte(i) == actual:byte(i) do i = i + 1 end
   return false, ("expected %d bytes, got %d; first difference at byte %d"):format(#expected, #actual, i)
+end
+
+-- Fails, with same_bytes' description, unless actual equals expected.
+function M.assert_same_bytes(expected, actual)
+  assert(M.same_bytes(expected, actual))
 end
 
 -- ---- observing handlers -------------------------------------------------
