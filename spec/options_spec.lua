@@ -554,7 +554,7 @@ handler = "@DIR@/h.lua"
       local quiet = proc.now() - last
       assert.is_true(quiet >= 0.25, ("closed %.3fs after the last byte"):format(quiet))
       assert(srv:wait_line(server.record("debug", "conn 1: idle timeout"), 5), srv:log_text())
-      assert.same({ n = 3, 15, nil, "timeout" }, srv:report("end", 10))
+      assert.same({ n = 3, 15, nil, "idle" }, srv:report("end", 10))
     end)
 
     it("is reset by queued output draining to a slow client", function()
