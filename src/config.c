@@ -1,6 +1,8 @@
 /* Configuration loading and validation: see include/luaecho/config.h. */
 #include "luaecho/config.h"
 
+#include "luaecho/preempt.h"
+
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
@@ -379,7 +381,9 @@ static int run_chunk(loader *ld, le_config *cfg) {
   lua_pushvalue(L, -1);
   lua_setupvalue(L, -3, 1); /* the chunk's _ENV */
   lua_insert(L, -2);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+  /* A config file is evaluated again on SIGHUP, inside the running
+   * server: one that computes without end must fail, not freeze it. */
+  if (le_preempt_pcall(L, 0, 0, LE_CONFIG_CPU_LIMIT) != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING
                           ? lua_tostring(L, -1)
                           : "(error object is not a string)";

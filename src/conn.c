@@ -538,9 +538,10 @@ static void on_waker(uv_idle_t *idle) {
   if (!le_coro_sched_run(&ctx->sched)) uv_idle_stop(idle);
 }
 
+/* A coroutine's CPU limit is its connection's cpu_limit option. */
 static uint64_t cpu_limit_of(le_coro *c) {
-  le_conn *conn = (le_conn *)((char *)le_lconn_of_coro(c) - offsetof(le_conn, lc));
-  return conn->ctx->cpu_limit_ms;
+  double seconds = le_lconn_of_coro(c)->opts.cpu_limit;
+  return seconds > 0 ? le_opts_ms(seconds) : 0;
 }
 
 void le_conn_ctx_abort_all(le_conn_ctx *ctx, int why) {
@@ -569,7 +570,6 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
   ctx->sweep.data = ctx->reaper.data = ctx->waker.data = ctx;
   ctx->sched.kick = kick_waker;
   ctx->sched.cpu_limit_ms = cpu_limit_of;
-  ctx->cpu_limit_ms = LE_DEFAULT_CPU_LIMIT_MS;
   le_coro_open(L, &ctx->sched);
   /* The sweep alone must not keep the loop running. */
   uv_timer_start(&ctx->sweep, on_sweep, LE_IDLE_SWEEP_MS, LE_IDLE_SWEEP_MS);

@@ -70,6 +70,11 @@ static const le_opt_def table[] = {
      .meaning = "TCP keepalive: probe a connection idle for this long, so "
                 "dead peers are noticed (`recv` then fails with "
                 "`\"etimedout\"`)"},
+    {.name = "cpu_limit", SECONDS_AT(cpu_limit), .def = 5,
+     .type = "seconds > 0, or `false`",
+     .meaning = "how long a handler may compute without waiting on I/O, a "
+                "timer or a task before it is stopped with a "
+                "`cpu_limit exceeded` error (see docs/operations.md)"},
 };
 
 #define COUNT (sizeof table / sizeof table[0])

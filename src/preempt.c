@@ -162,7 +162,7 @@ int le_preempt_pcall(lua_State *L, int nargs, int nres, double seconds) {
   lua_Hook old = lua_gethook(L);
   int oldmask = lua_gethookmask(L), oldcount = lua_gethookcount(L);
   lua_sethook(L, deadline_hook, LUA_MASKCOUNT, CHECK_EVERY);
-  int status = lua_pcall(L, nargs + 2, nres, 0);
+  int status = lua_pcall(L, nargs + 3, nres, 0);
   lua_sethook(L, old, oldmask, oldcount);
   /* Once call_with_deadline has set the key, assigning it again allocates
    * nothing and cannot fail; if it never got that far, nothing is set. */

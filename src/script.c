@@ -1,6 +1,8 @@
 /* Handler scripts: see include/luaecho/script.h. */
 #include "luaecho/script.h"
 
+#include "luaecho/preempt.h"
+
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
@@ -137,9 +139,26 @@ static int load_chunk(lua_State *L, const char *path) {
   return le_sandbox_loadfile(L, path);
 }
 
+/* The registry key of the CPU limit for loading (a number). */
+static const char cpu_limit_key = 0;
+
+void le_script_set_cpu_limit(lua_State *L, double seconds) {
+  lua_pushnumber(L, seconds);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &cpu_limit_key);
+}
+
+static double load_cpu_limit(lua_State *L) {
+  int isnum;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &cpu_limit_key);
+  double seconds = lua_tonumberx(L, -1, &isnum);
+  lua_pop(L, 1);
+  return isnum ? seconds : LE_DEFAULT_LOAD_CPU_LIMIT;
+}
+
 int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
   const char *name = le_script_name(path);
-  if (load_chunk(L, path) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+  if (load_chunk(L, path) != LUA_OK ||
+      le_preempt_pcall(L, 0, 1, load_cpu_limit(L)) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (msg != NULL)
       le_sandbox_message(err, errlen, name, msg);

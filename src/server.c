@@ -51,6 +51,7 @@ static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
   lua_State *L = *out = new_lua_state(mem, LE_DEFAULT_MAX_MEMORY, cfg->sandbox);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
+  le_script_set_cpu_limit(L, cfg->opts.cpu_limit);
   return 0;
 }
 
@@ -446,6 +447,7 @@ int le_server_reload(le_server *s) {
   free(s->cfg);
   s->cfg = cfg;
   s->log.level = cfg->log_level;
+  le_script_set_cpu_limit(s->L, cfg->opts.cpu_limit);
   start_watches(s);
   le_logf(&s->log, LE_LOG_INFO, "config reloaded%s%s",
           cfg->path ? " from " : "", cfg->path ? cfg->path : "");

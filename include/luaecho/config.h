@@ -74,4 +74,7 @@ const char *le_config_listener_handler(const le_config *cfg,
 /* Releases everything cfg holds. */
 void le_config_free(le_config *cfg);
 
+/* Seconds of CPU evaluating config.lua may take. */
+#define LE_CONFIG_CPU_LIMIT 5.0
+
 #endif

@@ -52,9 +52,6 @@
  * own, reading and discarding input meanwhile (see io_close in conn.c). */
 #define LE_LINGER_MS 2000
 
-/* CPU a handler may use without waiting before it is stopped. */
-#define LE_DEFAULT_CPU_LIMIT_MS 5000
-
 /* How often the loop checks every connection's idle deadline. */
 #define LE_IDLE_SWEEP_MS 250
 
@@ -92,7 +89,6 @@ struct le_conn_ctx {
   le_coro_sched sched; /* coroutines woken while another one runs ... */
   uv_idle_t waker;    /* ... are resumed from here, on the next turn */
   le_preempt preempt; /* the watchdog that preempts long-running handlers */
-  uint64_t cpu_limit_ms; /* CPU a handler may use without waiting; 0 none */
   le_conn *reap;      /* connections waiting for the reaper */
   /* Called after a connection was freed (the count is already lower). */
   void (*on_freed)(le_conn_ctx *ctx);

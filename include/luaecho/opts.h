@@ -30,6 +30,8 @@ typedef struct le_opts {
   double recv_timeout;      /* seconds; < 0: none (recv's default) */
   double send_timeout;      /* seconds a send may wait to queue; < 0: none */
   double idle_timeout;      /* seconds without traffic before closing; < 0: none */
+  double cpu_limit;         /* seconds a handler may compute without
+                             * waiting; < 0: none */
   /* Sizes are at most LE_MAX_SIZE_OPT (1 GiB). */
   uint32_t packet_size;     /* largest message recv accepts in framed modes */
   uint32_t recv_buffer;     /* input buffered for a handler not in recv */

@@ -54,6 +54,15 @@ int le_script_reload(le_script *s, char *err, size_t errlen);
 /* Pushes the newest version's function. */
 void le_script_push(const le_script *s, lua_State *L);
 
+/* The CPU time loading a handler file (with the modules it requires at
+ * load time) may take, when le_script_set_cpu_limit was not called. */
+#define LE_DEFAULT_LOAD_CPU_LIMIT 5.0
+
+/* Sets the CPU limit for loading handlers into L (the configuration's
+ * cpu_limit; <= 0: none). A load that computes longer fails with
+ * "<file>:<line>: cpu_limit exceeded (<seconds> s)", like a broken file. */
+void le_script_set_cpu_limit(lua_State *L, double seconds);
+
 /* Adds and drops a reference; the script is freed with its last one. */
 void le_script_ref(le_script *s);
 void le_script_unref(le_script *s);
