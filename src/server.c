@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "luaecho/bundled.h"
 #include "luaecho/lmodule.h"
 
 static le_server *server_of_conns(le_conn_ctx *ctx) {
@@ -34,6 +35,7 @@ static lua_State *new_lua_state(void) {
   *(void **)lua_getextraspace(L) = NULL;
   luaL_openlibs(L);
   le_lconn_open(L);
+  le_bundled_open(L);
   return L;
 }
 
