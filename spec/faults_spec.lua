@@ -568,4 +568,24 @@ end
       assert.equal("def", select(2, timed_exchange(open, "def")))
     end)
   end)
+
+  describe("lua/examples/toxic_proxy_config.lua", function()
+    it("fronts the upstream in LUAECHO_UPSTREAM with the example's faults, as its header says", function()
+      local upstream = server.start{ args = { "--listen", "127.0.0.1:0" } }
+      local srv = server.start{
+        args = { server.REPO .. "/lua/examples/toxic_proxy_config.lua" },
+        env = { LUAECHO_LISTEN = "127.0.0.1:0", LUAECHO_UPSTREAM = "127.0.0.1:" .. upstream.port,
+                LUAECHO_FAULTS_SEED = "7" },
+      }
+      local t0 = proc.now()
+      local code, lines = server.sh(("printf 'slow\\n' | nc -N 127.0.0.1 %d"):format(srv.port))
+      local elapsed = proc.now() - t0
+      assert.equal(0, code)
+      assert.same({ "slow" }, lines)
+      assert.is_true(elapsed >= 0.18 and elapsed < 2, ("answer after %.3f s"):format(elapsed))
+      local _, down, up = conn_line(srv)
+      assert.equal("latency_downstream, bandwidth_downstream", down)
+      assert.equal("slicer_upstream", up)
+    end)
+  end)
 end)
