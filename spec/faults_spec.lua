@@ -379,6 +379,14 @@ end
       assert.is_true(dropped >= 5 and dropped <= 35, dropped .. " dropped")
     end)
 
+    it("work on length-prefixed messages in packet = 1, whatever TCP does to them", function()
+      local srv = start_proxy("{ faults.duplicate(1) }", { config = "packet = 1\n" })
+      local sock = connect(srv)
+      local data = string.pack(">s1>s1>s1", "one", "", "three")
+      local _, got = timed_exchange(sock, data, 2 * #data)
+      assert.equal(string.pack(">s1>s1>s1>s1>s1>s1", "one", "one", "", "", "three", "three"), got)
+    end)
+
     it("refuse a raw connection, naming the fault", function()
       local srv = start_proxy("{ faults.drop(0.5) }")
       local sock = connect(srv)
@@ -535,7 +543,7 @@ return function(conn)
   local cmd = conn:recv()
   if cmd == "list\n" then
     for _, p in ipairs(faults.active()) do
-      conn:send(("%d %s %s [%s]\n"):format(p.id, p.name, p.seed, table.concat(p.downstream, ",")))
+      conn:send(("%d %s %s %s [%s]\n"):format(p.id, p.name, p.client, p.seed, table.concat(p.downstream, ",")))
     end
   elseif cmd == "limit\n" then
     table.insert(faults.lists().main, faults.limit_data(2))
@@ -559,7 +567,7 @@ end
       local seed = conn_line(srv)
       local listed = admin("list")
       assert.equal(2, #listed)
-      assert.matches("^%d+ main " .. seed .. " %[%]$", listed[1])
+      assert.matches("^%d+ main 127%.0%.0%.1:%d+ " .. seed .. " %[%]$", listed[1])
       admin("limit")
       local new = connect(srv)
       local got, err = server.exchange(new, "abc", { until_close = true })

@@ -367,36 +367,37 @@ local function new_decoder(mode, limit)
   return setmetatable({ buf = "", hlen = type(mode) == "number" and mode or nil, limit = limit }, Decoder)
 end
 
--- Returns the length of the message at the start of buf: an integer, nil
--- when more bytes are needed, or false when it exceeds the limit.
-function Decoder:next_len(buf)
+-- Returns the length of the message at position pos of buf: an integer,
+-- nil when more bytes are needed, or false when it exceeds the limit.
+function Decoder:next_len(buf, pos)
+  local avail = #buf - pos + 1
   if self.hlen then
-    if #buf < self.hlen then return nil end
-    local n = string.unpack(">I" .. self.hlen, buf)
+    if avail < self.hlen then return nil end
+    local n = string.unpack(">I" .. self.hlen, buf, pos)
     if n > self.limit then return false end
     return self.hlen + n
   end
-  local nl = buf:find("\n", 1, true)
-  if nl then return nl <= self.limit and nl or false end
-  return #buf >= self.limit and false or nil
+  local nl = buf:find("\n", pos, true)
+  if nl then return nl - pos + 1 <= self.limit and nl - pos + 1 or false end
+  return avail >= self.limit and false or nil
 end
 
 -- Returns the units in data read at time t (a list).
 function Decoder:feed(data, t)
   if self.raw then return { { data = data, t = t, hlen = 0, whole = false } } end
-  local buf, out = self.buf .. data, {}
+  local buf, out, pos = self.buf .. data, {}, 1
   while true do
-    local len = self:next_len(buf)
+    local len = self:next_len(buf, pos)
     if len == false then
       self.raw, self.buf = true, ""
-      out[#out + 1] = { data = buf, t = t, hlen = 0, whole = false }
+      out[#out + 1] = { data = buf:sub(pos), t = t, hlen = 0, whole = false }
       return out
     end
-    if not len or #buf < len then break end
-    out[#out + 1] = { data = buf:sub(1, len), t = t, hlen = self.hlen or 0, whole = true }
-    buf = buf:sub(len + 1)
+    if not len or #buf - pos + 1 < len then break end
+    out[#out + 1] = { data = buf:sub(pos, pos + len - 1), t = t, hlen = self.hlen or 0, whole = true }
+    pos = pos + len
   end
-  self.buf = buf
+  self.buf = buf:sub(pos)
   return out
 end
 
@@ -537,6 +538,7 @@ local function choose(list, seed, ctx)
   local roll = new_rng(derive(seed, 0, 0))
   local active = { downstream = {}, upstream = {} }
   for i, f in ipairs(list) do
+    if type(f) ~= "table" then error(("faults.proxy: fault %d: expected a table, got %s"):format(i, type(f)), 3) end
     local spec, err = complete(copy(f))
     if not spec then error(("faults.proxy: fault %d: %s"):format(i, err), 3) end
     for di, dir in ipairs(DIRS) do
@@ -593,9 +595,10 @@ local function next_seed(list, opts)
 end
 
 -- Returns the proxied connections now running, by connection id: a list
--- of { id, name, client, seed, list, downstream = { names },
--- upstream = { names } }, where list is the live list of faults the
--- connection started from (editing it changes the next connections).
+-- of { id, name, client, upstream_address, seed, started, list,
+-- downstream = { fault names }, upstream = { fault names } }, where list
+-- is the live list of faults the connection started from (editing it
+-- changes the next connections) and started is its luaecho.now().
 function M.active()
   local out = {}
   for _, r in pairs(running) do out[#out + 1] = r end
@@ -618,6 +621,13 @@ end
 
 local function list_text(states)
   return #states == 0 and "none" or table.concat(names(states), ", ")
+end
+
+-- Returns "host:port", "[v6]:port" or "unix:/path" for conn's peer.
+local function address(conn)
+  local host, port = conn:peername()
+  if not port then return "unix:" .. tostring(host) end
+  return (host:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(host, port)
 end
 
 local function check_conn(v, arg)
@@ -686,7 +696,8 @@ function M.proxy(conn, upstream, list, opts)
     luaecho.log("info", ("faults: seed %d (proxy seed %d, connection %d); downstream: %s; upstream: %s"):format(
       seed, base, count, list_text(active.downstream), list_text(active.upstream)))
   end
-  local record = { id = conn.id, name = opts.name, client = (conn:peername()), seed = seed, list = list,
+  local record = { id = conn.id, name = opts.name, client = address(conn), upstream_address = address(upstream),
+                   seed = seed, started = luaecho.now(), list = list,
                    downstream = names(active.downstream), upstream = names(active.upstream) }
   local _ <close> = setmetatable({}, { __close = function() running[record.id] = nil end })
   running[record.id] = record
