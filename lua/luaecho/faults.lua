@@ -164,7 +164,7 @@ for kind, schema in pairs(SCHEMA) do
     local spec, opts = { type = kind }, nil
     for i = 1, args.n do
       local v = args[i]
-      if type(v) == "table" and i > 1 and i == args.n then
+      if type(v) == "table" and i == args.n then
         opts = v
       elseif i > #schema then
         error(("faults.%s: too many arguments (%d)"):format(kind, args.n), 2)
