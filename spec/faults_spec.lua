@@ -595,5 +595,28 @@ end
       assert.equal("latency_downstream, bandwidth_downstream", down)
       assert.equal("slicer_upstream", up)
     end)
+
+    it("runs from an installed luaecho, which has the library built in", function()
+      local build = os.getenv("LUAECHO_BUILD_DIR") or "./build"
+      local prefix = assert(proc.mkdtemp("/tmp/luaecho-spec."))
+      server.defer(function() os.execute("rm -rf '" .. prefix .. "'") end)
+      local code, lines = server.sh(("cmake --install '%s' --prefix '%s'"):format(build, prefix), 120)
+      assert.equal(0, code, table.concat(lines, "\n"))
+      assert.is_true(server.exists(prefix .. "/share/luaecho/luaecho/faults.lua"))
+      local upstream = server.start{ args = { "--listen", "127.0.0.1:0" } }
+      local saved = server.bin
+      server.bin = prefix .. "/bin/luaecho"
+      local ok, srv = pcall(server.start, {
+        args = { prefix .. "/share/luaecho/examples/toxic_proxy_config.lua" },
+        env = { LUAECHO_LISTEN = "127.0.0.1:0", LUAECHO_UPSTREAM = "127.0.0.1:" .. upstream.port,
+                LUAECHO_FAULTS_SEED = "7" },
+      })
+      server.bin = saved
+      assert(ok, srv)
+      local sock = connect(srv)
+      local elapsed, got = timed_exchange(sock, "installed")
+      assert.equal("installed", got)
+      assert.is_true(elapsed >= 0.18, ("answer after %.3f s"):format(elapsed))
+    end)
   end)
 end)
