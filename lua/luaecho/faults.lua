@@ -91,7 +91,9 @@ local STREAMS = { downstream = true, upstream = true, both = true }
 local COMMON = { type = true, name = true, stream = true, toxicity = true }
 
 local function show(v)
-  return type(v) == "string" and ("%q"):format(v) or tostring(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) == "table" or type(v) == "function" or type(v) == "userdata" then return "a " .. type(v) end
+  return tostring(v)
 end
 
 -- Returns an error message for attribute `attr` of a fault, or nil.
@@ -189,6 +191,7 @@ end
 -- Returns one line describing fault f:
 -- "latency_downstream: latency latency=200 jitter=20 (downstream, toxicity 1)".
 function M.describe(f)
+  f = complete(copy(f)) or f
   local parts = { ("%s: %s"):format(f.name, f.type) }
   for _, attr in ipairs(SCHEMA[f.type] or {}) do
     parts[#parts + 1] = ("%s=%s"):format(attr[1], tostring(f[attr[1]]))
