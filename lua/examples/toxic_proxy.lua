@@ -18,7 +18,7 @@
 --     with other faults and the next connections get them, while open
 --     ones keep theirs.
 --   * Every connection logs its seed and its faults:
---       conn 1: faults: seed 81630 (proxy seed 7, connection 1); downstream: latency_downstream, ...
+--       conn 1: faults: seed 84036151886333 (proxy seed 7, connection 1); downstream: latency_downstream, ...
 --     With LUAECHO_FAULTS_SEED=7 the same connections meet the same faults
 --     again.
 --
