@@ -588,7 +588,10 @@ local function next_seed(list, opts)
   if not p or (base and p.seed ~= base) then
     if not base then
       fresh = fresh + 1
-      base = derive(os.time(), math.floor(luaecho.now() * 1e6), fresh)
+      -- The wall clock only varies the seed between runs; a sandbox
+      -- without os still gets one from the monotonic clock.
+      local wall = os and os.time and os.time() or 0
+      base = derive(wall, math.floor(luaecho.now() * 1e6), fresh)
     end
     p = { seed = base, count = 0 }
     proxies[key] = p
