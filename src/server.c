@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "luaecho/bundled.h"
 #include "luaecho/lmodule.h"
 #include "luaecho/sandbox.h"
 
@@ -40,6 +41,7 @@ static lua_State *new_lua_state(le_mem *mem, size_t max_memory, int sandbox) {
     return NULL;
   }
   le_lconn_open(L);
+  le_bundled_open(L);
   return L;
 }
 

@@ -1,0 +1,19 @@
+/* Lua modules compiled into the binary, so `require` finds them in an
+ * installed luaecho with no files beside it: require "luaecho.faults".
+ *
+ * Each module's source is embedded at build time (cmake/EmbedFile.cmake)
+ * and registered in package.preload, which `require` searches before any
+ * path. A module is loaded as text, with the chunk name "=luaecho/NAME.lua"
+ * in its error messages and tracebacks, the first time it is required.
+ */
+#ifndef LUAECHO_BUNDLED_H
+#define LUAECHO_BUNDLED_H
+
+#include <lua.h>
+
+/* Registers every bundled module in package.preload of L; the package
+ * library must be open. Raises only on memory errors, as Lua's own library
+ * openers do. */
+void le_bundled_open(lua_State *L);
+
+#endif
