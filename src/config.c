@@ -1,6 +1,7 @@
 /* Configuration loading and validation: see include/luaecho/config.h. */
 #include "luaecho/config.h"
 
+#include "luaecho/lmem.h"
 #include "luaecho/preempt.h"
 
 #include <lauxlib.h>
@@ -26,7 +27,8 @@ typedef struct loader {
 static const char *const top_keys[] = {"listen",    "handler",
                                        "backlog",   "shutdown_timeout",
                                        "log_level", "watch",
-                                       "sandbox",   NULL};
+                                       "sandbox",   "max_memory",
+                                       NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
                                             NULL};
 
@@ -321,6 +323,26 @@ static int get_listen(loader *ld, int idx, le_config *cfg) {
   return 0;
 }
 
+/* max_memory: a byte count of at least LE_MIN_MAX_MEMORY, or false for
+ * no cap (stored as 0). */
+static int get_max_memory(loader *ld, int idx, size_t *out) {
+  lua_State *L = ld->L;
+  if (lua_type(L, idx) == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+    *out = 0;
+    return 0;
+  }
+  int isint = 0;
+  lua_Integer v = lua_type(L, idx) == LUA_TNUMBER ? lua_tointegerx(L, idx, &isint)
+                                                  : 0;
+  if (!isint || v < LE_MIN_MAX_MEMORY)
+    return fail(ld, "key 'max_memory': expected a byte count >= %d (or false "
+                    "for no cap), got %s", LE_MIN_MAX_MEMORY,
+                lua_type(L, idx) == LUA_TNUMBER ? luaL_tolstring(L, idx, NULL)
+                                                : luaL_typename(L, idx));
+  *out = (size_t)v;
+  return 0;
+}
+
 /* Validates the environment table at idx into cfg. Scalars come first so
  * that listeners inherit the file's own `backlog`. */
 static int apply_env(loader *ld, int idx, le_config *cfg) {
@@ -338,6 +360,10 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
   }
   if (r == 0) r = get_boolean(ld, idx, "watch", &cfg->watch);
   if (r == 0) r = get_boolean(ld, idx, "sandbox", &cfg->sandbox);
+  if (r == 0 && field(L, idx, "max_memory")) {
+    r = get_max_memory(ld, -1, &cfg->max_memory);
+    lua_pop(L, 1);
+  }
   if (r == 0 && field(L, idx, "log_level")) {
     r = get_log_level(ld, -1, "log_level", &cfg->log_level);
     lua_pop(L, 1);
@@ -407,7 +433,11 @@ static int run_chunk(loader *ld, le_config *cfg) {
 
 static int load_with(le_config *cfg, const char *chunk, const char *name,
                      const char *dir, char *err, size_t errlen) {
-  loader ld = {luaL_newstate(), name, dir, err, errlen};
+  /* A config file is Lua too: what it allocates is capped like a
+   * handler's, so a runaway one fails instead of growing the process. */
+  le_mem mem;
+  loader ld = {le_mem_newstate(&mem, LE_DEFAULT_MAX_MEMORY), name, dir, err,
+               errlen};
   if (ld.L == NULL) return out_of_memory(&ld);
   luaL_openlibs(ld.L);
   /* A config file is evaluated again on SIGHUP inside the running server,
@@ -519,6 +549,7 @@ int le_config_init(le_config *cfg) {
   cfg->log_level = LE_LOG_INFO;
   cfg->watch = 1;
   cfg->sandbox = 1;
+  cfg->max_memory = LE_DEFAULT_MAX_MEMORY;
   le_opts_init(&cfg->opts);
   if (le_config_set_listen(cfg, &def, 1, err, sizeof err) != 0) return -1;
   cfg->listeners[0].builtin = 1;

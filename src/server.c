@@ -50,7 +50,7 @@ static lua_State *new_lua_state(le_mem *mem, size_t max_memory, int sandbox) {
  * (out of memory). */
 static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
                     const le_config *cfg, le_mem *mem, lua_State **out) {
-  lua_State *L = *out = new_lua_state(mem, LE_DEFAULT_MAX_MEMORY, cfg->sandbox);
+  lua_State *L = *out = new_lua_state(mem, cfg->max_memory, cfg->sandbox);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
   le_script_set_cpu_limit(L, cfg->opts.cpu_limit);
@@ -450,6 +450,7 @@ int le_server_reload(le_server *s) {
   s->cfg = cfg;
   s->log.level = cfg->log_level;
   le_script_set_cpu_limit(s->L, cfg->opts.cpu_limit);
+  s->mem.limit = cfg->max_memory;
   start_watches(s);
   le_logf(&s->log, LE_LOG_INFO, "config reloaded%s%s",
           cfg->path ? " from " : "", cfg->path ? cfg->path : "");

@@ -41,6 +41,7 @@ typedef struct le_config {
   le_log_level log_level;
   int watch;                    /* reload handlers when their files change */
   int sandbox;                  /* handlers run sandboxed (sandbox.h) */
+  size_t max_memory;            /* cap on the Lua state's memory; 0 none */
 } le_config;
 
 /* Fills cfg with the built-in defaults. Returns 0, or -1 when out of memory. */
@@ -73,6 +74,9 @@ const char *le_config_listener_handler(const le_config *cfg,
 
 /* Releases everything cfg holds. */
 void le_config_free(le_config *cfg);
+
+/* The smallest max_memory accepted: below it the server cannot start. */
+#define LE_MIN_MAX_MEMORY (4 * 1024 * 1024)
 
 /* Seconds of CPU evaluating config.lua may take. */
 #define LE_CONFIG_CPU_LIMIT 5.0
