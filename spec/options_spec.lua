@@ -28,6 +28,7 @@ local PRELUDE = server.SHOW .. server.REPORT .. DUMP
 
 -- Every option's default, as conn:getopts() returns them.
 local DEFAULTS = {
+  cpu_limit = 5,
   packet = "raw",
   packet_size = MiB,
   recv_buffer = 256 * KiB,
@@ -204,11 +205,13 @@ describe("options", function()
             packet = "line", packet_size = 100, recv_buffer = 1000, send_buffer = 2000,
             recv_timeout = 1.5, send_timeout = 2.5, idle_timeout = 3.5,
             send_timeout_close = false, nodelay = false, keepalive = 30,
+            cpu_limit = 0.5,
           }
           report("ok", ok)
           report("opts", dump(conn:getopts()))
           report("named", conn:getopts("packet", "packet_size", "recv_buffer", "send_buffer",
-            "recv_timeout", "send_timeout", "idle_timeout", "send_timeout_close", "nodelay", "keepalive"))
+            "recv_timeout", "send_timeout", "idle_timeout", "send_timeout_close", "nodelay", "keepalive",
+            "cpu_limit"))
         end]])
       connect(srv)
       assert.same({ n = 1, true }, srv:report("ok", 10))
@@ -216,9 +219,11 @@ describe("options", function()
         packet = "line", packet_size = 100, recv_buffer = 1000, send_buffer = 2000,
         recv_timeout = 1.5, send_timeout = 2.5, idle_timeout = 3.5,
         send_timeout_close = false, nodelay = false, keepalive = 30,
+        cpu_limit = 0.5,
       }
       assert.same(want, dumped(srv, "opts"))
-      assert.same({ n = 10, "line", 100, 1000, 2000, 1.5, 2.5, 3.5, false, false, 30 }, srv:report("named", 10))
+      assert.same({ n = 11, "line", 100, 1000, 2000, 1.5, 2.5, 3.5, false, false, 30, 0.5 },
+        srv:report("named", 10))
     end)
 
     it("takes packet 0 as \"raw\", numbers 1, 2, 4, keepalive true as 60 seconds, and false for no timeout", function()
@@ -331,11 +336,13 @@ describe("options", function()
       local srv = start_handler([[
         return function(conn) report("opts", dump(conn:getopts())) end]],
         'packet = 4\npacket_size = 5000\nrecv_timeout = 1.5\nidle_timeout = 20\nkeepalive = 30\nnodelay = false\n'
-        .. 'send_timeout_close = false\nsend_buffer = 8192\nrecv_buffer = 4096\nsend_timeout = 7\n')
+        .. 'send_timeout_close = false\nsend_buffer = 8192\nrecv_buffer = 4096\nsend_timeout = 7\n'
+        .. 'cpu_limit = 2\n')
       connect(srv)
       assert.same({
         packet = 4, packet_size = 5000, recv_timeout = 1.5, idle_timeout = 20, keepalive = 30,
         nodelay = false, send_timeout_close = false, send_buffer = 8192, recv_buffer = 4096, send_timeout = 7,
+        cpu_limit = 2,
       }, dumped(srv, "opts"))
     end)
 

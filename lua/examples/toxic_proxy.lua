@@ -22,14 +22,17 @@
 --     With LUAECHO_FAULTS_SEED=7 the same connections meet the same faults
 --     again.
 --
--- Try it from a source checkout (the built-in echo as the upstream):
---   build/luaecho --listen 127.0.0.1:7001 &
---   build/luaecho lua/examples/toxic_proxy_config.lua
---   printf 'slow\n' | nc -N 127.0.0.1 7000          # slow, about 200 ms later
--- Installed, the files are in share/luaecho/examples:
+-- Try it, installed (`luaecho --help` names the examples directory), with
+-- the built-in echo as the upstream:
 --   luaecho --listen 127.0.0.1:7001 &
---   luaecho /usr/local/share/luaecho/examples/toxic_proxy_config.lua
--- In front of a real server, say Redis:
+--   luaecho --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/toxic_proxy.lua
+-- or from a source checkout:
+--   build/luaecho --listen 127.0.0.1:7001 &
+--   build/luaecho --listen 127.0.0.1:7000 --handler lua/examples/toxic_proxy.lua
+-- then:
+--   printf 'slow\n' | nc -N 127.0.0.1 7000          # slow, about 200 ms later
+-- toxic_proxy_config.lua does the same as a config file. In front of a
+-- real server, say Redis:
 --   LUAECHO_UPSTREAM=127.0.0.1:6379 build/luaecho lua/examples/toxic_proxy_config.lua
 --   redis-cli -p 7000 ping                           # PONG, 200 ms late
 local faults = require "luaecho.faults"
