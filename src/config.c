@@ -431,6 +431,41 @@ static int run_chunk(loader *ld, le_config *cfg) {
   return lua_toboolean(L, -1) ? 0 : -1;
 }
 
+/* What load_protected works on. */
+typedef struct load_args {
+  loader *ld;
+  le_config *cfg;
+  const char *chunk; /* the config text, or NULL to read the file */
+  int r;             /* the outcome: 0 or -1 with ld->err set */
+} load_args;
+
+/* Opens the libraries, loads and runs the config chunk and validates it.
+ * Runs protected, so running out of memory anywhere here is a message,
+ * not an abort. Stack: the load_args as a light userdata. */
+static int load_protected(lua_State *L) {
+  load_args *a = lua_touserdata(L, 1);
+  loader *ld = a->ld;
+  lua_settop(L, 0);
+  luaL_openlibs(L);
+  /* A config file is evaluated again on SIGHUP inside the running server,
+   * where os.exit or a call that blocks would stop every connection: it
+   * always runs sandboxed, whatever its `sandbox` key says. */
+  if (le_sandbox_apply(L, LE_SANDBOX_CONFIG) != 0) {
+    a->r = out_of_memory(ld);
+    return 0;
+  }
+  int status = a->chunk ? le_sandbox_loadbuffer(L, a->chunk, strlen(a->chunk),
+                                                ld->name)
+                        : le_sandbox_loadfile(L, ld->name);
+  if (status != LUA_OK) {
+    le_sandbox_message(ld->err, ld->errlen, ld->name, lua_tostring(L, -1));
+    a->r = -1;
+  } else {
+    a->r = run_chunk(ld, a->cfg);
+  }
+  return 0;
+}
+
 static int load_with(le_config *cfg, const char *chunk, const char *name,
                      const char *dir, char *err, size_t errlen) {
   /* A config file is Lua too: what it allocates is capped like a
@@ -439,25 +474,13 @@ static int load_with(le_config *cfg, const char *chunk, const char *name,
   loader ld = {le_mem_newstate(&mem, LE_DEFAULT_MAX_MEMORY), name, dir, err,
                errlen};
   if (ld.L == NULL) return out_of_memory(&ld);
-  luaL_openlibs(ld.L);
-  /* A config file is evaluated again on SIGHUP inside the running server,
-   * where os.exit or a call that blocks would stop every connection: it
-   * always runs sandboxed, whatever its `sandbox` key says. */
-  if (le_sandbox_apply(ld.L, LE_SANDBOX_CONFIG) != 0) {
-    lua_close(ld.L);
-    return out_of_memory(&ld);
-  }
-  int status = chunk ? le_sandbox_loadbuffer(ld.L, chunk, strlen(chunk), name)
-                     : le_sandbox_loadfile(ld.L, name);
-  int r;
-  if (status != LUA_OK) {
-    le_sandbox_message(err, errlen, name, lua_tostring(ld.L, -1));
-    r = -1;
-  } else {
-    r = run_chunk(&ld, cfg);
-  }
+  load_args a = {&ld, cfg, chunk, -1};
+  lua_pushcfunction(ld.L, load_protected);
+  lua_pushlightuserdata(ld.L, &a);
+  if (lua_pcall(ld.L, 1, 0, 0) != LUA_OK)
+    fail(&ld, "%s", lua_tostring(ld.L, -1) ? lua_tostring(ld.L, -1) : "?");
   lua_close(ld.L);
-  return r;
+  return a.r;
 }
 
 /* Returns a malloc'd copy of the directory part of path ("." for none). */

@@ -111,7 +111,11 @@ static int do_add_module_dir(lua_State *L) {
 }
 
 static int do_forget_local_modules(lua_State *L) {
-  forget_local_modules(L, lua_touserdata(L, 1));
+  const char *path = lua_touserdata(L, 1);
+  if (path == NULL)
+    lua_newtable(L); /* the built-in handler has no modules of its own */
+  else
+    forget_local_modules(L, path);
   return 1;
 }
 
@@ -155,26 +159,52 @@ static double load_cpu_limit(lua_State *L) {
   return isnum ? seconds : LE_DEFAULT_LOAD_CPU_LIMIT;
 }
 
-int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
-  const char *name = le_script_name(path);
+/* Loads and runs the handler chunk, returning the function it returns.
+ * Runs protected (le_script_load): every allocation here may fail.
+ * Stack: the path as a light userdata (NULL: built-in). */
+static int load_protected(lua_State *L) {
+  const char *path = lua_touserdata(L, 1);
+  lua_settop(L, 0);
   if (load_chunk(L, path) != LUA_OK ||
-      le_preempt_pcall(L, 0, 1, load_cpu_limit(L)) != LUA_OK) {
-    const char *msg = lua_tostring(L, -1);
-    if (msg != NULL)
-      le_sandbox_message(err, errlen, name, msg);
-    else
-      snprintf(err, errlen, "%s: (error object is a %s value)", name,
-               luaL_typename(L, -1));
+      le_preempt_pcall(L, 0, 1, load_cpu_limit(L)) != LUA_OK)
+    return lua_error(L);
+  if (lua_type(L, -1) != LUA_TFUNCTION)
+    return luaL_error(L, "%s: handler must return a function, got %s",
+                      le_script_name(path), luaL_typename(L, -1));
+  return 1;
+}
+
+int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
+  if (call_protected(L, load_protected, path, 1) == LUA_OK) return 0;
+  const char *msg = lua_tostring(L, -1);
+  if (msg != NULL)
+    le_sandbox_message(err, errlen, le_script_name(path), msg);
+  else
+    snprintf(err, errlen, "%s: (error object is a %s value)",
+             le_script_name(path), luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return -1;
+}
+
+/* Stack: a function. Returns a registry ref to it (protected: luaL_ref
+ * may grow the registry). */
+static int ref_protected(lua_State *L) {
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 1;
+}
+
+/* Pops the function on top of L into a registry ref; returns the ref, or
+ * LUA_NOREF when there is no memory for it. */
+static int ref_function(lua_State *L) {
+  lua_pushcfunction(L, ref_protected);
+  lua_insert(L, -2);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     lua_pop(L, 1);
-    return -1;
+    return LUA_NOREF;
   }
-  if (lua_type(L, -1) != LUA_TFUNCTION) {
-    snprintf(err, errlen, "%s: handler must return a function, got %s", name,
-             luaL_typename(L, -1));
-    lua_pop(L, 1);
-    return -1;
-  }
-  return 0;
+  int ref = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return ref;
 }
 
 /* Sets s->path and s->dir (the part before the last '/', "." when there is
@@ -210,7 +240,12 @@ le_script *le_script_new(lua_State *L, const char *path, char *err,
     free_script(s);
     return NULL;
   }
-  s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->fn_ref = ref_function(L);
+  if (s->fn_ref == LUA_NOREF) {
+    snprintf(err, errlen, "%s: not enough memory", le_script_name(path));
+    free_script(s);
+    return NULL;
+  }
   s->version = 1;
   s->refs = 1;
   return s;
@@ -218,10 +253,9 @@ le_script *le_script_new(lua_State *L, const char *path, char *err,
 
 int le_script_reload(le_script *s, char *err, size_t errlen) {
   lua_State *L = s->L;
-  if (s->path == NULL) {
-    lua_newtable(L);
-  } else if (call_protected(L, do_forget_local_modules, s->path, 1) != 0) {
-    snprintf(err, errlen, "%s: cannot set its modules aside: %s", s->path,
+  if (call_protected(L, do_forget_local_modules, s->path, 1) != 0) {
+    snprintf(err, errlen, "%s: cannot set its modules aside: %s",
+             le_script_name(s->path),
              lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
     lua_pop(L, 1);
     return -1;
@@ -233,10 +267,15 @@ int le_script_reload(le_script *s, char *err, size_t errlen) {
     return -1;
   }
   lua_remove(s->L, -2); /* the saved modules are no longer needed */
+  int ref = ref_function(s->L);
+  if (ref == LUA_NOREF) {
+    snprintf(err, errlen, "%s: not enough memory", s->path);
+    return -1;
+  }
   /* The old version's function is only unreferenced here: coroutines
    * still running it keep it alive until they end. */
   luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
-  s->fn_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+  s->fn_ref = ref;
   s->version++;
   return 0;
 }
