@@ -29,6 +29,10 @@ local PRELUDE = server.SHOW .. server.REPORT .. DUMP
 -- Every option's default, as conn:getopts() returns them.
 local DEFAULTS = {
   cpu_limit = 5,
+  trace = false,
+  trace_bytes = 32,
+  trace_hex = false,
+  conn_summary = false,
   packet = "raw",
   packet_size = MiB,
   recv_buffer = 256 * KiB,
@@ -205,7 +209,8 @@ describe("options", function()
             packet = "line", packet_size = 100, recv_buffer = 1000, send_buffer = 2000,
             recv_timeout = 1.5, send_timeout = 2.5, idle_timeout = 3.5,
             send_timeout_close = false, nodelay = false, keepalive = 30,
-            cpu_limit = 0.5,
+            cpu_limit = 0.5, trace = true, trace_bytes = 8, trace_hex = true,
+            conn_summary = true,
           }
           report("ok", ok)
           report("opts", dump(conn:getopts()))
@@ -219,7 +224,8 @@ describe("options", function()
         packet = "line", packet_size = 100, recv_buffer = 1000, send_buffer = 2000,
         recv_timeout = 1.5, send_timeout = 2.5, idle_timeout = 3.5,
         send_timeout_close = false, nodelay = false, keepalive = 30,
-        cpu_limit = 0.5,
+        cpu_limit = 0.5, trace = true, trace_bytes = 8, trace_hex = true,
+        conn_summary = true,
       }
       assert.same(want, dumped(srv, "opts"))
       assert.same({ n = 11, "line", 100, 1000, 2000, 1.5, 2.5, 3.5, false, false, 30, 0.5 },
@@ -337,12 +343,12 @@ describe("options", function()
         return function(conn) report("opts", dump(conn:getopts())) end]],
         'packet = 4\npacket_size = 5000\nrecv_timeout = 1.5\nidle_timeout = 20\nkeepalive = 30\nnodelay = false\n'
         .. 'send_timeout_close = false\nsend_buffer = 8192\nrecv_buffer = 4096\nsend_timeout = 7\n'
-        .. 'cpu_limit = 2\n')
+        .. 'cpu_limit = 2\ntrace_bytes = 4\ntrace_hex = true\nconn_summary = true\n')
       connect(srv)
       assert.same({
         packet = 4, packet_size = 5000, recv_timeout = 1.5, idle_timeout = 20, keepalive = 30,
         nodelay = false, send_timeout_close = false, send_buffer = 8192, recv_buffer = 4096, send_timeout = 7,
-        cpu_limit = 2,
+        cpu_limit = 2, trace = false, trace_bytes = 4, trace_hex = true, conn_summary = true,
       }, dumped(srv, "opts"))
     end)
 

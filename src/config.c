@@ -28,7 +28,7 @@ static const char *const top_keys[] = {"listen",    "handler",
                                        "backlog",   "shutdown_timeout",
                                        "log_level", "watch",
                                        "sandbox",   "max_memory",
-                                       NULL};
+                                       "trace_file", NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
                                             NULL};
 
@@ -372,6 +372,10 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
     r = get_path(ld, -1, "handler", &cfg->handler);
     lua_pop(L, 1);
   }
+  if (r == 0 && field(L, idx, "trace_file")) {
+    r = get_path(ld, -1, "trace_file", &cfg->trace_file);
+    lua_pop(L, 1);
+  }
   if (r == 0 && field(L, idx, "listen")) {
     r = get_listen(ld, -1, cfg);
     lua_pop(L, 1);
@@ -579,9 +583,15 @@ int le_config_init(le_config *cfg) {
   return 0;
 }
 
+void le_config_trace_all(le_config *cfg) {
+  cfg->opts.trace = 1;
+  for (size_t i = 0; i < cfg->nlisteners; i++) cfg->listeners[i].opts.trace = 1;
+}
+
 void le_config_free(le_config *cfg) {
   listeners_free(cfg->listeners, cfg->nlisteners);
   free(cfg->handler);
+  free(cfg->trace_file);
   free(cfg->path);
   memset(cfg, 0, sizeof *cfg);
 }

@@ -5,10 +5,16 @@
  * handler; the handler's conn:send() comes back here through io_try_write,
  * and through io_queue_write for what the kernel did not take at once.
  */
+/* struct tcp_info and SIOCINQ are Linux interfaces beyond POSIX. */
+#define _DEFAULT_SOURCE
 #include "luaecho/conn.h"
 
 #include <assert.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,9 +79,41 @@ static void unlink_conn(le_conn *c) {
   c->prev = c->next = NULL;
 }
 
+/* Adds what lc moved to the counters. */
+static void add_counts(le_conn_stats *st, const le_lconn *lc) {
+  st->bytes_in += lc->bytes_in;
+  st->bytes_out += lc->bytes_out;
+  st->msgs_in += lc->msgs_in;
+  st->msgs_out += lc->msgs_out;
+}
+
+void le_conn_ctx_stats(const le_conn_ctx *ctx, le_conn_stats *out) {
+  *out = ctx->stats;
+  for (const le_conn *c = ctx->head; c != NULL; c = c->next)
+    add_counts(out, &c->lc);
+}
+
+/* conn_summary: one log line for a connection that ended. */
+static void log_summary(le_conn *c) {
+  le_lconn *lc = &c->lc;
+  char peer[LE_ADDR_TEXT_MAX];
+  le_logf(c->ctx->log, LE_LOG_INFO,
+          "conn %llu %s: ended (%s) after %.3f s; in %llu bytes in %llu "
+          "messages, out %llu bytes in %llu messages",
+          (unsigned long long)lc->id, le_lconn_format_peer(lc, peer, sizeof peer),
+          le_end_reason_name((le_end_reason)lc->end_reason),
+          (double)(uv_now(c->ctx->loop) - lc->opened_at) / 1000.0,
+          (unsigned long long)lc->bytes_in, (unsigned long long)lc->msgs_in,
+          (unsigned long long)lc->bytes_out, (unsigned long long)lc->msgs_out);
+}
+
 static void free_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
   assert(c->state == LE_CONN_CLOSED && c->handler_done && c->timer == NULL);
+  if (c->lc.opts.conn_summary) log_summary(c);
+  add_counts(&ctx->stats, &c->lc);
+  ctx->stats.closed++;
+  ctx->stats.ended[c->lc.end_reason <= LE_END_CONNECT_FAILED ? c->lc.end_reason : 0]++;
   unlink_conn(c);
   le_lconn_release(&c->lc);
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
@@ -112,7 +150,13 @@ static void release_when_done(le_conn *c, int in_close_callback) {
 
 static void on_sock_closed(uv_handle_t *handle) {
   le_conn *c = handle->data;
+  le_lconn *lc = &c->lc;
   set_state(c, LE_CONN_CLOSED);
+  le_lconn_trace(lc, "closed (%s) after %.3f s; in %llu bytes, out %llu bytes",
+                 le_end_reason_name((le_end_reason)lc->end_reason),
+                 (double)(uv_now(c->ctx->loop) - lc->opened_at) / 1000.0,
+                 (unsigned long long)lc->bytes_in,
+                 (unsigned long long)lc->bytes_out);
   release_when_done(c, 1);
 }
 
@@ -120,6 +164,7 @@ static void free_timer(uv_handle_t *handle) { free(handle->data); }
 
 void le_conn_close(le_conn *c) {
   if (is_closing(c)) return;
+  le_lconn_trace(&c->lc, "closing the socket");
   set_state(c, LE_CONN_CLOSING);
   if (c->timer != NULL) {
     c->timer->c = NULL;
@@ -150,12 +195,38 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   buf->len = c->ctx->read_buf_size;
 }
 
+static void trace_read(le_conn *c, const char *data, size_t n) {
+  char preview[4 * 4096 + 8];
+  le_lconn *lc = &c->lc;
+  if (lc->opts.trace_bytes == 0)
+    le_lconn_trace(lc, "read %zu bytes", n);
+  else
+    le_lconn_trace(lc, "read %zu bytes %s", n,
+                   le_trace_preview(preview, sizeof preview, data, n,
+                                    lc->opts.trace_bytes, lc->opts.trace_hex));
+}
+
+/* The peer's FIN, a reset, or another error ended the input. */
+static void trace_read_end(le_conn *c, int err) {
+  char name[32];
+  if (err == UV_EOF)
+    le_lconn_trace(&c->lc, "peer FIN (end of input)");
+  else if (err == UV_ECONNRESET)
+    le_lconn_trace(&c->lc, "peer reset the connection (RST)");
+  else
+    le_lconn_trace(&c->lc, "read error: %s",
+                   le_lconn_errname(err, name, sizeof name));
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   le_conn *c = stream->data;
   if (c->state == LE_CONN_DRAINING) {
     /* Lingering after the handler ended: input is discarded until the
      * peer's FIN (see io_close). */
+    if (nread > 0)
+      le_lconn_trace(&c->lc, "lingering: discarded %zd bytes", nread);
     if (nread < 0) {
+      trace_read_end(c, (int)nread);
       uv_read_stop(stream);
       c->peer_fin = 1;
       if (c->fin != LE_FIN_PENDING) le_conn_close(c);
@@ -163,8 +234,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread > 0) {
+    if (c->lc.opts.trace) trace_read(c, buf->base, (size_t)nread);
     le_lconn_on_data(&c->lc, buf->base, (size_t)nread);
   } else if (nread < 0) {
+    trace_read_end(c, (int)nread);
     uv_read_stop(stream);
     c->peer_fin = 1;
     if (nread == UV_EOF)
@@ -180,6 +253,15 @@ static void on_write(uv_write_t *req, int status) {
   size_t len = w->len;
   int ref = w->ref;
   free(w);
+  if (c->lc.opts.trace) {
+    char name[32];
+    if (status < 0)
+      le_lconn_trace(&c->lc, "queued write of %zu bytes failed: %s", len,
+                     le_lconn_errname(status, name, sizeof name));
+    else
+      le_lconn_trace(&c->lc, "wrote %zu queued bytes; %zu left queued", len,
+                     c->lc.queued - len);
+  }
   le_lconn_on_written(&c->lc, len, ref, status);
 }
 
@@ -193,11 +275,28 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
   le_conn *c = req->handle->data;
   free(req);
   c->fin = LE_FIN_SENT;
+  le_lconn_trace(&c->lc, status < 0 ? "FIN not sent: the socket failed"
+                                    : "FIN sent (our side closed)");
   if (c->state != LE_CONN_DRAINING) return;
-  if (c->peer_fin || status < 0)
+  if (c->peer_fin || status < 0) {
     le_conn_close(c);
-  else
+  } else {
+    le_lconn_trace(&c->lc, "lingering: discarding input until the peer's "
+                   "FIN, for up to %d ms", LE_LINGER_MS);
     start_timer(c, LE_LINGER_MS);
+  }
+}
+
+/* "accepted PEER -> LOCAL" or "connected PEER (from LOCAL)". */
+static void trace_opened(le_conn *c, const char *how) {
+  char peer[LE_ADDR_TEXT_MAX], local[LE_ADDR_TEXT_MAX], host[LE_ADDR_HOST_MAX];
+  int port;
+  le_lconn_format_peer(&c->lc, peer, sizeof peer);
+  if (c->lc.io->sockname(&c->lc, host, sizeof host, &port) == 0)
+    le_addr_format_host_port(host, port, local, sizeof local);
+  else
+    snprintf(local, sizeof local, "?");
+  le_lconn_trace(&c->lc, "%s %s -> %s", how, peer, local);
 }
 
 /* Reports the end of a connect once; on failure the connection closes. */
@@ -206,10 +305,13 @@ static void finish_connect(le_conn *c, int status) {
   le_connect_cb cb = cr->cb;
   cr->cb = NULL;
   if (status < 0) {
+    le_lconn_note_end(&c->lc, LE_END_CONNECT_FAILED);
     le_conn_close(c);
   } else {
     set_state(c, LE_CONN_OPEN);
+    c->ctx->stats.connected++;
     c->lc.io->apply_sockopts(&c->lc);
+    if (c->lc.opts.trace) trace_opened(c, "connected");
   }
   if (cb != NULL) cb(c, status, cr->arg);
 }
@@ -227,8 +329,13 @@ static void on_timer(uv_timer_t *timer) {
   if (c == NULL) return;
   if (c->state == LE_CONN_CONNECTING)
     finish_connect(c, LE_TIMEOUT);
-  else if (c->state == LE_CONN_DRAINING)
-    le_conn_close(c); /* output not taken, or no FIN from the peer, in time */
+  else if (c->state == LE_CONN_DRAINING) {
+    /* Output not taken, or no FIN from the peer, in time. */
+    le_lconn_trace(&c->lc, c->fin == LE_FIN_PENDING
+                               ? "closing: queued output not taken in time"
+                               : "linger ended without the peer's FIN");
+    le_conn_close(c);
+  }
   else if (c->state == LE_CONN_OPEN)
     le_lconn_on_timeout(&c->lc);
 }
@@ -249,12 +356,29 @@ static void start_timer(le_conn *c, uint64_t ms) {
 
 /* ---- the I/O operations the Lua face calls ---- */
 
+static void trace_write(le_lconn *lc, const uv_buf_t *bufs, unsigned nbufs,
+                        int n) {
+  char name[32];
+  size_t total = 0;
+  for (unsigned i = 0; i < nbufs; i++) total += bufs[i].len;
+  if (n < 0)
+    le_lconn_trace(lc, "write failed: %s",
+                   le_lconn_errname(n, name, sizeof name));
+  else if ((size_t)n == total)
+    le_lconn_trace(lc, "wrote %d bytes", n);
+  else
+    le_lconn_trace(lc, "partial write: the kernel took %d of %zu bytes; %zu "
+                   "queued in luaecho", n, total, total - (size_t)n);
+}
+
 static ssize_t io_try_write(le_lconn *lc, const uv_buf_t *bufs,
                             unsigned nbufs) {
   le_conn *c = conn_of(lc);
   if (is_closing(c) || c->fin != LE_FIN_NONE) return UV_ECANCELED;
   int n = uv_try_write(&c->sock.stream, bufs, nbufs);
-  return (n == UV_EAGAIN || n == UV_ENOSYS) ? 0 : n;
+  n = (n == UV_EAGAIN || n == UV_ENOSYS) ? 0 : n;
+  if (lc->opts.trace) trace_write(lc, bufs, nbufs, n);
+  return n;
 }
 
 static int io_queue_write(le_lconn *lc, const char *hdr, size_t hlen,
@@ -325,6 +449,38 @@ static void io_apply_sockopts(le_lconn *lc) {
                    (unsigned)lc->opts.keepalive);
 }
 
+static const char *tcp_state_name(unsigned state) {
+  static const char *const names[] = {
+      "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+      "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"};
+  return state < sizeof names / sizeof names[0] ? names[state] : "?";
+}
+
+static int io_sockinfo(le_lconn *lc, le_sockinfo *out) {
+  le_conn *c = conn_of(lc);
+  uv_os_fd_t fd;
+  memset(out, 0, sizeof *out);
+  out->inq = out->outq = -1;
+  if (is_closing(c) || uv_fileno(&c->sock.handle, &fd) != 0) return UV_EBADF;
+  int n;
+  if (ioctl(fd, SIOCINQ, &n) == 0) out->inq = n;
+  if (ioctl(fd, SIOCOUTQ, &n) == 0) out->outq = n;
+  struct tcp_info ti;
+  socklen_t len = sizeof ti;
+  if (c->sock.handle.type == UV_TCP &&
+      getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0) {
+    out->tcp = 1;
+    out->state = tcp_state_name(ti.tcpi_state);
+    out->rtt_ms = ti.tcpi_rtt / 1000.0;
+    out->rttvar_ms = ti.tcpi_rttvar / 1000.0;
+    out->retransmits = ti.tcpi_retransmits;
+    out->total_retrans = ti.tcpi_total_retrans;
+    out->cwnd = ti.tcpi_snd_cwnd;
+    out->mss = ti.tcpi_snd_mss;
+  }
+  return 0;
+}
+
 static int io_sockname(le_lconn *lc, char *host, size_t hostlen, int *port) {
   le_conn *c = conn_of(lc);
   if (is_closing(c)) return UV_EBADF;
@@ -368,6 +524,8 @@ static void io_close(le_lconn *lc, int abort) {
   }
   if (c->state == LE_CONN_DRAINING) return;
   set_state(c, LE_CONN_DRAINING);
+  le_lconn_trace(lc, "closing gracefully: %zu bytes to flush, then FIN",
+                 lc->queued);
   if (!c->peer_fin) uv_read_start(&c->sock.stream, on_alloc, on_read);
   if (send_fin(c) != 0) {
     le_conn_close(c);
@@ -397,6 +555,7 @@ static const le_lconn_io conn_io = {
     .shutdown_write = io_shutdown_write,
     .apply_sockopts = io_apply_sockopts,
     .sockname = io_sockname,
+    .sockinfo = io_sockinfo,
     .peer_path = io_peer_path,
     .close = io_close,
     .handler_done = io_handler_done,
@@ -438,6 +597,7 @@ static le_conn *new_conn(le_conn_ctx *ctx, uv_handle_type type,
   ctx->head = c;
   ctx->count++;
   le_lconn_init(&c->lc, &conn_io, ctx->log, ctx->L);
+  c->lc.trace = ctx->trace;
   c->lc.coro.sched = &ctx->sched;
   c->lc.id = ++ctx->next_id;
   c->lc.opts = *opts;
@@ -459,12 +619,15 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
   if (r == 0) {
     io_apply_sockopts(&c->lc);
     set_peer(c);
+    ctx->stats.accepted++;
+    if (c->lc.opts.trace) trace_opened(c, "accepted");
     le_script_push(script, ctx->L);
     if (le_lconn_start(&c->lc) == 0) return c;
     r = UV_ENOMEM;
   }
   le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
           uv_strerror(r));
+  ctx->stats.accept_errors++;
   if (c != NULL) {
     c->handler_done = 1;
     le_conn_close(c);

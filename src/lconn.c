@@ -36,6 +36,8 @@ char *le_lconn_errname(int err, char *out, size_t len) {
     snprintf(out, len, "idle");
   else if (err == LE_ESHUTDOWN)
     snprintf(out, len, "shutdown");
+  else if (err == LE_EKILLED)
+    snprintf(out, len, "killed");
   else /* the _r form: uv_err_name leaks a string for unknown codes */
     uv_err_name_r(err, out, len);
   /* libuv says "ECONNRESET"; Lua code sees the lower-case form. */
@@ -56,6 +58,63 @@ int le_lconn_push_error(lua_State *L, int err) {
 }
 
 /* ---- state ---- */
+
+const char *le_end_reason_name(le_end_reason r) {
+  static const char *const names[] = {
+      [LE_END_NONE] = "open",
+      [LE_END_PEER_FIN] = "peer FIN",
+      [LE_END_RESET] = "reset by the peer",
+      [LE_END_SOCKET_ERROR] = "socket error",
+      [LE_END_RETURNED] = "handler returned",
+      [LE_END_CLOSED] = "handler closed it",
+      [LE_END_HANDLER_ERROR] = "handler error",
+      [LE_END_IDLE] = "idle timeout",
+      [LE_END_SEND_TIMEOUT] = "send timeout",
+      [LE_END_SHUTDOWN] = "server shutdown",
+      [LE_END_KILLED] = "killed from the admin",
+      [LE_END_COLLECTED] = "conn object collected",
+      [LE_END_CONNECT_FAILED] = "connect failed",
+  };
+  return r <= LE_END_CONNECT_FAILED ? names[r] : "?";
+}
+
+const char *le_end_reason_key(le_end_reason r) {
+  static const char *const keys[] = {
+      [LE_END_NONE] = "open",
+      [LE_END_PEER_FIN] = "peer_fin",
+      [LE_END_RESET] = "reset",
+      [LE_END_SOCKET_ERROR] = "socket_error",
+      [LE_END_RETURNED] = "returned",
+      [LE_END_CLOSED] = "closed",
+      [LE_END_HANDLER_ERROR] = "handler_error",
+      [LE_END_IDLE] = "idle",
+      [LE_END_SEND_TIMEOUT] = "send_timeout",
+      [LE_END_SHUTDOWN] = "shutdown",
+      [LE_END_KILLED] = "killed",
+      [LE_END_COLLECTED] = "collected",
+      [LE_END_CONNECT_FAILED] = "connect_failed",
+  };
+  return r <= LE_END_CONNECT_FAILED ? keys[r] : "?";
+}
+
+void le_lconn_note_end(le_lconn *lc, le_end_reason why) {
+  if (lc->end_reason == LE_END_NONE ||
+      (why == LE_END_HANDLER_ERROR && lc->end_reason == LE_END_PEER_FIN))
+    lc->end_reason = (uint8_t)why;
+}
+
+/* The reason an error code ends a connection for. */
+static le_end_reason reason_of(int err) {
+  switch (err) {
+  case UV_EOF: return LE_END_PEER_FIN;
+  case UV_ECONNRESET: case UV_EPIPE: return LE_END_RESET;
+  case LE_EIDLE: return LE_END_IDLE;
+  case LE_ESHUTDOWN: return LE_END_SHUTDOWN;
+  case LE_EKILLED: return LE_END_KILLED;
+  case UV_ECANCELED: return LE_END_CLOSED;
+  default: return LE_END_SOCKET_ERROR;
+  }
+}
 
 static const unsigned allowed[] = {
     [LE_LCONN_OPEN] = 1u << LE_LCONN_ENDED | 1u << LE_LCONN_CLOSED,
@@ -111,6 +170,17 @@ void le__lconn_update_reading(le_lconn *lc) {
   if (on != (int)lc->reading) {
     lc->reading = (unsigned)on;
     lc->io->set_reading(lc, on);
+    /* Backpressure, for the trace: reading stops because the buffer is
+     * full, and resumes once the handler drained it. */
+    if (!on && lc->in_err == 0 && lc->state != LE_LCONN_CLOSED) {
+      lc->paused = 1;
+      le_lconn_trace(lc, "reading paused: %zu bytes buffered, recv_buffer %u",
+                     le_buf_size(&lc->in), (unsigned)limit);
+    } else if (on && lc->paused) {
+      lc->paused = 0;
+      le_lconn_trace(lc, "reading resumed: %zu bytes buffered",
+                     le_buf_size(&lc->in));
+    }
   }
 }
 
@@ -148,6 +218,9 @@ static void discard_input(le_lconn *lc) {
  * received byte is the partial result and is consumed; in framed modes an
  * unfinished message stays buffered so the stream keeps its framing. */
 static int push_failure(lua_State *L, le_lconn *lc, int err) {
+  char name[32];
+  le_lconn_trace(lc, "recv returned nil, \"%s\"",
+                 le_lconn_errname(err, name, sizeof name));
   lua_pushnil(L);
   le__lconn_push_errname(L, err);
   if (framed(lc)) {
@@ -194,9 +267,16 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
   if (st == LE_FRAME_OK) {
     /* Bytes that do not fit under max_memory stay where they are: the
      * handler learns it is out of memory, nothing is lost. */
-    if (!le_mem_fits(L, f.len)) return le_lconn_push_error(L, UV_ENOMEM);
+    if (!le_mem_fits(L, f.len)) {
+      le_lconn_trace(lc, "recv returned nil, \"enomem\": %zu bytes do not "
+                     "fit under max_memory", f.len);
+      return le_lconn_push_error(L, UV_ENOMEM);
+    }
     lua_pushlstring(L, in.data + f.off, f.len);
     consume(lc, &in, f.used);
+    lc->msgs_in++;
+    le_lconn_trace(lc, "recv returned %zu bytes (%s)", f.len,
+                   le_packet_name(lc->opts.packet));
     return 1;
   }
   if (st == LE_FRAME_TOOBIG) {
@@ -261,6 +341,7 @@ void le__lconn_wake_writer(le_lconn *lc) {
 
 void le_lconn_on_data(le_lconn *lc, const char *data, size_t len) {
   lc->last_active = lc->io->now(lc);
+  lc->bytes_in += len;
   if (lc->in_err) return; /* nothing more is delivered */
   int r = 0;
   if (lc->reader != NULL && le_buf_size(&lc->in) == 0) {
@@ -287,12 +368,14 @@ void le_lconn_on_data(le_lconn *lc, const char *data, size_t len) {
 }
 
 void le_lconn_on_eof(le_lconn *lc) {
+  le_lconn_note_end(lc, LE_END_PEER_FIN);
   end_input(lc, UV_EOF);
   lc->reading = 0;
   wake_reader(lc);
 }
 
 void le_lconn_on_error(le_lconn *lc, int err) {
+  le_lconn_note_end(lc, reason_of(err));
   if (!lc->in_err || lc->in_err == UV_EOF) lc->in_err = err;
   end_output(lc, err);
   if (lc->reading) {
@@ -307,6 +390,7 @@ void le_lconn_on_written(le_lconn *lc, size_t len, int ref, int status) {
   luaL_unref(lc->L, LUA_REGISTRYINDEX, ref);
   lc->queued -= len;
   lc->nqueued--;
+  if (status == 0) lc->bytes_out += len;
   lc->last_active = lc->io->now(lc);
   if (status < 0) end_output(lc, status);
   le__lconn_wake_writer(lc);
@@ -343,6 +427,8 @@ static uint64_t deadline_after(le_lconn *lc, double seconds) {
  * call gets nil, `later` (set before anyone is woken), so a loop that
  * retries on "timeout" cannot spin. The socket closes at once. */
 static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
+  le_lconn_note_end(lc, write_err == LE_TIMEOUT ? LE_END_SEND_TIMEOUT
+                                                : reason_of(later));
   if (lc->state == LE_LCONN_OPEN) set_state(lc, LE_LCONN_ENDED);
   end_input(lc, later);
   end_output(lc, later);
@@ -354,9 +440,13 @@ static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
 void le_lconn_on_timeout(le_lconn *lc) {
   uint64_t now = lc->io->now(lc);
   lc->armed = 0;
-  if (lc->reader != NULL && lc->read_deadline && now >= lc->read_deadline)
+  if (lc->reader != NULL && lc->read_deadline && now >= lc->read_deadline) {
+    le_lconn_trace(lc, "recv timeout");
     fail_reader(lc, LE_TIMEOUT);
+  }
   if (lc->writer != NULL && lc->write_deadline && now >= lc->write_deadline) {
+    le_lconn_trace(lc, "send timeout: %zu bytes still queued%s", lc->queued,
+                   lc->opts.send_timeout_close ? "; closing" : "");
     if (lc->opts.send_timeout_close)
       end_with(lc, UV_ECANCELED, LE_TIMEOUT, UV_ECANCELED);
     else
@@ -371,10 +461,15 @@ void le_lconn_check_idle(le_lconn *lc, uint64_t now) {
     return;
   le_logf(lc->log, LE_LOG_DEBUG, "conn %llu: idle timeout",
           (unsigned long long)lc->id);
+  le_lconn_trace(lc, "idle timeout: no traffic for %g s",
+                 lc->opts.idle_timeout);
   end_with(lc, LE_EIDLE, LE_EIDLE, LE_EIDLE);
 }
 
 void le_lconn_abort(le_lconn *lc, int why) {
+  char name[32];
+  le_lconn_trace(lc, "ended by the server (%s)",
+                 le_lconn_errname(why, name, sizeof name));
   end_with(lc, why, why, why);
 }
 
@@ -514,6 +609,7 @@ static int write_message(lua_State *L, le_lconn *lc, int idx,
                      : lc->io->try_write(lc, bufs + 1, 1);
     if (n < 0) return (int)n;
     done = (size_t)n;
+    lc->bytes_out += done;
   }
   if (done == hlen + len) return 0;
   size_t hdone = done < hlen ? done : hlen;
@@ -536,6 +632,9 @@ static int arm_writer(le_coro *c, void *obj, const void *arg) {
   (void)arg;
   lc->writer = c;
   lc->writer_err = 0;
+  lc->wait_since = lc->io->now(lc);
+  le_lconn_trace(lc, "send waits: %zu bytes queued, over send_buffer %u",
+                 lc->queued, (unsigned)lc->opts.send_buffer);
   if (lc->opts.send_timeout > 0)
     lc->write_deadline = deadline_after(lc, lc->opts.send_timeout);
   le__lconn_rearm(lc);
@@ -559,6 +658,9 @@ static int send_k(lua_State *L, int status, lua_KContext kctx) {
   if (lc == NULL) return le_lconn_push_error(L, UV_ECANCELED);
   int err = lc->writer_err ? lc->writer_err : lc->out_err;
   lc->writer_err = 0;
+  le_lconn_trace(lc, "send resumed after %llu ms%s",
+                 (unsigned long long)(lc->io->now(lc) - lc->wait_since),
+                 err ? " with an error" : "");
   if (err) return le_lconn_push_error(L, err);
   lua_pushboolean(L, 1);
   return 1;
@@ -580,6 +682,7 @@ static int conn_send(lua_State *L) {
     return 1;
   }
   lc->last_active = lc->io->now(lc);
+  lc->msgs_out++;
   int r = write_message(L, lc, 2, hdr, (size_t)hlen, data, len);
   if (r < 0) {
     lc->out_err = r;
@@ -598,6 +701,7 @@ static int conn_send(lua_State *L) {
  * and the socket closes (after flushing, unless `abort`). */
 static void close_by_handler(le_lconn *lc, int abort) {
   if (lc->state != LE_LCONN_CLOSED) set_state(lc, LE_LCONN_CLOSED);
+  le_lconn_note_end(lc, LE_END_CLOSED);
   end_input(lc, UV_ECANCELED);
   end_output(lc, UV_ECANCELED);
   wake_reader(lc);
@@ -671,9 +775,15 @@ static void on_handler_done(le_coro *c, lua_State *co, int nres,
   (void)nres;
   if (error != NULL) {
     char peer[LE_ADDR_TEXT_MAX];
-    le__lconn_format_peer(lc, peer, sizeof peer);
+    le_lconn_format_peer(lc, peer, sizeof peer);
     le_logf(lc->log, LE_LOG_ERROR, "conn %llu %s: handler error: %s",
             (unsigned long long)lc->id, peer, error);
+    le_lconn_trace(lc, "handler error: %.*s", (int)strcspn(error, "\n"),
+                   error);
+    le_lconn_note_end(lc, LE_END_HANDLER_ERROR);
+  } else {
+    le_lconn_trace(lc, "handler returned");
+    le_lconn_note_end(lc, LE_END_RETURNED);
   }
   end_children(lc);
   /* After an error, output is dropped even if close() began a flush. */
@@ -728,7 +838,7 @@ int le_lconn_start(le_lconn *lc) {
     lua_pop(L, 1);
     return -1;
   }
-  lc->last_active = lc->io->now(lc);
+  lc->last_active = lc->opened_at = lc->io->now(lc);
   lc->owner = lc;
   lc->coro.owner = lc;
   lua_pushcfunction(L, start_protected);
@@ -754,7 +864,7 @@ void le_lconn_adopt(le_lconn *lc, lua_State *L) {
   lc->next_child = parent->children;
   if (parent->children) parent->children->prev_child = lc;
   parent->children = lc;
-  lc->last_active = lc->io->now(lc);
+  lc->last_active = lc->opened_at = lc->io->now(lc);
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);
   /* Last, since it may raise (out of memory): the connection is already

@@ -41,7 +41,5 @@ void le__lconn_rearm(le_lconn *lc);
 void le__lconn_push_errname(lua_State *L, int err);
 
 
-/* Writes the peer as "host:port", "[v6]:port", "unix:path" or "unix". */
-char *le__lconn_format_peer(le_lconn *lc, char *out, size_t len);
 
 #endif

@@ -29,7 +29,7 @@ void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen,
     lc->io->peer_path(lc, host, hostlen);
 }
 
-char *le__lconn_format_peer(le_lconn *lc, char *out, size_t len) {
+char *le_lconn_format_peer(le_lconn *lc, char *out, size_t len) {
   char host[LE_ADDR_HOST_MAX];
   int port;
   le_lconn_peer(lc, host, sizeof host, &port);
@@ -137,7 +137,7 @@ static int conn_tostring(lua_State *L) {
   else
     le_addr_format_host_port(host, port, local, sizeof local);
   lua_pushfstring(L, "conn %I (%s -> %s)%s", (lua_Integer)lc->id,
-                  le__lconn_format_peer(lc, peer, sizeof peer), local,
+                  le_lconn_format_peer(lc, peer, sizeof peer), local,
                   closed ? " closed" : "");
   return 1;
 }
@@ -166,12 +166,77 @@ static int conn_gc(lua_State *L) {
   if (lc != NULL) {
     lc->ud = NULL;
     ud->lc = NULL;
+    le_lconn_note_end(lc, LE_END_COLLECTED);
     if (lc->state != LE_LCONN_CLOSED) le__lconn_close(lc, 1);
   }
   return 0;
 }
 
+/* conn:trace([on]): starts (the default) or stops tracing. */
+static int conn_trace(lua_State *L) {
+  le_lconn *lc = le__lconn_check_open(L);
+  lc->opts.trace = (uint8_t)(lua_isnone(L, 2) || lua_toboolean(L, 2));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void set_number(lua_State *L, const char *key, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, key);
+}
+
+static void set_integer(lua_State *L, const char *key, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, key);
+}
+
+/* Adds what the kernel knows (conn:stats().kernel) to the table on top. */
+static void push_kernel(lua_State *L, le_lconn *lc) {
+  le_sockinfo si;
+  if (lc->io->sockinfo == NULL || lc->io->sockinfo(lc, &si) != 0) return;
+  lua_createtable(L, 0, 8);
+  set_integer(L, "recv_q", si.inq);
+  set_integer(L, "send_q", si.outq);
+  if (si.tcp) {
+    lua_pushstring(L, si.state);
+    lua_setfield(L, -2, "state");
+    set_number(L, "rtt_ms", si.rtt_ms);
+    set_number(L, "rttvar_ms", si.rttvar_ms);
+    set_integer(L, "retransmits", si.retransmits);
+    set_integer(L, "total_retrans", si.total_retrans);
+    set_integer(L, "cwnd", si.cwnd);
+    set_integer(L, "mss", si.mss);
+  }
+  lua_setfield(L, -2, "kernel");
+}
+
+/* conn:stats() -> a table of what the connection did and holds. */
+static int conn_stats(lua_State *L) {
+  static const char *const states[] = {"open", "ended", "closed"};
+  le_lconn *lc = le__lconn_check_open(L);
+  lua_createtable(L, 0, 14);
+  set_integer(L, "id", (lua_Integer)lc->id);
+  set_integer(L, "bytes_in", (lua_Integer)lc->bytes_in);
+  set_integer(L, "bytes_out", (lua_Integer)lc->bytes_out);
+  set_integer(L, "msgs_in", (lua_Integer)lc->msgs_in);
+  set_integer(L, "msgs_out", (lua_Integer)lc->msgs_out);
+  set_integer(L, "buffered", (lua_Integer)le_buf_size(&lc->in));
+  set_integer(L, "queued", (lua_Integer)lc->queued);
+  set_number(L, "age", (double)(lc->io->now(lc) - lc->opened_at) / 1000.0);
+  lua_pushboolean(L, lc->in_err == UV_EOF);
+  lua_setfield(L, -2, "peer_fin");
+  lua_pushboolean(L, lc->reading);
+  lua_setfield(L, -2, "reading");
+  lua_pushstring(L, states[lc->state]);
+  lua_setfield(L, -2, "state");
+  lua_pushstring(L, le_coro_waits_on(&((le_lconn *)lc->owner)->coro));
+  lua_setfield(L, -2, "waits_on");
+  push_kernel(L, lc);
+  return 1;
+}
+
 static const luaL_Reg info_methods[] = {
+    {"trace", conn_trace}, {"stats", conn_stats},
     {"peername", conn_peername}, {"sockname", conn_sockname},
     {"setopts", conn_setopts},   {"getopts", conn_getopts},
     {NULL, NULL}};

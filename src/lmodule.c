@@ -4,6 +4,7 @@
 #include "luaecho/lmodule.h"
 
 #include "lmodule_internal.h"
+#include "luaecho/lmem.h"
 
 le_conn_ctx *le__lmodule_ctx(lua_State *L) {
   return lua_touserdata(L, lua_upvalueindex(1));
@@ -79,7 +80,44 @@ static int l_version(lua_State *L) {
   return 2;
 }
 
+static void set_count(lua_State *L, const char *key, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, key);
+}
+
+/* luaecho.stats() -> the loop's counters (docs/api.md lists them). */
+static int l_stats(lua_State *L) {
+  le_conn_ctx *ctx = le__lmodule_ctx(L);
+  le_conn_stats st;
+  le_conn_ctx_stats(ctx, &st);
+  lua_createtable(L, 0, 20);
+  set_count(L, "connections", ctx->count);
+  set_count(L, "accepted", st.accepted);
+  set_count(L, "connected", st.connected);
+  set_count(L, "accept_errors", st.accept_errors);
+  set_count(L, "closed", st.closed);
+  set_count(L, "bytes_in", st.bytes_in);
+  set_count(L, "bytes_out", st.bytes_out);
+  set_count(L, "msgs_in", st.msgs_in);
+  set_count(L, "msgs_out", st.msgs_out);
+  set_count(L, "handler_errors", st.ended[LE_END_HANDLER_ERROR]);
+  set_count(L, "preempted", ctx->sched.preempted);
+  set_count(L, "cpu_limit_stopped", ctx->sched.cpu_killed);
+  set_count(L, "reloads", st.reloads);
+  set_count(L, "reloads_rejected", st.reloads_rejected);
+  le_mem *mem = le_mem_of(L);
+  set_count(L, "lua_memory", mem ? mem->used : (uint64_t)lua_gc(L, LUA_GCCOUNT) * 1024);
+  set_count(L, "lua_memory_limit", mem ? mem->limit : 0);
+  set_count(L, "trace_dropped", ctx->trace ? le_trace_dropped(ctx->trace) : 0);
+  lua_createtable(L, 0, LE_END_CONNECT_FAILED);
+  for (int r = LE_END_PEER_FIN; r <= LE_END_CONNECT_FAILED; r++)
+    set_count(L, le_end_reason_key((le_end_reason)r), st.ended[r]);
+  lua_setfield(L, -2, "ended");
+  return 1;
+}
+
 static const luaL_Reg module_fns[] = {
+    {"stats", l_stats},
     {"connect", le__lmodule_connect},
     {"spawn", le__lmodule_spawn},
     {"sleep", le__lmodule_sleep},

@@ -30,16 +30,14 @@ int le_log_level_parse(const char *name, le_log_level *out) {
   return -1;
 }
 
-/* Writes the "YYYY-MM-DD HH:MM:SS.mmm [level] " prefix and returns its length. */
-static int format_prefix(char *out, size_t size, le_log_level level) {
+int le_log_prefix(char *out, size_t size, const char *label) {
   struct timespec ts;
   struct tm tm;
   clock_gettime(CLOCK_REALTIME, &ts);
   localtime_r(&ts.tv_sec, &tm);
   return snprintf(out, size, "%04d-%02d-%02d %02d:%02d:%02d.%03ld [%s] ",
                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                  tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L,
-                  level_names[level]);
+                  tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L, label);
 }
 
 void le_logv(const le_log *log, le_log_level level, const char *fmt,
@@ -48,7 +46,7 @@ void le_logv(const le_log *log, le_log_level level, const char *fmt,
   char *line = small;
   va_list again;
   if (!le_log_enabled(log, level)) return;
-  int prefix = format_prefix(small, sizeof small, level);
+  int prefix = le_log_prefix(small, sizeof small, level_names[level]);
   va_copy(again, ap);
   int body = vsnprintf(small + prefix, sizeof small - (size_t)prefix, fmt, ap);
   if (body < 0) body = 0;

@@ -29,6 +29,8 @@ static const char usage_text[] =
     "                     0.0.0.0:0 (any free port), unix:/path/to.sock\n"
     "  --handler FILE     run FILE as the default handler\n"
     "  --log-level LEVEL  debug, info, warn or error\n"
+    "  --trace            trace every connection's socket events (see\n"
+    "                     docs/observability.md)\n"
     "  --check            load and validate the config and handlers, print\n"
     "                     what would listen, and exit\n"
     "  --version          print the version and exit\n"
@@ -45,6 +47,7 @@ typedef struct options {
   const char *log_level;
   le_log_level level; /* log_level parsed */
   int check;
+  int trace;          /* --trace: every connection is traced */
   int sandbox;        /* the sandbox setting the server started with */
 } options;
 
@@ -86,6 +89,7 @@ static int parse_args(int argc, char **argv, options *o) {
     else if (v && k == 2) o->handler = v;
     else if (v) o->log_level = v;
     else if (strcmp(a, "--check") == 0) o->check = 1;
+    else if (strcmp(a, "--trace") == 0) o->trace = 1;
     else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       fputs(usage_text, stdout);
       return 0;
@@ -131,6 +135,7 @@ static int configure(const options *o, le_config *cfg, char *err,
     return -1;
   }
   if (o->log_level != NULL) cfg->log_level = o->level;
+  if (o->trace) le_config_trace_all(cfg);
   return 0;
 }
 

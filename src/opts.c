@@ -75,6 +75,21 @@ static const le_opt_def table[] = {
      .meaning = "how long a handler may compute without waiting on I/O, a "
                 "timer or a task before it is stopped with a "
                 "`cpu_limit exceeded` error (see docs/operations.md)"},
+    {.name = "trace", BOOL_AT(trace), .def = 0,
+     .type = "boolean",
+     .meaning = "write a trace line for every socket event of the "
+                "connection (see docs/observability.md)"},
+    {.name = "trace_bytes", SIZE_AT(trace_bytes), .min = 0, .max = 4096,
+     .def = 32,
+     .type = "integer 0..4096",
+     .meaning = "how many bytes of each read a trace line shows (`0`: none)"},
+    {.name = "trace_hex", BOOL_AT(trace_hex), .def = 0,
+     .type = "boolean",
+     .meaning = "show those bytes as hex instead of an escaped string"},
+    {.name = "conn_summary", BOOL_AT(conn_summary), .def = 0,
+     .type = "boolean",
+     .meaning = "log one line when the connection ends: how long it lasted, "
+                "bytes and messages each way, and why it ended"},
 };
 
 #define COUNT (sizeof table / sizeof table[0])

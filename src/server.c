@@ -7,6 +7,7 @@
 #include "luaecho/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <netdb.h>
@@ -94,7 +95,9 @@ static int load_handlers(le_server *s, char *err, size_t errlen) {
 /* Loads a new version of one handler; logs the outcome either way. */
 static void reload_script(le_server *s, le_script *sc) {
   char err[1024];
-  if (le_script_reload(sc, err, sizeof err) == 0)
+  int ok = le_script_reload(sc, err, sizeof err) == 0;
+  if (ok) s->conns.stats.reloads++; else s->conns.stats.reloads_rejected++;
+  if (ok)
     le_logf(&s->log, LE_LOG_INFO, "reloaded %s (version %u)",
             le_script_name(sc->path), sc->version);
   else
@@ -352,6 +355,9 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
     tail = &l->next;
     le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
   }
+  le_logf(&s->log, LE_LOG_INFO, "luaecho %s running as pid %ld with %s",
+          LE_VERSION, (long)getpid(),
+          s->cfg->path ? s->cfg->path : "built-in defaults");
   return 0;
 }
 
@@ -438,6 +444,7 @@ int le_server_reload(le_server *s) {
   if (cfg == NULL) snprintf(err, sizeof err, "out of memory");
   if (r == 0) r = apply_config(s, cfg, err, sizeof err);
   if (r != 0) {
+    s->conns.stats.reloads_rejected++;
     le_logf(&s->log, LE_LOG_ERROR,
             "config reload failed: %s; keeping the running configuration",
             err);
@@ -452,6 +459,7 @@ int le_server_reload(le_server *s) {
   le_script_set_cpu_limit(s->L, cfg->opts.cpu_limit);
   s->mem.limit = cfg->max_memory;
   start_watches(s);
+  s->conns.stats.reloads++;
   le_logf(&s->log, LE_LOG_INFO, "config reloaded%s%s",
           cfg->path ? " from " : "", cfg->path ? cfg->path : "");
   return 0;
@@ -540,9 +548,29 @@ int le_server_run(le_server *s) {
 
 /* ---- set-up and tear-down ---- */
 
+/* Trace lines go to trace_file, or else to the log's stream with the log's
+ * prefix. The file is opened for appending at start. */
+static int open_trace(le_server *s, char *err, size_t errlen) {
+  s->trace_fd = -1;
+  if (s->cfg->trace_file == NULL) {
+    le_trace_init(&s->trace, fileno(stderr), 1);
+    return 0;
+  }
+  s->trace_fd = open(s->cfg->trace_file, O_WRONLY | O_CREAT | O_APPEND |
+                     O_CLOEXEC, 0644);
+  if (s->trace_fd < 0) {
+    snprintf(err, errlen, "cannot open trace_file %s: %s", s->cfg->trace_file,
+             strerror(errno));
+    return -1;
+  }
+  le_trace_init(&s->trace, s->trace_fd, 0);
+  return 0;
+}
+
 int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   int r;
   memset(s, 0, sizeof *s);
+  s->trace_fd = -1;
   s->cfg = cfg;
   le_log_init(&s->log, cfg->log_level, stderr);
   r = uv_loop_init(&s->loop);
@@ -553,10 +581,12 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
+  if (open_trace(s, err, errlen) != 0) return -1;
   if (open_lua(&s->loop, &s->conns, &s->log, cfg, &s->mem, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
+  s->conns.trace = &s->trace;
   s->conns.on_freed = on_conn_freed;
   /* Signal handlers go in before any listener exists, so a SIGTERM sent as
    * soon as a "listening on" line appears already means an orderly stop. */
@@ -586,6 +616,8 @@ void le_server_free(le_server *s) {
   }
   if (s->L != NULL) lua_close(s->L);
   le_conn_ctx_free(&s->conns);
+  le_trace_close(&s->trace);
+  if (s->trace_fd >= 0) close(s->trace_fd);
   if (s->cfg != NULL) le_config_free(s->cfg);
   free(s->cfg);
   memset(s, 0, sizeof *s);

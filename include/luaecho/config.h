@@ -35,6 +35,7 @@ typedef struct le_config {
   le_listener_conf *listeners;  /* at least one */
   size_t nlisteners;
   char *handler;                /* default handler file, NULL for built-in echo */
+  char *trace_file;             /* where trace lines go; NULL: the log */
   int backlog;                  /* default backlog for listeners */
   le_opts opts;                 /* default connection options */
   double shutdown_timeout;      /* seconds connections may drain at shutdown */
@@ -77,6 +78,9 @@ void le_config_free(le_config *cfg);
 
 /* The smallest max_memory accepted: below it the server cannot start. */
 #define LE_MIN_MAX_MEMORY (4 * 1024 * 1024)
+
+/* Turns the `trace` option on for every listener (--trace). */
+void le_config_trace_all(le_config *cfg);
 
 /* Seconds of CPU evaluating config.lua may take. */
 #define LE_CONFIG_CPU_LIMIT 5.0

@@ -74,11 +74,28 @@ typedef struct le_conn_ctx le_conn_ctx;
 typedef struct le_conn_timer le_conn_timer;
 typedef struct le_connect_req le_connect_req;
 
+/* Counters of one loop's connections, for luaecho.stats() and metrics.
+ * Per-connection byte and message counts are added in when a connection is
+ * freed; le_conn_ctx_stats adds those of the live ones. */
+typedef struct le_conn_stats {
+  uint64_t accepted;        /* connections accepted */
+  uint64_t connected;       /* outbound connections opened */
+  uint64_t accept_errors;   /* accepts that failed after the kernel's */
+  uint64_t closed;          /* connections freed */
+  uint64_t bytes_in, bytes_out;
+  uint64_t msgs_in, msgs_out;
+  uint64_t ended[LE_END_CONNECT_FAILED + 1]; /* freed, by le_end_reason */
+  uint64_t reloads;         /* handler and config reloads that took */
+  uint64_t reloads_rejected; /* and those rejected */
+} le_conn_stats;
+
 /* What connections share within one loop: per-loop state, never global. */
 struct le_conn_ctx {
   uv_loop_t *loop;
   lua_State *L;       /* the loop's Lua state; handlers run here */
   const le_log *log;
+  le_trace *trace;    /* where traced connections write, or NULL */
+  le_conn_stats stats; /* counters; see le_conn_ctx_stats */
   char *read_buf;     /* one read buffer for every connection of the loop */
   size_t read_buf_size;
   le_conn *head;      /* every live connection */
@@ -159,6 +176,9 @@ void le_conn_close(le_conn *c);
  * socket closes, and a handler still suspended on anything else is ended
  * without being resumed. */
 void le_conn_abort(le_conn *c, int why);
+
+/* Writes the loop's counters, live connections included, into out. */
+void le_conn_ctx_stats(const le_conn_ctx *ctx, le_conn_stats *out);
 
 /* Aborts every connection of ctx (le_conn_abort). */
 void le_conn_ctx_abort_all(le_conn_ctx *ctx, int why);

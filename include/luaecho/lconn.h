@@ -44,6 +44,7 @@
 #include "luaecho/log.h"
 #include "luaecho/opts.h"
 #include "luaecho/script.h"
+#include "luaecho/trace.h"
 
 #define LE_LCONN_METATABLE "luaecho.conn"
 
@@ -53,6 +54,33 @@
                                 * distinct from the kernel's "etimedout" */
 #define LE_EIDLE (-0x10001)    /* ended by idle_timeout: "idle" */
 #define LE_ESHUTDOWN (-0x10002) /* ended by the server's shutdown: "shutdown" */
+#define LE_EKILLED (-0x10003)  /* closed from the admin listener: "killed" */
+
+/* Why a connection ended, for the trace, conn_summary and statistics.
+ * The first cause recorded wins, except that a handler error replaces the
+ * peer's FIN (it says more). */
+typedef enum le_end_reason {
+  LE_END_NONE,
+  LE_END_PEER_FIN,       /* the peer closed its side */
+  LE_END_RESET,          /* the peer reset the connection (RST, EPIPE) */
+  LE_END_SOCKET_ERROR,   /* another socket error */
+  LE_END_RETURNED,       /* the handler returned */
+  LE_END_CLOSED,         /* the handler called conn:close() */
+  LE_END_HANDLER_ERROR,  /* the handler raised (cpu_limit included) */
+  LE_END_IDLE,           /* idle_timeout */
+  LE_END_SEND_TIMEOUT,   /* send_timeout with send_timeout_close */
+  LE_END_SHUTDOWN,       /* the server shut down */
+  LE_END_KILLED,         /* closed from the admin listener */
+  LE_END_COLLECTED,      /* its conn object was collected while open */
+  LE_END_CONNECT_FAILED  /* an outbound connect failed */
+} le_end_reason;
+
+/* Returns the reason's words ("peer FIN", "idle timeout", ...). */
+const char *le_end_reason_name(le_end_reason r);
+
+/* Returns the reason as an identifier ("peer_fin", "idle", ...), for
+ * tables and metric labels. */
+const char *le_end_reason_key(le_end_reason r);
 
 typedef enum le_lconn_state {
   LE_LCONN_OPEN,
@@ -61,6 +89,27 @@ typedef enum le_lconn_state {
 } le_lconn_state;
 
 typedef struct le_lconn le_lconn;
+struct le_trace;
+
+/* What the kernel knows of a socket: its queues (as `ss` shows Recv-Q and
+ * Send-Q) and, for TCP, from TCP_INFO. */
+typedef struct le_sockinfo {
+  int inq, outq;         /* bytes unread by us; bytes not yet acked; -1 */
+  int tcp;               /* 1 when the fields below are filled */
+  const char *state;     /* "ESTABLISHED", "CLOSE_WAIT", ... */
+  double rtt_ms, rttvar_ms;
+  unsigned retransmits;  /* unanswered retransmits now */
+  unsigned total_retrans;
+  unsigned cwnd;         /* congestion window, in segments */
+  unsigned mss;
+} le_sockinfo;
+
+/* Writes a trace line for lc when its `trace` option is on; costs one test
+ * of a flag when it is off. */
+#define le_lconn_trace(lc, ...)                                    \
+  do {                                                             \
+    if ((lc)->opts.trace) le_trace_event((lc)->trace, (lc)->id, __VA_ARGS__); \
+  } while (0)
 
 /* The socket operations a connection provides to its Lua face. */
 typedef struct le_lconn_io {
@@ -83,6 +132,9 @@ typedef struct le_lconn_io {
   void (*shutdown_write)(le_lconn *lc);
   /* Applies the socket-level options in lc->opts (nodelay, keepalive). */
   void (*apply_sockopts)(le_lconn *lc);
+  /* Fills what the kernel knows of the socket (conn:stats()); returns 0
+   * or a libuv error. May be NULL. */
+  int (*sockinfo)(le_lconn *lc, struct le_sockinfo *out);
   /* Writes the local address; returns 0 or a libuv error. */
   int (*sockname)(le_lconn *lc, char *host, size_t hostlen, int *port);
   /* Writes a unix socket peer's path ("" when unnamed or unknown); may be
@@ -100,6 +152,7 @@ typedef struct le_lconn_io {
 struct le_lconn {
   const le_lconn_io *io; /* socket operations of the embedding connection */
   const le_log *log;     /* where handler errors go */
+  struct le_trace *trace; /* where trace lines go, or NULL */
   lua_State *L;          /* main state */
   le_coro coro;          /* the handler coroutine (unused when outbound) */
   void *owner;           /* tag of the coroutines that may wait on it */
@@ -135,12 +188,18 @@ struct le_lconn {
   uint64_t write_deadline; /* loop time the writer times out, 0 none */
   uint64_t last_active;    /* loop time bytes last moved either way */
   uint64_t armed;          /* deadline the io timer is set for, 0 none */
+  uint64_t opened_at;      /* loop time the connection began */
+  uint64_t wait_since;     /* loop time the writer began to wait */
+  uint64_t bytes_in, bytes_out; /* moved through the socket */
+  uint64_t msgs_in, msgs_out;   /* returned by recv; given to send */
   int in_err;            /* 0; UV_EOF after the peer's FIN; or an error */
   int out_err;           /* 0, or the error that ended output */
   int reader_err;        /* for the woken reader only: its error, 0 none */
   int writer_err;        /* for the woken writer only: its error, 0 none */
   le_lconn_state state;
+  uint8_t end_reason;    /* le_end_reason: why it ended, once it did */
   unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
+  unsigned paused : 1;   /* reading stopped because `in` was full */
 };
 
 /* Registers the conn metatable in L. Call once per Lua state. */
@@ -151,7 +210,10 @@ static inline le_lconn *le_lconn_of_coro(const le_coro *c) {
   return (le_lconn *)c->owner;
 }
 
-/* Returns 1 once the handler's side is done with lc (closed or ended). */
+/* Records why lc ends (see le_end_reason). */
+void le_lconn_note_end(le_lconn *lc, le_end_reason why);
+
+/* Returns 1 while lc is OPEN (neither ended by the server nor closed). */
 static inline int le_lconn_is_open(const le_lconn *lc) {
   return lc->state == LE_LCONN_OPEN;
 }
@@ -175,6 +237,9 @@ void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa);
 /* Writes the peer's host text and port (port -1 and host "" for unix
  * sockets). */
 void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen, int *port);
+
+/* Writes the peer as "host:port", "[v6]:port", "unix:path" or "unix". */
+char *le_lconn_format_peer(le_lconn *lc, char *out, size_t len);
 
 /* Checks the idle deadline at loop time `now`: a connection without
  * traffic for idle_timeout is ended (a waiting recv gets nil, "timeout").

@@ -35,6 +35,10 @@ void le_logf(const le_log *log, le_log_level level, const char *fmt, ...)
     ;
 void le_logv(const le_log *log, le_log_level level, const char *fmt, va_list ap);
 
+/* Writes a record's "YYYY-MM-DD HH:MM:SS.mmm [label] " prefix into out and
+ * returns its length (the trace writes "[trace]" records this way). */
+int le_log_prefix(char *out, size_t size, const char *label);
+
 /* Returns the level's name ("debug", "info", "warn", "error"). */
 const char *le_log_level_name(le_log_level level);
 

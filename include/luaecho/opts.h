@@ -37,9 +37,13 @@ typedef struct le_opts {
   uint32_t recv_buffer;     /* input buffered for a handler not in recv */
   uint32_t send_buffer;     /* queued output above which send waits */
   uint32_t keepalive;       /* TCP keepalive delay in seconds, 0: off */
+  uint32_t trace_bytes;     /* bytes of each read a trace line shows */
   uint8_t packet;           /* le_packet: framing of recv and send */
   uint8_t send_timeout_close; /* close the connection after a send timeout */
   uint8_t nodelay;          /* TCP_NODELAY */
+  uint8_t trace;            /* write a trace line per socket event */
+  uint8_t trace_hex;        /* show traced bytes as hex */
+  uint8_t conn_summary;     /* log one line when the connection ends */
 } le_opts;
 
 /* How an option's value is read, stored and shown. Each kind has one C

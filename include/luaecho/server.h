@@ -57,6 +57,8 @@ struct le_server {
   lua_State *L;                  /* handlers and their coroutines live here */
   le_mem mem;                    /* L's allocator: counts and caps its memory */
   le_log log;
+  le_trace trace;                /* trace lines of traced connections */
+  int trace_fd;                  /* trace_file's descriptor, or -1 */
   le_conn_ctx conns;             /* every connection of this loop */
   le_config *cfg;                /* the configuration in force; owned */
   le_config_loader reload_config; /* for SIGHUP; may be NULL */
