@@ -192,7 +192,9 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   le_conn *c = handle->data;
   (void)suggested;
   buf->base = c->ctx->read_buf;
-  buf->len = c->ctx->read_buf_size;
+  buf->len = c->lc.opts.read_size < c->ctx->read_buf_size
+                 ? c->lc.opts.read_size
+                 : c->ctx->read_buf_size;
 }
 
 static void trace_read(le_conn *c, const char *data, size_t n) {
@@ -441,9 +443,22 @@ static void io_shutdown_write(le_lconn *lc) {
   if (c->state == LE_CONN_OPEN) send_fin(c);
 }
 
+/* Sets a kernel buffer size and stores what the kernel made of it (Linux
+ * doubles the request to leave room for its bookkeeping). */
+static void apply_buffer_size(le_conn *c, uint32_t *size,
+                              int (*fn)(uv_handle_t *, int *)) {
+  int v = (int)*size;
+  if (v == 0 || fn(&c->sock.handle, &v) != 0) return;
+  v = 0;
+  if (fn(&c->sock.handle, &v) == 0 && v > 0) *size = (uint32_t)v;
+}
+
 static void io_apply_sockopts(le_lconn *lc) {
   le_conn *c = conn_of(lc);
-  if (is_closing(c) || c->sock.handle.type != UV_TCP) return;
+  if (is_closing(c)) return;
+  apply_buffer_size(c, &lc->opts.sndbuf, uv_send_buffer_size);
+  apply_buffer_size(c, &lc->opts.rcvbuf, uv_recv_buffer_size);
+  if (c->sock.handle.type != UV_TCP) return;
   uv_tcp_nodelay(&c->sock.tcp, lc->opts.nodelay);
   uv_tcp_keepalive(&c->sock.tcp, lc->opts.keepalive > 0,
                    (unsigned)lc->opts.keepalive);
@@ -514,10 +529,30 @@ static void io_peer_path(le_lconn *lc, char *path, size_t len) {
  *     up to LE_LINGER_MS. Closing a socket with unread input makes the
  *     kernel send RST, and an RST can destroy the reply the peer has not
  *     read yet. */
-static void io_close(le_lconn *lc, int abort) {
+/* An abortive close: with SO_LINGER set to 0, close() sends RST and the
+ * kernel discards what it still queues; libuv cancels our queued writes. */
+static void reset_socket(le_conn *c) {
+  uv_os_fd_t fd;
+  struct linger lg = {1, 0};
+  if (c->sock.handle.type == UV_TCP && uv_fileno(&c->sock.handle, &fd) == 0 &&
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0)
+    le_lconn_trace(&c->lc, "reset (RST sent; %zu queued bytes discarded)",
+                   c->lc.queued);
+  le_conn_close(c);
+}
+
+static void io_close(le_lconn *lc, int how) {
   le_conn *c = conn_of(lc);
+  if (how == LE_CLOSE_RESET && c->state != LE_CONN_CLOSED &&
+      c->state != LE_CONN_CONNECTING) {
+    /* A reset also cuts short a close already under way, as long as the
+     * socket is still there. */
+    if (c->state == LE_CONN_CLOSING) return;
+    reset_socket(c);
+    return;
+  }
   if (is_closing(c)) return;
-  if (abort || c->state == LE_CONN_CONNECTING ||
+  if (how != LE_CLOSE_GRACEFUL || c->state == LE_CONN_CONNECTING ||
       (c->peer_fin && lc->queued == 0 && c->fin != LE_FIN_PENDING)) {
     le_conn_close(c);
     return;

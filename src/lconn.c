@@ -67,6 +67,7 @@ const char *le_end_reason_name(le_end_reason r) {
       [LE_END_SOCKET_ERROR] = "socket error",
       [LE_END_RETURNED] = "handler returned",
       [LE_END_CLOSED] = "handler closed it",
+      [LE_END_RESET_SENT] = "handler reset it",
       [LE_END_HANDLER_ERROR] = "handler error",
       [LE_END_IDLE] = "idle timeout",
       [LE_END_SEND_TIMEOUT] = "send timeout",
@@ -86,6 +87,7 @@ const char *le_end_reason_key(le_end_reason r) {
       [LE_END_SOCKET_ERROR] = "socket_error",
       [LE_END_RETURNED] = "returned",
       [LE_END_CLOSED] = "closed",
+      [LE_END_RESET_SENT] = "reset_sent",
       [LE_END_HANDLER_ERROR] = "handler_error",
       [LE_END_IDLE] = "idle",
       [LE_END_SEND_TIMEOUT] = "send_timeout",
@@ -434,7 +436,7 @@ static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
   end_output(lc, later);
   fail_reader(lc, read_err);
   fail_writer(lc, write_err);
-  lc->io->close(lc, 1);
+  lc->io->close(lc, LE_CLOSE_ABORT);
 }
 
 void le_lconn_on_timeout(le_lconn *lc) {
@@ -699,20 +701,22 @@ static int conn_send(lua_State *L) {
 /* Ends the handler's use of lc: methods raise from now on, waiting
  * coroutines of the connection get nil, "closed" on the loop's next turn,
  * and the socket closes (after flushing, unless `abort`). */
-static void close_by_handler(le_lconn *lc, int abort) {
+static void close_by_handler(le_lconn *lc, int how) {
   if (lc->state != LE_LCONN_CLOSED) set_state(lc, LE_LCONN_CLOSED);
-  le_lconn_note_end(lc, LE_END_CLOSED);
+  le_lconn_note_end(lc, how == LE_CLOSE_RESET ? LE_END_RESET_SENT
+                                              : LE_END_CLOSED);
   end_input(lc, UV_ECANCELED);
   end_output(lc, UV_ECANCELED);
   wake_reader(lc);
   le__lconn_wake_writer(lc);
   le__lconn_update_reading(lc);
   le__lconn_rearm(lc);
-  lc->io->close(lc, abort);
+  lc->io->close(lc, how);
 }
 
-void le__lconn_close(le_lconn *lc, int abort) {
-  if (lc->state != LE_LCONN_CLOSED || abort) close_by_handler(lc, abort);
+void le__lconn_close(le_lconn *lc, int how) {
+  if (lc->state != LE_LCONN_CLOSED || how != LE_CLOSE_GRACEFUL)
+    close_by_handler(lc, how);
 }
 
 /* conn:close(): flushes queued output and closes. Closing twice is fine. */
@@ -720,6 +724,15 @@ static int conn_close(lua_State *L) {
   le__conn_ud *ud = le__lconn_to_ud(L);
   if (ud->lc != NULL && ud->lc->state != LE_LCONN_CLOSED)
     close_by_handler(ud->lc, 0);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:reset(): an abortive close. The peer gets an RST instead of a FIN
+ * (its next read fails with "econnreset"), and output still queued is
+ * discarded. */
+static int conn_reset(lua_State *L) {
+  close_by_handler(le__lconn_check_open(L), LE_CLOSE_RESET);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -747,6 +760,7 @@ static int conn_shutdown(lua_State *L) {
 const luaL_Reg le__lconn_io_methods[] = {
     {"recv", conn_recv},   {"send", conn_send},
     {"close", conn_close}, {"shutdown", conn_shutdown},
+    {"reset", conn_reset},
     {NULL, NULL}};
 
 /* ---- lifetime ---- */
@@ -761,7 +775,7 @@ static void end_children(le_lconn *lc) {
   while (lc->children != NULL) {
     le_lconn *child = lc->children;
     le_lconn_orphan(child);
-    le__lconn_close(child, 1);
+    le__lconn_close(child, LE_CLOSE_ABORT);
   }
 }
 
@@ -787,7 +801,7 @@ static void on_handler_done(le_coro *c, lua_State *co, int nres,
   }
   end_children(lc);
   /* After an error, output is dropped even if close() began a flush. */
-  le__lconn_close(lc, error != NULL);
+  le__lconn_close(lc, error != NULL ? LE_CLOSE_ABORT : LE_CLOSE_GRACEFUL);
   lc->io->handler_done(lc);
 }
 

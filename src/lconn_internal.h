@@ -31,9 +31,9 @@ le__conn_ud *le__lconn_to_ud(lua_State *L);
 /* Returns the connection of argument 1; raises if it is closed. */
 le_lconn *le__lconn_check_open(lua_State *L);
 
-/* Closes lc for its handler (CLOSED): after flushing, or at once when
- * `abort`; an abort also cuts short a flush already under way. */
-void le__lconn_close(le_lconn *lc, int abort);
+/* Closes lc for its handler (CLOSED) the way `how` says (LE_CLOSE_*); an
+ * abort or a reset also cuts short a flush already under way. */
+void le__lconn_close(le_lconn *lc, int how);
 
 void le__lconn_update_reading(le_lconn *lc);
 void le__lconn_wake_writer(le_lconn *lc);

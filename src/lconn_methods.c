@@ -167,7 +167,7 @@ static int conn_gc(lua_State *L) {
     lc->ud = NULL;
     ud->lc = NULL;
     le_lconn_note_end(lc, LE_END_COLLECTED);
-    if (lc->state != LE_LCONN_CLOSED) le__lconn_close(lc, 1);
+    if (lc->state != LE_LCONN_CLOSED) le__lconn_close(lc, LE_CLOSE_ABORT);
   }
   return 0;
 }

@@ -16,6 +16,7 @@
 #define SECONDS_AT(f) .kind = LE_OPTK_SECONDS, .offset = FIELD(double, f)
 #define BOOL_AT(f) .kind = LE_OPTK_BOOL, .offset = FIELD(uint8_t, f)
 #define DELAY_AT(f) .kind = LE_OPTK_DELAY, .offset = FIELD(uint32_t, f)
+#define BYTES_AT(f) .kind = LE_OPTK_BYTES, .offset = FIELD(uint32_t, f)
 
 /* Every connection option, in the order of docs/config.md. `type` and
  * `meaning` are that table's columns word for word (tests/test_opts.c
@@ -75,6 +76,22 @@ static const le_opt_def table[] = {
      .meaning = "how long a handler may compute without waiting on I/O, a "
                 "timer or a task before it is stopped with a "
                 "`cpu_limit exceeded` error (see docs/operations.md)"},
+    {.name = "sndbuf", BYTES_AT(sndbuf), .min = 1, .max = LE_MAX_SIZE_OPT,
+     .def = 0, .flags = LE_OPTF_SOCKET,
+     .type = "integer 1..1073741824, or `false`",
+     .meaning = "`SO_SNDBUF`: the kernel's send buffer (`false`: the "
+                "kernel's default); `getopts` reports what the kernel set, "
+                "which on Linux is twice the request"},
+    {.name = "rcvbuf", BYTES_AT(rcvbuf), .min = 1, .max = LE_MAX_SIZE_OPT,
+     .def = 0, .flags = LE_OPTF_SOCKET,
+     .type = "integer 1..1073741824, or `false`",
+     .meaning = "`SO_RCVBUF`: the kernel's receive buffer (`false`: the "
+                "kernel's default), reported like `sndbuf`"},
+    {.name = "read_size", SIZE_AT(read_size), .min = 1, .max = 65536,
+     .def = 65536,
+     .type = "integer 1..65536",
+     .meaning = "the most bytes taken from the kernel by one read, so "
+                "partial reads can be made to happen"},
     {.name = "trace", BOOL_AT(trace), .def = 0,
      .type = "boolean",
      .meaning = "write a trace line for every socket event of the "
@@ -302,6 +319,19 @@ static void push_delay(const le_opt_def *d, double v, lua_State *L) {
     push_integer(d, v, L);
 }
 
+/* A byte count, or false (stored as 0) for the kernel's default. */
+static const char *parse_bytes(const le_opt_def *d, lua_State *L, int idx,
+                               double *v, char *buf, size_t buflen) {
+  if (lua_type(L, idx) == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+    *v = 0;
+    return NULL;
+  }
+  if (get_in_range(d, L, idx, v)) return NULL;
+  snprintf(buf, buflen, "an integer byte count in %lld..%lld, or false",
+           (long long)d->min, (long long)d->max);
+  return buf;
+}
+
 /* ---- kinds ---- */
 
 /* What each kind does: read a Lua value, show one, and the size of its
@@ -318,6 +348,7 @@ static const struct {
     [LE_OPTK_SECONDS] = {parse_seconds, push_seconds, sizeof(double)},
     [LE_OPTK_BOOL] = {parse_bool, push_bool, sizeof(uint8_t)},
     [LE_OPTK_DELAY] = {parse_delay, push_delay, sizeof(uint32_t)},
+    [LE_OPTK_BYTES] = {parse_bytes, push_delay, sizeof(uint32_t)},
 };
 
 static size_t field_size(const le_opt_def *d) { return kinds[d->kind].size; }

@@ -304,6 +304,7 @@ static const char *other_value(const le_opt_def *d, char *buf, size_t len) {
     case LE_OPTK_SECONDS: return d->def < 0 ? "1.5" : "false";
     case LE_OPTK_BOOL: return d->def ? "false" : "true";
     case LE_OPTK_DELAY: return d->def == 0 ? "true" : "false";
+    case LE_OPTK_BYTES: return d->def == 0 ? "4096" : "false";
     case LE_OPTK_SIZE: break;
   }
   snprintf(buf, len, "%lld", (long long)(d->def == d->min ? d->max : d->min));

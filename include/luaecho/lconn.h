@@ -66,6 +66,7 @@ typedef enum le_end_reason {
   LE_END_SOCKET_ERROR,   /* another socket error */
   LE_END_RETURNED,       /* the handler returned */
   LE_END_CLOSED,         /* the handler called conn:close() */
+  LE_END_RESET_SENT,     /* the handler called conn:reset() */
   LE_END_HANDLER_ERROR,  /* the handler raised (cpu_limit included) */
   LE_END_IDLE,           /* idle_timeout */
   LE_END_SEND_TIMEOUT,   /* send_timeout with send_timeout_close */
@@ -81,6 +82,11 @@ const char *le_end_reason_name(le_end_reason r);
 /* Returns the reason as an identifier ("peer_fin", "idle", ...), for
  * tables and metric labels. */
 const char *le_end_reason_key(le_end_reason r);
+
+/* How io->close closes. */
+#define LE_CLOSE_GRACEFUL 0
+#define LE_CLOSE_ABORT 1
+#define LE_CLOSE_RESET 2
 
 typedef enum le_lconn_state {
   LE_LCONN_OPEN,
@@ -140,10 +146,11 @@ typedef struct le_lconn_io {
   /* Writes a unix socket peer's path ("" when unnamed or unknown); may be
    * NULL for transports without one. */
   void (*peer_path)(le_lconn *lc, char *path, size_t len);
-  /* Closes the socket: after flushing queued output, or at once when
-   * `abort` is set. May be called more than once; the first call counts,
-   * except that an abort cuts a flush short. */
-  void (*close)(le_lconn *lc, int abort);
+  /* Closes the socket: after flushing queued output (LE_CLOSE_GRACEFUL),
+   * at once (LE_CLOSE_ABORT), or with an RST that discards queued output
+   * (LE_CLOSE_RESET). May be called more than once; the first call counts,
+   * except that an abort or a reset cuts a flush short. */
+  void (*close)(le_lconn *lc, int how);
   /* The handler coroutine has ended; the connection may now be freed once
    * its handles are closed. */
   void (*handler_done)(le_lconn *lc);

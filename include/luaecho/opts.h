@@ -38,6 +38,9 @@ typedef struct le_opts {
   uint32_t send_buffer;     /* queued output above which send waits */
   uint32_t keepalive;       /* TCP keepalive delay in seconds, 0: off */
   uint32_t trace_bytes;     /* bytes of each read a trace line shows */
+  uint32_t sndbuf, rcvbuf;  /* SO_SNDBUF/SO_RCVBUF as the kernel set them;
+                             * 0: its default */
+  uint32_t read_size;       /* most bytes one read takes from the kernel */
   uint8_t packet;           /* le_packet: framing of recv and send */
   uint8_t send_timeout_close; /* close the connection after a send timeout */
   uint8_t nodelay;          /* TCP_NODELAY */
@@ -55,6 +58,8 @@ typedef enum {
   LE_OPTK_SECONDS, /* double: seconds > 0 (cut at LE_MAX_TIMEOUT), or
                     * false, stored as -1, for none */
   LE_OPTK_BOOL,    /* uint8_t: a boolean, stored as 0 or 1 */
+  LE_OPTK_BYTES,   /* uint32_t: an integer in min..max, or false, stored
+                    * as 0, for the kernel's default */
   LE_OPTK_DELAY    /* uint32_t: integer seconds in min..max, true for `on`
                     * seconds, or false, stored as 0, for off */
 } le_opt_kind;
