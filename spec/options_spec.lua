@@ -28,6 +28,9 @@ local PRELUDE = server.SHOW .. server.REPORT .. DUMP
 
 -- Every option's default, as conn:getopts() returns them.
 local DEFAULTS = {
+  sndbuf = false,
+  rcvbuf = false,
+  read_size = 65536,
   cpu_limit = 5,
   trace = false,
   trace_bytes = 32,
@@ -210,7 +213,7 @@ describe("options", function()
             recv_timeout = 1.5, send_timeout = 2.5, idle_timeout = 3.5,
             send_timeout_close = false, nodelay = false, keepalive = 30,
             cpu_limit = 0.5, trace = true, trace_bytes = 8, trace_hex = true,
-            conn_summary = true,
+            conn_summary = true, read_size = 1000, sndbuf = false, rcvbuf = false,
           }
           report("ok", ok)
           report("opts", dump(conn:getopts()))
@@ -225,7 +228,7 @@ describe("options", function()
         recv_timeout = 1.5, send_timeout = 2.5, idle_timeout = 3.5,
         send_timeout_close = false, nodelay = false, keepalive = 30,
         cpu_limit = 0.5, trace = true, trace_bytes = 8, trace_hex = true,
-        conn_summary = true,
+        conn_summary = true, read_size = 1000, sndbuf = false, rcvbuf = false,
       }
       assert.same(want, dumped(srv, "opts"))
       assert.same({ n = 11, "line", 100, 1000, 2000, 1.5, 2.5, 3.5, false, false, 30, 0.5 },
@@ -343,12 +346,13 @@ describe("options", function()
         return function(conn) report("opts", dump(conn:getopts())) end]],
         'packet = 4\npacket_size = 5000\nrecv_timeout = 1.5\nidle_timeout = 20\nkeepalive = 30\nnodelay = false\n'
         .. 'send_timeout_close = false\nsend_buffer = 8192\nrecv_buffer = 4096\nsend_timeout = 7\n'
-        .. 'cpu_limit = 2\ntrace_bytes = 4\ntrace_hex = true\nconn_summary = true\n')
+        .. 'cpu_limit = 2\ntrace_bytes = 4\ntrace_hex = true\nconn_summary = true\nread_size = 2048\n')
       connect(srv)
       assert.same({
         packet = 4, packet_size = 5000, recv_timeout = 1.5, idle_timeout = 20, keepalive = 30,
         nodelay = false, send_timeout_close = false, send_buffer = 8192, recv_buffer = 4096, send_timeout = 7,
         cpu_limit = 2, trace = false, trace_bytes = 4, trace_hex = true, conn_summary = true,
+        read_size = 2048, sndbuf = false, rcvbuf = false,
       }, dumped(srv, "opts"))
     end)
 
