@@ -331,7 +331,8 @@ describe("hot swap", function()
       for _, line in ipairs(srv:log()) do
         local level, message = server.parse_log(line)
         assert(level, "not a log record: " .. line)
-        assert(message:find("^listening on ") or line:find(reloaded(h)) or line:find(reload_failed(h)),
+        assert(message:find("^listening on ") or message:find("^file descriptor limit: ") or
+          line:find(reloaded(h)) or line:find(reload_failed(h)),
           "unexpected log line: " .. line)
       end
     end)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "luaecho/addr.h"
 
@@ -75,13 +76,14 @@ static void unlink_conn(le_conn *c) {
 
 static void free_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
+  void *owner = c->owner;
   assert(c->state == LE_CONN_CLOSED && c->handler_done && c->timer == NULL);
   unlink_conn(c);
   le_lconn_release(&c->lc);
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
   ctx->count--;
   free(c);
-  ctx->on_freed(ctx);
+  ctx->on_freed(ctx, owner);
 }
 
 static void on_reap(uv_check_t *check) {
@@ -445,16 +447,18 @@ static le_conn *new_conn(le_conn_ctx *ctx, uv_handle_type type,
   return c;
 }
 
-le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_opts *opts, le_script *script) {
+le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
+                        const le_opts *opts, le_script *script, void *owner) {
   int r = 0;
-  le_conn *c = new_conn(ctx, server->type, opts, &r);
+  le_conn *c = new_conn(ctx, type, opts, &r);
   if (c != NULL) {
     c->state = LE_CONN_OPEN; /* its initial state: nothing to connect */
+    c->owner = owner;
     c->lc.script = script;
     c->lc.version = script->version;
     le_script_ref(script);
-    r = uv_accept(server, &c->sock.stream);
+    r = type == UV_TCP ? uv_tcp_open(&c->sock.tcp, fd)
+                       : uv_pipe_open(&c->sock.pipe, fd);
   }
   if (r == 0) {
     io_apply_sockopts(&c->lc);
@@ -462,6 +466,8 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
     le_script_push(script, ctx->L);
     if (le_lconn_start(&c->lc) == 0) return c;
     r = UV_ENOMEM;
+  } else {
+    close(fd); /* no handle took it */
   }
   le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
           uv_strerror(r));

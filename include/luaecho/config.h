@@ -21,11 +21,18 @@
 #define LE_DEFAULT_BACKLOG 511
 #define LE_DEFAULT_SHUTDOWN_TIMEOUT 10.0
 
+/* max_connections: the default, derived from the descriptor limit when the
+ * server starts (see le_server_max_connections), and the largest value a
+ * file may give. */
+#define LE_MAX_CONNECTIONS_AUTO (-1)
+#define LE_MAX_CONNECTIONS_MAX 1000000000
+
 typedef struct le_listener_conf {
   char *address;  /* as written, for messages */
   le_addr addr;   /* parsed form */
   char *handler;  /* handler file, or NULL to use the top-level handler */
   int backlog;    /* listen(2) backlog */
+  int max_connections; /* its connections open at once; 0 for no cap */
   le_opts opts;   /* options of its connections */
   unsigned builtin : 1; /* the default listener, not named by any file */
 } le_listener_conf;
@@ -36,6 +43,9 @@ typedef struct le_config {
   size_t nlisteners;
   char *handler;                /* default handler file, NULL for built-in echo */
   int backlog;                  /* default backlog for listeners */
+  int max_connections;          /* accepted connections open at once across
+                                   listeners: 0 for no cap, or
+                                   LE_MAX_CONNECTIONS_AUTO */
   le_opts opts;                 /* default connection options */
   double shutdown_timeout;      /* seconds connections may drain at shutdown */
   le_log_level log_level;

@@ -36,17 +36,19 @@ typedef int (*le_config_loader)(void *arg, le_config *cfg, char *err,
                                 size_t errlen);
 
 struct le_listener {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } sock;                        /* the listening socket; owned here */
+  uv_poll_t poll;                /* readiness of fd; owned here */
+  int fd;                        /* the listening socket, or -1 */
+  uv_handle_type type;           /* UV_TCP or UV_NAMED_PIPE */
   le_server *server;
   const le_listener_conf *conf;  /* in the configuration in force */
   le_script *script;             /* the handler its connections run */
+  size_t nconns;                 /* its accepted connections still alive */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
-  unsigned open : 1;             /* the handle was initialized */
+  unsigned poll_open : 1;        /* poll was initialized */
+  unsigned polling : 1;          /* poll is started: accepting */
+  unsigned full : 1;             /* paused by max_connections */
+  unsigned closing : 1;          /* close_listener was called */
+  unsigned closed : 1;           /* its handle and socket are gone */
   unsigned unlink_path : 1;      /* a unix socket file we created */
   unsigned keep : 1;             /* scratch flag while applying a reload */
   le_listener *next;             /* in the server's list */
@@ -66,14 +68,23 @@ struct le_server {
   le_watch *watches;             /* one per handler directory */
   uv_signal_t sigint, sigterm, sighup;
   uv_timer_t drain_timer;        /* bounds the shutdown drain */
+  size_t accepted;               /* accepted connections still alive */
+  size_t fd_limit;               /* RLIMIT_NOFILE's soft limit at start */
+  int reserve_fd;                /* kept free to shed with at EMFILE, or -1 */
+  size_t shed;                   /* connections shed since the last report */
+  int shed_err;                  /* why: UV_EMFILE or UV_ENFILE */
+  uv_timer_t shed_timer;         /* paces the reports, once a second */
   unsigned loop_open : 1;
   unsigned signals_open : 1;
   unsigned stopping : 1;         /* shutdown has begun */
+  unsigned starved : 1;          /* no descriptor even to shed with: every
+                                    listener waits for one to be freed */
 };
 
 /* Creates the loop and the Lua state and loads every handler of cfg; the
- * server owns cfg from here on (even on failure). Returns 0, or -1 with the
- * message in err. */
+ * server owns cfg from here on (even on failure). Logs the descriptor limit
+ * ("file descriptor limit: N") and the max_connections it implies. Returns
+ * 0, or -1 with the message in err. */
 int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen);
 
 /* Binds and listens on every listener, logging "listening on ADDR" with
@@ -93,6 +104,13 @@ void le_server_stop(le_server *s, const char *why);
  * as SIGHUP does. Returns 0, or -1 when the new configuration was rejected
  * (the reason is logged). */
 int le_server_reload(le_server *s);
+
+/* Returns the cap on accepted connections open at once across listeners:
+ * cfg's max_connections, or when that is LE_MAX_CONNECTIONS_AUTO, the
+ * descriptor limit fd_limit less one eighth of it (at least 32) kept for the
+ * server's own files and outbound connections, and at least 1. 0 means no
+ * cap. */
+size_t le_server_max_connections(const le_config *cfg, size_t fd_limit);
 
 /* Closes whatever is still open and releases everything. */
 void le_server_free(le_server *s);
