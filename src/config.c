@@ -543,6 +543,14 @@ int le_config_init(le_config *cfg) {
   return 0;
 }
 
+size_t le_config_max_connections(const le_config *cfg, size_t fd_limit) {
+  if (cfg->max_connections != LE_MAX_CONNECTIONS_AUTO)
+    return (size_t)cfg->max_connections;
+  if (fd_limit == 0) return 0;
+  size_t reserve = fd_limit / 8 > 32 ? fd_limit / 8 : 32;
+  return fd_limit > reserve ? fd_limit - reserve : 1;
+}
+
 void le_config_free(le_config *cfg) {
   listeners_free(cfg->listeners, cfg->nlisteners);
   free(cfg->handler);

@@ -472,6 +472,7 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
   le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
           uv_strerror(r));
   if (c != NULL) {
+    c->owner = NULL; /* it never started: its owner does not count it */
     c->handler_done = 1;
     le_conn_close(c);
   }

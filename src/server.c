@@ -181,14 +181,6 @@ static void start_watches(le_server *s) {
 /* The plural ending for n connections. */
 static const char *plural(size_t n) { return n == 1 ? "" : "s"; }
 
-size_t le_server_max_connections(const le_config *cfg, size_t fd_limit) {
-  if (cfg->max_connections != LE_MAX_CONNECTIONS_AUTO)
-    return (size_t)cfg->max_connections;
-  if (fd_limit == 0) return 0; /* unknown or unlimited: no cap */
-  size_t reserve = fd_limit / 8 > 32 ? fd_limit / 8 : 32;
-  return fd_limit > reserve ? fd_limit - reserve : 1;
-}
-
 /* Returns the soft descriptor limit (main has raised it as far as it
  * goes), or 0 when there is none or it cannot be read. */
 static size_t read_fd_limit(void) {
@@ -200,7 +192,7 @@ static size_t read_fd_limit(void) {
 
 /* Logs the descriptor limit and the max_connections in force. */
 static void log_fd_limit(le_server *s) {
-  size_t max = le_server_max_connections(s->cfg, s->fd_limit);
+  size_t max = le_config_max_connections(s->cfg, s->fd_limit);
   char figure[32] = "unlimited", cap[32] = "none";
   if (s->fd_limit > 0) snprintf(figure, sizeof figure, "%zu", s->fd_limit);
   if (max > 0) snprintf(cap, sizeof cap, "%zu", max);
@@ -211,7 +203,7 @@ static void log_fd_limit(le_server *s) {
 /* Returns 1 when l may accept one more connection under both caps. */
 static int has_room(const le_listener *l) {
   const le_server *s = l->server;
-  size_t global = le_server_max_connections(s->cfg, s->fd_limit);
+  size_t global = le_config_max_connections(s->cfg, s->fd_limit);
   size_t own = (size_t)l->conf->max_connections;
   return (global == 0 || s->accepted < global) &&
          (own == 0 || l->nconns < own);

@@ -22,7 +22,7 @@
 #define LE_DEFAULT_SHUTDOWN_TIMEOUT 10.0
 
 /* max_connections: the default, derived from the descriptor limit when the
- * server starts (see le_server_max_connections), and the largest value a
+ * server starts (see le_config_max_connections), and the largest value a
  * file may give. */
 #define LE_MAX_CONNECTIONS_AUTO (-1)
 #define LE_MAX_CONNECTIONS_MAX 1000000000
@@ -80,6 +80,13 @@ int le_config_set_handler(le_config *cfg, const char *path);
  * NULL means the built-in echo handler. */
 const char *le_config_listener_handler(const le_config *cfg,
                                        const le_listener_conf *l);
+
+/* Returns the cap on accepted connections open at once across listeners:
+ * cfg's max_connections, or when that is LE_MAX_CONNECTIONS_AUTO, the
+ * descriptor limit fd_limit less one eighth of it (at least 32 descriptors)
+ * kept for the server's own files and outbound connections, and at least 1.
+ * 0 means no cap (also for AUTO when fd_limit is 0: unknown or unlimited). */
+size_t le_config_max_connections(const le_config *cfg, size_t fd_limit);
 
 /* Releases everything cfg holds. */
 void le_config_free(le_config *cfg);

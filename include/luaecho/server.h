@@ -105,13 +105,6 @@ void le_server_stop(le_server *s, const char *why);
  * (the reason is logged). */
 int le_server_reload(le_server *s);
 
-/* Returns the cap on accepted connections open at once across listeners:
- * cfg's max_connections, or when that is LE_MAX_CONNECTIONS_AUTO, the
- * descriptor limit fd_limit less one eighth of it (at least 32) kept for the
- * server's own files and outbound connections, and at least 1. 0 means no
- * cap. */
-size_t le_server_max_connections(const le_config *cfg, size_t fd_limit);
-
 /* Closes whatever is still open and releases everything. */
 void le_server_free(le_server *s);
 
