@@ -45,6 +45,24 @@ local function paused_line(srv)
     " %(%d+ connections? here, %d+ in all%): accepting paused"), "paused")
 end
 
+-- The echo server's config with the given max_connections.
+local function capped_config(max)
+  return ('listen = "127.0.0.1:0"\nmax_connections = %d\nlog_level = "debug"\n'):format(max)
+end
+
+-- Starts the echo server capped at max connections and fills it: returns
+-- the server and the max clients it serves, once it has paused accepting.
+local function start_full(max)
+  local srv = server.start{ config = capped_config(max) }
+  local clients = {}
+  for i = 1, max do
+    clients[i] = connect(srv.addrs[1])
+    assert_echoes(clients[i], "client " .. i)
+  end
+  paused_line(srv)
+  return srv, clients
+end
+
 -- Returns the CPU seconds (user + system) the process pid has used.
 local function cpu_seconds(pid)
   local stat = assert(server.read_file("/proc/" .. pid .. "/stat"))
@@ -72,15 +90,8 @@ describe("limits", function()
 
   describe("max_connections", function()
     it("keeps a third client waiting in the backlog until one of two ends, then serves it", function()
-      local srv = server.start{ config = [[
-listen = "127.0.0.1:0"
-max_connections = 2
-log_level = "debug"
-]] }
-      local a, b = connect(srv.addrs[1]), connect(srv.addrs[1])
-      assert_echoes(a, "a")
-      assert_echoes(b, "b")
-      paused_line(srv)
+      local srv, clients = start_full(2)
+      local a, b = clients[1], clients[2]
       -- The kernel completes the handshake; the server does not accept.
       local c = connect(srv.addrs[1])
       assert_waiting(c, "c")
@@ -124,14 +135,8 @@ log_level = "debug"
     end)
 
     it("sleeps while at the limit: the server uses next to no CPU", function()
-      local srv = server.start{ config = [[
-listen = "127.0.0.1:0"
-max_connections = 1
-log_level = "debug"
-]] }
-      local held = connect(srv.addrs[1])
-      assert_echoes(held, "held")
-      paused_line(srv)
+      local srv, clients = start_full(1)
+      local held = clients[1]
       local waiting = {}
       for i = 1, 5 do
         waiting[i] = connect(srv.addrs[1])
@@ -153,22 +158,12 @@ log_level = "debug"
     end)
 
     it("takes a new value on SIGHUP and resumes accepting under it", function()
-      local srv = server.start{ config = [[
-listen = "127.0.0.1:0"
-max_connections = 1
-log_level = "debug"
-]] }
-      local a = connect(srv.addrs[1])
-      assert_echoes(a, "a")
-      paused_line(srv)
+      local srv, clients = start_full(1)
+      local a = clients[1]
       local b = connect(srv.addrs[1])
       assert_waiting(b, "b")
       -- The same address text keeps the listener (and its port).
-      server.write_file(srv:file("config.lua"), [[
-listen = "127.0.0.1:0"
-max_connections = 2
-log_level = "debug"
-]])
+      server.write_file(srv:file("config.lua"), capped_config(2))
       assert(srv:signal("HUP"))
       expect_line(srv, server.record("info", "config reloaded from .*"), "config reloaded")
       assert.same({ "b" }, { server.recv_exactly(b, 1, 10) })
