@@ -105,11 +105,11 @@ describe("limits", function()
       assert_echoes(b, "b still served")
     end)
 
-    it("caps one listener without touching another", function()
+    it("caps one listener (a unix socket) without touching another", function()
       local srv = server.start{
         config = [[
 listen = {
-  { address = "127.0.0.1:0", max_connections = 1 },
+  { address = "unix:@DIR@/s.sock", max_connections = 1 },
   "127.0.0.1:0",
 }
 log_level = "debug"

@@ -248,12 +248,13 @@ static int hold_reserve(le_server *s) {
   return s->reserve_fd >= 0;
 }
 
+/* Pauses every listener (nothing to accept with) or lets them go on. */
 static void set_starved(le_server *s, int starved) {
   if ((int)s->starved == starved) return;
   s->starved = starved;
   le_logf(&s->log, LE_LOG_DEBUG,
-          starved ? "no descriptor left to shed with: accepting paused"
-                  : "descriptors available: accepting again");
+          starved ? "accepting paused on every listener until resources free up"
+                  : "accepting again on every listener");
   update_listeners(s);
 }
 
@@ -333,8 +334,9 @@ static int client_error(int err) {
          err == ENETUNREACH || err == EPERM;
 }
 
-/* Something other than descriptors is short (memory, buffers): every
- * listener pauses for a second rather than spin on a readable socket. */
+/* Something other than descriptors is short (memory, buffers), or the
+ * socket reported an error: every listener pauses for a second rather
+ * than spin on a readable socket. */
 static void accept_failed(le_listener *l, int err) {
   le_server *s = l->server;
   le_logf(&s->log, LE_LOG_WARN, "accept on %s failed: %s; pausing for a second",
@@ -350,10 +352,9 @@ static void on_acceptable(uv_poll_t *p, int status, int events) {
   le_listener *l = p->data;
   (void)events;
   if (status < 0) {
-    /* libuv stopped the handle; the next update starts it again. */
+    /* libuv stopped the handle; the listeners' retry starts it again. */
     l->polling = 0;
-    le_logf(&l->server->log, LE_LOG_WARN, "accept on %s failed: %s",
-            l->bound, uv_strerror(status));
+    accept_failed(l, status);
     return;
   }
   for (int i = 0; i < ACCEPT_BATCH && !l->closing && has_room(l); i++) {
@@ -535,6 +536,7 @@ static void on_poll_closed(uv_handle_t *h) {
  * once, as libuv closes a stream's: uv_close has already stopped watching
  * it, and a client must be refused from now on. */
 static void close_listener(le_listener *l) {
+  if (l->closing) return;
   l->closing = 1;
   if (l->unlink_path) unlink(l->conf->addr.path);
   l->unlink_path = 0;
