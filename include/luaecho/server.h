@@ -13,6 +13,13 @@
  * reloads the handlers and the configuration (listeners added and removed,
  * options for new connections). A version or configuration that fails to
  * load is rejected with a log line and the running one stays in force.
+ *
+ * Limits: a listener accepts only while the accepted connections are under
+ * max_connections (the global cap and its own); at a cap it stops watching
+ * its socket, so clients wait in the kernel's backlog and the loop sleeps,
+ * and it starts again when a connection ends. Out of descriptors (EMFILE,
+ * ENFILE), waiting clients are accepted with a reserve descriptor and
+ * closed at once (shed), and a warning counts them at most once a second.
  */
 #ifndef LUAECHO_SERVER_H
 #define LUAECHO_SERVER_H
