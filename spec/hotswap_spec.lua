@@ -332,6 +332,7 @@ describe("hot swap", function()
         local level, message = server.parse_log(line)
         assert(level, "not a log record: " .. line)
         assert(message:find("^listening on ") or message:find("^luaecho [%d.]+ running as pid ")
+          or message:find("^file descriptor limit: ")
           or line:find(reloaded(h)) or line:find(reload_failed(h)),
           "unexpected log line: " .. line)
       end

@@ -24,13 +24,12 @@ typedef struct loader {
 } loader;
 
 /* Keys besides the connection options (opts.h), which both levels take. */
-static const char *const top_keys[] = {"listen",    "handler",
-                                       "backlog",   "shutdown_timeout",
-                                       "log_level", "watch",
-                                       "sandbox",   "max_memory",
-                                       "trace_file", NULL};
+static const char *const top_keys[] = {
+    "listen",    "handler", "backlog",    "max_connections", "shutdown_timeout",
+    "log_level", "watch",   "sandbox",    "max_memory",      "trace_file",
+    NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
-                                            NULL};
+                                            "max_connections", NULL};
 
 static char *dup_string(const char *s) {
   size_t n = strlen(s) + 1;
@@ -87,6 +86,19 @@ static int get_integer(loader *ld, int idx, const char *key, long min,
                 min, max, (long long)v);
   *out = (int)v;
   return 0;
+}
+
+/* Reads max_connections at idx: a positive integer, or false for no cap
+ * (stored as 0). */
+static int get_max_connections(loader *ld, int idx, const char *key,
+                               int *out) {
+  if (lua_type(ld->L, idx) == LUA_TBOOLEAN && !lua_toboolean(ld->L, idx)) {
+    *out = 0;
+    return 0;
+  }
+  if (lua_type(ld->L, idx) != LUA_TNUMBER)
+    return wrong_type(ld, key, "positive integer or false", idx);
+  return get_integer(ld, idx, key, 1, LE_MAX_CONNECTIONS_MAX, out);
 }
 
 static int get_seconds(loader *ld, int idx, const char *key, double *out) {
@@ -255,6 +267,11 @@ static int get_listener(loader *ld, int idx, const char *key,
     r = get_integer(ld, -1, sub, 1, 65535, &l->backlog);
     lua_pop(L, 1);
   }
+  if (r == 0 && field(L, idx, "max_connections")) {
+    snprintf(sub, sizeof sub, "%s.max_connections", key);
+    r = get_max_connections(ld, -1, sub, &l->max_connections);
+    lua_pop(L, 1);
+  }
   snprintf(sub, sizeof sub, "%s.", key);
   return r == 0 ? get_opts(ld, idx, sub, &l->opts) : r;
 }
@@ -354,6 +371,10 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
     lua_pop(L, 1);
   }
   if (r == 0) r = get_opts(ld, idx, "", &cfg->opts);
+  if (r == 0 && field(L, idx, "max_connections")) {
+    r = get_max_connections(ld, -1, "max_connections", &cfg->max_connections);
+    lua_pop(L, 1);
+  }
   if (r == 0 && field(L, idx, "shutdown_timeout")) {
     r = get_seconds(ld, -1, "shutdown_timeout", &cfg->shutdown_timeout);
     lua_pop(L, 1);
@@ -572,6 +593,7 @@ int le_config_init(le_config *cfg) {
   const char *def = LE_DEFAULT_LISTEN;
   memset(cfg, 0, sizeof *cfg);
   cfg->backlog = LE_DEFAULT_BACKLOG;
+  cfg->max_connections = LE_MAX_CONNECTIONS_AUTO;
   cfg->shutdown_timeout = LE_DEFAULT_SHUTDOWN_TIMEOUT;
   cfg->log_level = LE_LOG_INFO;
   cfg->watch = 1;
@@ -586,6 +608,14 @@ int le_config_init(le_config *cfg) {
 void le_config_trace_all(le_config *cfg) {
   cfg->opts.trace = 1;
   for (size_t i = 0; i < cfg->nlisteners; i++) cfg->listeners[i].opts.trace = 1;
+}
+
+size_t le_config_max_connections(const le_config *cfg, size_t fd_limit) {
+  if (cfg->max_connections != LE_MAX_CONNECTIONS_AUTO)
+    return (size_t)cfg->max_connections;
+  if (fd_limit == 0) return 0;
+  size_t reserve = fd_limit / 8 > 32 ? fd_limit / 8 : 32;
+  return fd_limit > reserve ? fd_limit - reserve : 1;
 }
 
 void le_config_free(le_config *cfg) {

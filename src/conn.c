@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "luaecho/addr.h"
 
@@ -109,6 +110,7 @@ static void log_summary(le_conn *c) {
 
 static void free_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
+  void *owner = c->owner;
   assert(c->state == LE_CONN_CLOSED && c->handler_done && c->timer == NULL);
   if (c->lc.opts.conn_summary) log_summary(c);
   add_counts(&ctx->stats, &c->lc);
@@ -119,7 +121,7 @@ static void free_conn(le_conn *c) {
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
   ctx->count--;
   free(c);
-  ctx->on_freed(ctx);
+  ctx->on_freed(ctx, owner);
 }
 
 static void on_reap(uv_check_t *check) {
@@ -640,16 +642,18 @@ static le_conn *new_conn(le_conn_ctx *ctx, uv_handle_type type,
   return c;
 }
 
-le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_opts *opts, le_script *script) {
+le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
+                        const le_opts *opts, le_script *script, void *owner) {
   int r = 0;
-  le_conn *c = new_conn(ctx, server->type, opts, &r);
+  le_conn *c = new_conn(ctx, type, opts, &r);
   if (c != NULL) {
     c->state = LE_CONN_OPEN; /* its initial state: nothing to connect */
+    c->owner = owner;
     c->lc.script = script;
     c->lc.version = script->version;
     le_script_ref(script);
-    r = uv_accept(server, &c->sock.stream);
+    r = type == UV_TCP ? uv_tcp_open(&c->sock.tcp, fd)
+                       : uv_pipe_open(&c->sock.pipe, fd);
   }
   if (r == 0) {
     io_apply_sockopts(&c->lc);
@@ -659,11 +663,14 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
     le_script_push(script, ctx->L);
     if (le_lconn_start(&c->lc) == 0) return c;
     r = UV_ENOMEM;
+  } else {
+    close(fd); /* no handle took it */
   }
   le_logf(ctx->log, LE_LOG_ERROR, "cannot accept a connection: %s",
           uv_strerror(r));
   ctx->stats.accept_errors++;
   if (c != NULL) {
+    c->owner = NULL; /* it never started: its owner does not count it */
     c->handler_done = 1;
     le_conn_close(c);
   }

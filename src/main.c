@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <uv.h>
 
@@ -154,11 +155,23 @@ static int reload_config(void *arg, le_config *cfg, char *err,
   return -1;
 }
 
+/* Raises the soft descriptor limit to the hard one: every connection holds
+ * a descriptor, and the soft limit (often 1024) is a default, not a
+ * decision. On failure the old limit stays; the server logs the figure in
+ * force either way. */
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == rl.rlim_max) return;
+  rl.rlim_cur = rl.rlim_max;
+  (void)setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 /* Runs the server on cfg, which it takes over. */
 static int serve(le_config *cfg, options *o) {
   char err[1024];
   le_server server;
   int status = EXIT_CONFIG;
+  raise_fd_limit();
   if (le_server_init(&server, cfg, err, sizeof err) == 0 &&
       le_server_listen(&server, err, sizeof err) == 0) {
     server.reload_config = reload_config;

@@ -1,9 +1,14 @@
 /* Listeners, handler scripts, signals, reloads and shutdown: see
  * include/luaecho/server.h.
  *
- * The path of a new connection starts in on_connection: the listener's
- * handler script goes to le_conn_accept, which takes over.
+ * The path of a new connection starts in on_acceptable: the server accepts
+ * the socket itself (accept4), within the max_connections caps, and hands
+ * it with the listener's handler script to le_conn_accept, which takes
+ * over. libuv's own accept path is not used because it cannot pause
+ * without holding a client, and sheds clients silently when out of
+ * descriptors.
  */
+#define _GNU_SOURCE /* accept4: non-blocking sockets in one call */
 #include "luaecho/server.h"
 
 #include <errno.h>
@@ -14,6 +19,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -164,19 +171,212 @@ static void start_watches(le_server *s) {
   }
 }
 
+/* ---- limits: max_connections and descriptors ---- */
+
+/* Connections one readiness event of a listener accepts before the loop
+ * turns to other work; the rest are taken on its next turn. */
+#define ACCEPT_BATCH 64
+
+/* Waiting clients one shedding pass accepts and closes at most. */
+#define SHED_BATCH 1024
+
+/* The shortest interval between two "out of file descriptors" reports. */
+#define SHED_REPORT_MS 1000
+
+/* The plural ending for n connections. */
+static const char *plural(size_t n) { return n == 1 ? "" : "s"; }
+
+/* Returns the soft descriptor limit (main has raised it as far as it
+ * goes), or 0 when there is none or it cannot be read. */
+static size_t read_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    return 0;
+  return (size_t)rl.rlim_cur;
+}
+
+/* Logs the descriptor limit and the max_connections in force. */
+static void log_fd_limit(le_server *s) {
+  size_t max = le_config_max_connections(s->cfg, s->fd_limit);
+  char figure[32] = "unlimited", cap[32] = "none";
+  if (s->fd_limit > 0) snprintf(figure, sizeof figure, "%zu", s->fd_limit);
+  if (max > 0) snprintf(cap, sizeof cap, "%zu", max);
+  le_logf(&s->log, LE_LOG_INFO,
+          "file descriptor limit: %s, max_connections: %s", figure, cap);
+}
+
+/* Returns 1 when l may accept one more connection under both caps. */
+static int has_room(const le_listener *l) {
+  const le_server *s = l->server;
+  size_t global = le_config_max_connections(s->cfg, s->fd_limit);
+  size_t own = (size_t)l->conf->max_connections;
+  return (global == 0 || s->accepted < global) &&
+         (own == 0 || l->nconns < own);
+}
+
+static void on_acceptable(uv_poll_t *p, int status, int events);
+
+/* Starts or stops watching l's socket as the caps and the descriptor
+ * supply allow. A listener that does not watch its socket accepts nothing:
+ * new clients wait in the kernel's backlog, and the loop sleeps. */
+static void update_listener(le_listener *l) {
+  le_server *s = l->server;
+  if (l->closing || !l->poll_open) return;
+  int room = has_room(l);
+  if (room == l->full) {
+    l->full = !room;
+    if (room)
+      le_logf(&s->log, LE_LOG_DEBUG, "accepting again on %s", l->bound);
+    else
+      le_logf(&s->log, LE_LOG_DEBUG,
+              "max_connections reached on %s (%zu connection%s here, %zu in "
+              "all): accepting paused",
+              l->bound, l->nconns, plural(l->nconns), s->accepted);
+  }
+  int want = room && !s->starved;
+  if (want == (int)l->polling) return;
+  l->polling = want;
+  if (want)
+    uv_poll_start(&l->poll, UV_READABLE, on_acceptable);
+  else
+    uv_poll_stop(&l->poll);
+}
+
+static void update_listeners(le_server *s) {
+  for (le_listener *l = s->listeners; l != NULL; l = l->next)
+    update_listener(l);
+}
+
+/* Opens the reserve descriptor unless it is held. Returns 1 when held. */
+static int hold_reserve(le_server *s) {
+  if (s->reserve_fd < 0) s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return s->reserve_fd >= 0;
+}
+
+/* Pauses every listener (nothing to accept with) or lets them go on. */
+static void set_starved(le_server *s, int starved) {
+  if ((int)s->starved == starved) return;
+  s->starved = starved;
+  le_logf(&s->log, LE_LOG_DEBUG,
+          starved ? "accepting paused on every listener until resources free up"
+                  : "accepting again on every listener");
+  update_listeners(s);
+}
+
+/* Logs the connections shed since the last report, if any. */
+static void report_shed(le_server *s) {
+  if (s->shed == 0) return;
+  le_logf(&s->log, LE_LOG_WARN,
+          "out of file descriptors (%s): shed %zu connection%s since the "
+          "last report",
+          uv_err_name(s->shed_err), s->shed, plural(s->shed));
+  s->shed = 0;
+}
+
+/* Runs once a second while descriptors are short: reports what was shed
+ * and lets starved listeners try again; stops after a quiet second. */
+static void on_shed_timer(uv_timer_t *t) {
+  le_server *s = t->data;
+  int quiet = s->shed == 0 && !s->starved;
+  report_shed(s);
+  set_starved(s, !hold_reserve(s));
+  if (quiet) uv_timer_stop(t);
+}
+
+/* Reports at once unless a report went out less than a second ago, in
+ * which case the timer reports later. */
+static void pace_report(le_server *s) {
+  if (uv_is_active((uv_handle_t *)&s->shed_timer)) return;
+  report_shed(s);
+  uv_timer_start(&s->shed_timer, on_shed_timer, SHED_REPORT_MS,
+                 SHED_REPORT_MS);
+}
+
+/* Accepting failed for want of descriptors (err is UV_EMFILE or
+ * UV_ENFILE). The clients waiting on l are accepted with the reserve
+ * descriptor and closed at once, so they learn now instead of timing out
+ * in the backlog; then the reserve is taken back. Without one, every
+ * listener pauses until a connection ends or the timer tries again: the
+ * socket stays readable, so watching it would spin. libuv's own trick is
+ * the same, but silent; the server accepts itself to count. */
+static void shed(le_listener *l, int err) {
+  le_server *s = l->server;
+  s->shed_err = err;
+  if (s->reserve_fd >= 0) close(s->reserve_fd);
+  s->reserve_fd = -1;
+  for (int i = 0; i < SHED_BATCH; i++) {
+    int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0) {
+      close(fd);
+      s->shed++;
+    } else if (errno != EINTR && errno != ECONNABORTED) {
+      break;
+    }
+  }
+  set_starved(s, !hold_reserve(s));
+  pace_report(s);
+}
+
 /* ---- listeners ---- */
 
-static void on_connection(uv_stream_t *stream, int status) {
-  le_listener *l = stream->data;
+/* Hands an accepted socket to a new connection and counts it. */
+static void admit(le_listener *l, int fd) {
   le_server *s = l->server;
+  if (le_conn_accept(&s->conns, fd, l->type, &l->conf->opts, l->script,
+                     l) == NULL)
+    return;
+  l->nconns++;
+  s->accepted++;
+}
+
+/* Returns 1 for an accept(2) error that concerns only the client it would
+ * have returned (Linux passes pending network errors on this way), after
+ * which the next one may be accepted. */
+static int client_error(int err) {
+  return err == EINTR || err == ECONNABORTED || err == EPROTO ||
+         err == ENETDOWN || err == ENOPROTOOPT || err == EHOSTDOWN ||
+         err == ENONET || err == EHOSTUNREACH || err == EOPNOTSUPP ||
+         err == ENETUNREACH || err == EPERM;
+}
+
+/* Something other than descriptors is short (memory, buffers), or the
+ * socket reported an error: every listener pauses for a second rather
+ * than spin on a readable socket. */
+static void accept_failed(le_listener *l, int err) {
+  le_server *s = l->server;
+  le_logf(&s->log, LE_LOG_WARN, "accept on %s failed: %s; pausing for a second",
+          l->bound, uv_strerror(err));
+  set_starved(s, 1);
+  pace_report(s);
+}
+
+/* l's socket is readable: accepts while the caps allow, then pauses or
+ * keeps watching as update_listener decides. A handler runs inside admit,
+ * so l is checked again after each one. */
+static void on_acceptable(uv_poll_t *p, int status, int events) {
+  le_listener *l = p->data;
+  (void)events;
   if (status < 0) {
-    /* Out of descriptors and the like: this one connection is lost, the
-     * listener keeps accepting. */
-    le_logf(&s->log, LE_LOG_WARN, "accept on %s failed: %s", l->bound,
-            uv_strerror(status));
+    /* libuv stopped the handle; the listeners' retry starts it again. */
+    l->polling = 0;
+    accept_failed(l, status);
     return;
   }
-  le_conn_accept(&s->conns, stream, &l->conf->opts, l->script);
+  for (int i = 0; i < ACCEPT_BATCH && !l->closing && has_room(l); i++) {
+    int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      admit(l, fd);
+    } else if (errno == EMFILE || errno == ENFILE) {
+      shed(l, -errno); /* libuv's error codes are negated errno values */
+      break;
+    } else if (errno == ENOBUFS || errno == ENOMEM) {
+      accept_failed(l, -errno);
+      break;
+    } else if (!client_error(errno)) {
+      break; /* EAGAIN: nobody else is waiting */
+    }
+  }
+  update_listener(l);
 }
 
 /* Resolves a TCP listen address: numeric forms directly, names through the
@@ -203,25 +403,50 @@ static int resolve(const le_addr *a, struct sockaddr_storage *ss, char *why,
   return 0;
 }
 
+/* Creates l's socket for `family`, as libuv would: non-blocking, closed
+ * on exec; TCP ones reuse the address, so that a restart does not wait for
+ * old connections in TIME_WAIT, and IPv6 ones take IPv4 too. Returns 0 or
+ * a negative error. */
+static int open_socket(le_listener *l, int family) {
+  int on = 1, off = 0, r = 0;
+  l->fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (l->fd < 0) return -errno;
+  if (family != AF_UNIX)
+    r = setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  if (r == 0 && family == AF_INET6)
+    r = setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+  return r == 0 ? 0 : -errno;
+}
+
+/* Listens on l's bound socket and starts watching it. Returns 0 or a
+ * negative error. */
+static int start_listening(le_listener *l) {
+  if (listen(l->fd, l->conf->backlog) != 0) return -errno;
+  int r = uv_poll_init_socket(&l->server->loop, &l->poll, l->fd);
+  if (r < 0) return r;
+  l->poll.data = l;
+  l->poll_open = 1;
+  update_listener(l);
+  return 0;
+}
+
 static int listen_tcp(le_listener *l, char *why, size_t whylen) {
   struct sockaddr_storage ss;
   if (resolve(&l->conf->addr, &ss, why, whylen) != 0) return -1;
-  int r = uv_tcp_init(&l->server->loop, &l->sock.tcp);
-  if (r < 0) goto fail;
-  l->open = 1;
-  /* libuv sets SO_REUSEADDR on every TCP bind, so a restart does not wait
-   * for old connections in TIME_WAIT. */
-  r = uv_tcp_bind(&l->sock.tcp, (struct sockaddr *)&ss, 0);
-  if (r == 0) r = uv_listen(&l->sock.stream, l->conf->backlog, on_connection);
-  if (r < 0) goto fail;
-  int len = sizeof ss;
-  uv_tcp_getsockname(&l->sock.tcp, (struct sockaddr *)&ss, &len);
-  le_addr_format_sockaddr((struct sockaddr *)&ss, (socklen_t)len, l->bound,
+  socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                           : sizeof(struct sockaddr_in);
+  int r = open_socket(l, ss.ss_family);
+  if (r == 0 && bind(l->fd, (struct sockaddr *)&ss, len) != 0) r = -errno;
+  if (r == 0) r = start_listening(l);
+  if (r < 0) {
+    snprintf(why, whylen, "%s", uv_strerror(r));
+    return -1;
+  }
+  len = sizeof ss;
+  getsockname(l->fd, (struct sockaddr *)&ss, &len);
+  le_addr_format_sockaddr((struct sockaddr *)&ss, len, l->bound,
                           sizeof l->bound);
   return 0;
-fail:
-  snprintf(why, whylen, "%s", uv_strerror(r));
-  return -1;
 }
 
 /* Makes way for a unix socket at path: nothing there is fine; a socket file
@@ -280,37 +505,59 @@ static int listen_unix(le_listener *l, char *why, size_t whylen) {
   if (check_socket_dir(path, why, whylen) != 0 ||
       clear_stale_socket(path, &l->server->log, why, whylen) != 0)
     return -1;
-  int r = uv_pipe_init(&l->server->loop, &l->sock.pipe, 0);
-  if (r < 0) goto fail;
-  l->open = 1;
-  r = uv_pipe_bind(&l->sock.pipe, path);
-  if (r < 0) goto fail;
-  l->unlink_path = 1;
-  r = uv_listen(&l->sock.stream, l->conf->backlog, on_connection);
-  if (r < 0) goto fail;
+  struct sockaddr_un un;
+  memset(&un, 0, sizeof un);
+  un.sun_family = AF_UNIX;
+  memcpy(un.sun_path, path, strlen(path)); /* its length was checked */
+  int r = open_socket(l, AF_UNIX);
+  if (r == 0 && bind(l->fd, (struct sockaddr *)&un, sizeof un) != 0)
+    r = -errno;
+  if (r == 0) {
+    l->unlink_path = 1;
+    r = start_listening(l);
+  }
+  if (r < 0) {
+    snprintf(why, whylen, "%s", uv_strerror(r));
+    return -1;
+  }
   snprintf(l->bound, sizeof l->bound, "unix:%s", path);
   return 0;
-fail:
-  snprintf(why, whylen, "%s", uv_strerror(r));
-  return -1;
 }
 
-static void free_listener(uv_handle_t *h) { free(h->data); }
+/* Frees l once its socket is closed and the last of its connections is
+ * gone: until then, those connections still report to it. */
+static void free_if_done(le_listener *l) {
+  if (l->closed && l->nconns == 0) free(l);
+}
 
-/* Closes a listener; its memory goes in the close callback. Connections it
- * accepted are not affected. */
+static void on_poll_closed(uv_handle_t *h) {
+  le_listener *l = h->data;
+  l->closed = 1;
+  free_if_done(l);
+}
+
+/* Closes a listener; its memory goes when its handle is closed and its
+ * connections, which are not affected, have ended. The socket closes at
+ * once, as libuv closes a stream's: uv_close has already stopped watching
+ * it, and a client must be refused from now on. */
 static void close_listener(le_listener *l) {
+  if (l->closing) return;
+  l->closing = 1;
   if (l->unlink_path) unlink(l->conf->addr.path);
   l->unlink_path = 0;
   le_script_unref(l->script);
-  if (l->open)
-    uv_close(&l->sock.handle, free_listener);
-  else
-    free(l);
+  l->script = NULL;
+  if (l->poll_open) uv_close((uv_handle_t *)&l->poll, on_poll_closed);
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  if (!l->poll_open) {
+    l->closed = 1;
+    free_if_done(l);
+  }
 }
 
-/* Binds a listener for conf running script. Returns it (not yet on the
- * list), or NULL with a message in err. */
+/* Binds a listener for conf running script and starts accepting. Returns
+ * it (not yet on the list), or NULL with a message in err. */
 static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
                                   le_script *script, char *err,
                                   size_t errlen) {
@@ -322,12 +569,17 @@ static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
   l->server = s;
   l->conf = conf;
   l->script = script;
+  l->fd = -1;
   le_script_ref(script);
-  l->sock.handle.data = l;
   char why[300];
-  int r = conf->addr.kind == LE_ADDR_UNIX ? listen_unix(l, why, sizeof why)
-                                          : listen_tcp(l, why, sizeof why);
-  l->sock.handle.data = l;
+  int r;
+  if (conf->addr.kind == LE_ADDR_UNIX) {
+    l->type = UV_NAMED_PIPE;
+    r = listen_unix(l, why, sizeof why);
+  } else {
+    l->type = UV_TCP;
+    r = listen_tcp(l, why, sizeof why);
+  }
   if (r != 0) {
     snprintf(err, errlen, "cannot listen on %s: %s", conf->address, why);
     close_listener(l);
@@ -353,8 +605,12 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
     if (l == NULL) return -1;
     *tail = l;
     tail = &l->next;
-    le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
   }
+  /* Logged once every address is bound, so that a start-up failure is the
+   * one line of its message. */
+  log_fd_limit(s);
+  for (le_listener *l = s->listeners; l != NULL; l = l->next)
+    le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
   le_logf(&s->log, LE_LOG_INFO, "luaecho %s running as pid %ld with %s",
           LE_VERSION, (long)getpid(),
           s->cfg->path ? s->cfg->path : "built-in defaults");
@@ -458,6 +714,7 @@ int le_server_reload(le_server *s) {
   s->log.level = cfg->log_level;
   le_script_set_cpu_limit(s->L, cfg->opts.cpu_limit);
   s->mem.limit = cfg->max_memory;
+  update_listeners(s); /* the caps may have changed */
   start_watches(s);
   s->conns.stats.reloads++;
   le_logf(&s->log, LE_LOG_INFO, "config reloaded%s%s",
@@ -479,11 +736,9 @@ static void finish(le_server *s) {
     close_if_open((uv_handle_t *)&s->sighup);
   }
   close_if_open((uv_handle_t *)&s->drain_timer);
+  close_if_open((uv_handle_t *)&s->shed_timer);
   le_conn_ctx_close(&s->conns);
 }
-
-/* The plural ending for n connections. */
-static const char *plural(size_t n) { return n == 1 ? "" : "s"; }
 
 static void on_drain_timeout(uv_timer_t *t) {
   le_server *s = t->data;
@@ -492,9 +747,22 @@ static void on_drain_timeout(uv_timer_t *t) {
   le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
 }
 
-static void on_conn_freed(le_conn_ctx *ctx) {
+/* A connection ended: if a listener accepted it, that listener and every
+ * other one paused by the global cap may have room again. */
+static void on_conn_freed(le_conn_ctx *ctx, void *owner) {
   le_server *s = server_of_conns(ctx);
-  if (s->stopping && ctx->count == 0) finish(s);
+  le_listener *l = owner;
+  if (l != NULL) {
+    l->nconns--;
+    s->accepted--;
+    free_if_done(l);
+  }
+  if (s->stopping) {
+    if (ctx->count == 0) finish(s);
+    return;
+  }
+  if (s->starved) set_starved(s, !hold_reserve(s));
+  update_listeners(s);
 }
 
 void le_server_stop(le_server *s, const char *why) {
@@ -571,8 +839,11 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   int r;
   memset(s, 0, sizeof *s);
   s->trace_fd = -1;
+  s->reserve_fd = -1;
   s->cfg = cfg;
   le_log_init(&s->log, cfg->log_level, stderr);
+  s->fd_limit = read_fd_limit();
+  hold_reserve(s);
   r = uv_loop_init(&s->loop);
   if (r < 0) {
     snprintf(err, errlen, "cannot create the event loop: %s", uv_strerror(r));
@@ -580,7 +851,8 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   }
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
-  s->drain_timer.data = s;
+  uv_timer_init(&s->loop, &s->shed_timer);
+  s->drain_timer.data = s->shed_timer.data = s;
   if (open_trace(s, err, errlen) != 0) return -1;
   if (open_lua(&s->loop, &s->conns, &s->log, cfg, &s->mem, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
@@ -615,6 +887,7 @@ void le_server_free(le_server *s) {
     le_script_unref(sc);
   }
   if (s->L != NULL) lua_close(s->L);
+  if (s->reserve_fd >= 0) close(s->reserve_fd);
   le_conn_ctx_free(&s->conns);
   le_trace_close(&s->trace);
   if (s->trace_fd >= 0) close(s->trace_fd);

@@ -627,6 +627,75 @@ static void test_listen_metamethods_not_called(void **state) {
   assert_true(listener(f, 1)->opts.idle_timeout == 300.0);
 }
 
+/* ---- max_connections ---- */
+
+static void test_max_connections_defaults(void **state) {
+  fixture *f = *state;
+  assert_int_equal(f->cfg.max_connections, LE_MAX_CONNECTIONS_AUTO);
+  assert_int_equal(listener(f, 0)->max_connections, 0);
+}
+
+static void test_max_connections_accepted(void **state) {
+  fixture *f = *state;
+  assert_loads(f, "max_connections = 100");
+  assert_int_equal(f->cfg.max_connections, 100);
+  assert_loads(f, "max_connections = 2.0");
+  assert_int_equal(f->cfg.max_connections, 2);
+  assert_loads(f, "max_connections = false");
+  assert_int_equal(f->cfg.max_connections, 0);
+}
+
+/* The top-level key caps every listener together; it is not a default for
+ * each listener, which has none unless its table sets one. */
+static void test_max_connections_per_listener(void **state) {
+  fixture *f = *state;
+  assert_loads(f, "max_connections = 50\n"
+                  "listen = { { address = '127.0.0.1:1', max_connections = 3 },"
+                  " '127.0.0.1:2',"
+                  " { address = '127.0.0.1:3', max_connections = false } }");
+  assert_int_equal(f->cfg.max_connections, 50);
+  assert_int_equal(listener(f, 0)->max_connections, 3);
+  assert_int_equal(listener(f, 1)->max_connections, 0);
+  assert_int_equal(listener(f, 2)->max_connections, 0);
+}
+
+static void test_max_connections_rejected(void **state) {
+  fixture *f = *state;
+  assert_load_error(f, "max_connections = true",
+                    "c.lua: key 'max_connections': expected positive integer "
+                    "or false, got boolean");
+  assert_load_error(f, "max_connections = '10'",
+                    "c.lua: key 'max_connections': expected positive integer "
+                    "or false, got string");
+  assert_load_error(f, "max_connections = 0",
+                    "c.lua: key 'max_connections': expected integer in "
+                    "1..1000000000, got 0");
+  assert_load_error(f, "max_connections = 2.5",
+                    "c.lua: key 'max_connections': expected integer, got "
+                    "number");
+  assert_load_error(f,
+                    "listen = { { address = '127.0.0.1:2', "
+                    "max_connections = -1 } }",
+                    "c.lua: key 'listen[1].max_connections': expected integer "
+                    "in 1..1000000000, got -1");
+  assert_int_equal(f->cfg.max_connections, LE_MAX_CONNECTIONS_AUTO);
+}
+
+static void test_max_connections_derived(void **state) {
+  fixture *f = *state;
+  /* One eighth of the limit is kept back, at least 32 descriptors. */
+  assert_int_equal(le_config_max_connections(&f->cfg, 1024), 896);
+  assert_int_equal(le_config_max_connections(&f->cfg, 20000), 17500);
+  assert_int_equal(le_config_max_connections(&f->cfg, 100), 68);
+  assert_int_equal(le_config_max_connections(&f->cfg, 32), 1);
+  assert_int_equal(le_config_max_connections(&f->cfg, 0), 0);
+  /* A value from the file is taken as it is. */
+  assert_loads(f, "max_connections = 5000");
+  assert_int_equal(le_config_max_connections(&f->cfg, 1024), 5000);
+  assert_loads(f, "max_connections = false");
+  assert_int_equal(le_config_max_connections(&f->cfg, 1024), 0);
+}
+
 #define TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -676,6 +745,11 @@ int main(void) {
       TEST(test_load_real_file_error_names_file),
       TEST(test_strict_env_loads),
       TEST(test_listen_metamethods_not_called),
+      TEST(test_max_connections_defaults),
+      TEST(test_max_connections_accepted),
+      TEST(test_max_connections_per_listener),
+      TEST(test_max_connections_rejected),
+      TEST(test_max_connections_derived),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

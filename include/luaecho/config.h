@@ -21,11 +21,18 @@
 #define LE_DEFAULT_BACKLOG 511
 #define LE_DEFAULT_SHUTDOWN_TIMEOUT 10.0
 
+/* max_connections: the default, derived from the descriptor limit when the
+ * server starts (see le_config_max_connections), and the largest value a
+ * file may give. */
+#define LE_MAX_CONNECTIONS_AUTO (-1)
+#define LE_MAX_CONNECTIONS_MAX 1000000000
+
 typedef struct le_listener_conf {
   char *address;  /* as written, for messages */
   le_addr addr;   /* parsed form */
   char *handler;  /* handler file, or NULL to use the top-level handler */
   int backlog;    /* listen(2) backlog */
+  int max_connections; /* its connections open at once; 0 for no cap */
   le_opts opts;   /* options of its connections */
   unsigned builtin : 1; /* the default listener, not named by any file */
 } le_listener_conf;
@@ -37,6 +44,9 @@ typedef struct le_config {
   char *handler;                /* default handler file, NULL for built-in echo */
   char *trace_file;             /* where trace lines go; NULL: the log */
   int backlog;                  /* default backlog for listeners */
+  int max_connections;          /* accepted connections open at once across
+                                   listeners: 0 for no cap, or
+                                   LE_MAX_CONNECTIONS_AUTO */
   le_opts opts;                 /* default connection options */
   double shutdown_timeout;      /* seconds connections may drain at shutdown */
   le_log_level log_level;
@@ -72,6 +82,13 @@ int le_config_set_handler(le_config *cfg, const char *path);
  * NULL means the built-in echo handler. */
 const char *le_config_listener_handler(const le_config *cfg,
                                        const le_listener_conf *l);
+
+/* Returns the cap on accepted connections open at once across listeners:
+ * cfg's max_connections, or when that is LE_MAX_CONNECTIONS_AUTO, the
+ * descriptor limit fd_limit less one eighth of it (at least 32 descriptors)
+ * kept for the server's own files and outbound connections, and at least 1.
+ * 0 means no cap (also for AUTO when fd_limit is 0: unknown or unlimited). */
+size_t le_config_max_connections(const le_config *cfg, size_t fd_limit);
 
 /* Releases everything cfg holds. */
 void le_config_free(le_config *cfg);

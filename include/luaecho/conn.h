@@ -107,8 +107,9 @@ struct le_conn_ctx {
   uv_idle_t waker;    /* ... are resumed from here, on the next turn */
   le_preempt preempt; /* the watchdog that preempts long-running handlers */
   le_conn *reap;      /* connections waiting for the reaper */
-  /* Called after a connection was freed (the count is already lower). */
-  void (*on_freed)(le_conn_ctx *ctx);
+  /* Called after a connection was freed (the count is already lower), with
+   * the owner it was accepted for (NULL for outbound connections). */
+  void (*on_freed)(le_conn_ctx *ctx, void *owner);
 };
 
 struct le_conn {
@@ -124,6 +125,7 @@ struct le_conn {
   le_conn_ctx *ctx;
   le_conn *prev, *next;     /* in ctx's list of live connections */
   le_conn *next_reap;       /* in ctx's reap list, once ready to be freed */
+  void *owner;              /* opaque: what accepted it, for on_freed */
   uint32_t swept_queue;     /* write queue size (low bits) at the last sweep */
   uint8_t state;            /* le_conn_state */
   uint8_t fin;              /* le_conn_fin */
@@ -144,12 +146,13 @@ void le_conn_ctx_close(le_conn_ctx *ctx);
 /* Frees the read buffer, after the loop has run the handles' close. */
 void le_conn_ctx_free(le_conn_ctx *ctx);
 
-/* Accepts a pending connection from `server` (a TCP or pipe listener) and
- * runs the newest version of `script` for it with `opts`. Returns the
- * connection, or NULL after logging why. The connection holds a reference
- * to the script until it is freed. */
-le_conn *le_conn_accept(le_conn_ctx *ctx, uv_stream_t *server,
-                        const le_opts *opts, le_script *script);
+/* Takes over `fd`, a socket just accepted (type UV_TCP or UV_NAMED_PIPE),
+ * and runs the newest version of `script` for it with `opts`. `owner` is
+ * handed back to ctx->on_freed when the connection is freed. Returns the
+ * connection, or NULL after logging why (fd is closed then). The
+ * connection holds a reference to the script until it is freed. */
+le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
+                        const le_opts *opts, le_script *script, void *owner);
 
 /* Reports the end of an outbound connect: status 0 (then the caller adopts
  * c->lc with le_lconn_adopt), a libuv error or LE_TIMEOUT (then c is

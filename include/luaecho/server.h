@@ -13,6 +13,13 @@
  * reloads the handlers and the configuration (listeners added and removed,
  * options for new connections). A version or configuration that fails to
  * load is rejected with a log line and the running one stays in force.
+ *
+ * Limits: a listener accepts only while the accepted connections are under
+ * max_connections (the global cap and its own); at a cap it stops watching
+ * its socket, so clients wait in the kernel's backlog and the loop sleeps,
+ * and it starts again when a connection ends. Out of descriptors (EMFILE,
+ * ENFILE), waiting clients are accepted with a reserve descriptor and
+ * closed at once (shed), and a warning counts them at most once a second.
  */
 #ifndef LUAECHO_SERVER_H
 #define LUAECHO_SERVER_H
@@ -36,17 +43,19 @@ typedef int (*le_config_loader)(void *arg, le_config *cfg, char *err,
                                 size_t errlen);
 
 struct le_listener {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } sock;                        /* the listening socket; owned here */
+  uv_poll_t poll;                /* readiness of fd; owned here */
+  int fd;                        /* the listening socket, or -1 */
+  uv_handle_type type;           /* UV_TCP or UV_NAMED_PIPE */
   le_server *server;
   const le_listener_conf *conf;  /* in the configuration in force */
   le_script *script;             /* the handler its connections run */
+  size_t nconns;                 /* its accepted connections still alive */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
-  unsigned open : 1;             /* the handle was initialized */
+  unsigned poll_open : 1;        /* poll was initialized */
+  unsigned polling : 1;          /* poll is started: accepting */
+  unsigned full : 1;             /* paused by max_connections */
+  unsigned closing : 1;          /* close_listener was called */
+  unsigned closed : 1;           /* its handle and socket are gone */
   unsigned unlink_path : 1;      /* a unix socket file we created */
   unsigned keep : 1;             /* scratch flag while applying a reload */
   le_listener *next;             /* in the server's list */
@@ -68,14 +77,23 @@ struct le_server {
   le_watch *watches;             /* one per handler directory */
   uv_signal_t sigint, sigterm, sighup;
   uv_timer_t drain_timer;        /* bounds the shutdown drain */
+  size_t accepted;               /* accepted connections still alive */
+  size_t fd_limit;               /* RLIMIT_NOFILE's soft limit at start */
+  int reserve_fd;                /* kept free to shed with at EMFILE, or -1 */
+  size_t shed;                   /* connections shed since the last report */
+  int shed_err;                  /* why: UV_EMFILE or UV_ENFILE */
+  uv_timer_t shed_timer;         /* paces the reports, once a second */
   unsigned loop_open : 1;
   unsigned signals_open : 1;
   unsigned stopping : 1;         /* shutdown has begun */
+  unsigned starved : 1;          /* no descriptor even to shed with: every
+                                    listener waits for one to be freed */
 };
 
 /* Creates the loop and the Lua state and loads every handler of cfg; the
- * server owns cfg from here on (even on failure). Returns 0, or -1 with the
- * message in err. */
+ * server owns cfg from here on (even on failure). Logs the descriptor limit
+ * ("file descriptor limit: N") and the max_connections it implies. Returns
+ * 0, or -1 with the message in err. */
 int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen);
 
 /* Binds and listens on every listener, logging "listening on ADDR" with

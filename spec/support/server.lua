@@ -191,7 +191,10 @@ function M.start(opts)
   M.defer(function() srv:stop() end)
   local expect = opts.expect or 1
   local deadline = proc.now() + (opts.timeout or M.START_TIMEOUT)
-  while #srv.addrs < expect do
+  -- "running as pid" comes last, after every "listening on" line: the
+  -- server is ready then, and the lines before it are all consumed.
+  local running = false
+  while #srv.addrs < expect or not running do
     local line, err = srv:_readline(deadline)
     if not line then
       p:close()
@@ -202,6 +205,7 @@ function M.start(opts)
     end
     local addr = line:match(M.record("info", "listening on (.+)"))
     if addr then srv.addrs[#srv.addrs + 1] = M.parse_addr(addr) end
+    running = running or line:find(M.record("info", "luaecho [%d.]+ running as pid .+")) ~= nil
   end
   srv.cursor = #srv.lines
   srv.host, srv.port, srv.path = srv.addrs[1].host, srv.addrs[1].port, srv.addrs[1].path
