@@ -209,6 +209,7 @@ static void after_run(le_coro *c, int status, int nres, int preempted) {
   if (status == LUA_YIELD && preempted && !c->over_limit) {
     le_coro_sched *s = c->sched;
     set_state(c, LE_CORO_READY);
+    c->slice_start = 0; /* its next slice starts when it runs again */
     s->preempted++;
     enqueue(&s->later, &s->later_tail, c);
     s->kick(s);

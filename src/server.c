@@ -730,14 +730,29 @@ static void close_if_open(uv_handle_t *h) {
 
 /* Closes the last handles that keep the loop running. */
 static void finish(le_server *s) {
+  /* The signal handles stay open, only no longer holding the loop: a
+   * signal during the rest of the teardown still reaches libuv instead of
+   * killing the process (le_server_free closes them). */
   if (s->signals_open) {
-    close_if_open((uv_handle_t *)&s->sigint);
-    close_if_open((uv_handle_t *)&s->sigterm);
-    close_if_open((uv_handle_t *)&s->sighup);
+    uv_unref((uv_handle_t *)&s->sigint);
+    uv_unref((uv_handle_t *)&s->sigterm);
+    uv_unref((uv_handle_t *)&s->sighup);
   }
   close_if_open((uv_handle_t *)&s->drain_timer);
   close_if_open((uv_handle_t *)&s->shed_timer);
   le_conn_ctx_close(&s->conns);
+}
+
+/* Closes the signal handles, last of all. libuv gives the signals their
+ * default action back then, which for SIGINT and SIGTERM would end the
+ * process in the middle of freeing the Lua state: they are ignored for
+ * the little that is left. */
+static void close_signals(le_server *s) {
+  if (!s->signals_open) return;
+  close_if_open((uv_handle_t *)&s->sigint);
+  close_if_open((uv_handle_t *)&s->sigterm);
+  close_if_open((uv_handle_t *)&s->sighup);
+  s->signals_open = 0;
 }
 
 static void on_drain_timeout(uv_timer_t *t) {
@@ -877,7 +892,11 @@ void le_server_free(le_server *s) {
     le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
     finish(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
+    close_signals(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
   }
   /* Lua goes last: write callbacks run by the loop above release strings
    * that live in it, and scripts release their functions. */
