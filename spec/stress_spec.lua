@@ -13,7 +13,8 @@ local server = require "server"
 local proc = require "spec_proc"
 local lfs = require "lfs"
 
-local ECHO = math.tointeger(tonumber(os.getenv("LUAECHO_STRESS_CONNS") or "10000"))
+local ECHO = math.tointeger(tonumber(os.getenv("LUAECHO_STRESS_CONNS") or "10000") or -1)
+assert(ECHO and ECHO >= 1, "LUAECHO_STRESS_CONNS must be a positive integer")
 local TIME_LIMIT = 120                -- seconds for the client's whole run
 local RSS_LIMIT_KIB = 1024 * 1024     -- the server stays under 1 GiB
 local CPU_LIMIT = 2                   -- the spinning listener's cpu_limit

@@ -277,7 +277,7 @@ static int echo_verify(struct client *c, const unsigned char *buf, size_t n) {
   if (c->recvd + n > c->sent) {
     report(c, "%zu bytes came back, only %zu were sent", c->recvd + n, c->sent);
     g.t[K_ECHO].mismatched++;
-    fail(c, "echo", EPROTO);
+    fail(c, "echo mismatch", EPROTO);
     return -1;
   }
   const unsigned char *want = payload(c, c->recvd);
@@ -287,7 +287,7 @@ static int echo_verify(struct client *c, const unsigned char *buf, size_t n) {
     report(c, "byte %zu of %zu: expected 0x%02x, got 0x%02x", c->recvd + i, c->len,
            want[i], buf[i]);
     g.t[K_ECHO].mismatched++;
-    fail(c, "echo", EPROTO);
+    fail(c, "echo mismatch", EPROTO);
     return -1;
   }
   c->recvd += n;
@@ -564,8 +564,8 @@ static void usage(void) {
   fprintf(stderr,
           "usage: stress_client --port P --line-port P --spin-port P [options]\n"
           "  --echo N          echo connections held open at once (10000)\n"
-          "  --max-bytes N     largest echo payload (8192)\n"
-          "  --piece-max N     largest piece sent before waiting for its echo (2048)\n"
+          "  --max-bytes N     largest echo payload (32768)\n"
+          "  --piece-max N     largest piece sent before waiting for its echo (4096)\n"
           "  --stalls N        stalling clients (100)\n"
           "  --floods N        flooding clients (4)\n"
           "  --flood-cap N     bytes a flooder writes at most (134217728)\n"
@@ -591,7 +591,7 @@ static void parse(int argc, char **argv) {
       {"resets", 1, 0, 'R'},    {"churns", 1, 0, 'C'},    {"time-limit", 1, 0, 't'},
       {"seed", 1, 0, 'x'},      {0, 0, 0, 0}};
   struct opts *o = &g.o;
-  *o = (struct opts){.echo = 10000, .max_bytes = 8192, .piece_max = 2048, .stalls = 100,
+  *o = (struct opts){.echo = 10000, .max_bytes = 32768, .piece_max = 4096, .stalls = 100,
                      .floods = 4, .flood_cap = 128u << 20, .resets = 1000,
                      .churns = 3000, .time_limit = 120, .seed = 1};
   int ch;
@@ -614,6 +614,20 @@ static void parse(int argc, char **argv) {
     }
   }
   if (optind != argc || !o->port || !o->line_port || !o->spin_port) usage();
+}
+
+/* Names, after the time limit, the clients that were still waiting. */
+static void report_stuck(void) {
+  static const char *const states[] = {"idle", "connecting", "open", "parked", "done"};
+  for (int k = 0; k < K_COUNT; k++) {
+    if (k == K_STALL || k == K_FLOOD) continue; /* they wait by design */
+    for (int i = 0; i < g.count[k]; i++) {
+      const struct client *c = &g.clients[k][i];
+      if (c->state == S_IDLE || c->state == S_DONE) continue;
+      report(c, "still %s at the time limit: %zu bytes sent, %zu came back", states[c->state],
+             c->sent, c->recvd);
+    }
+  }
 }
 
 static void print_summary(int in_time) {
@@ -669,6 +683,7 @@ int main(int argc, char **argv) {
          g.o.floods, g.o.resets, g.o.churns);
   fflush(stdout);
   int in_time = run();
+  if (!in_time) report_stuck();
   print_summary(in_time);
   return g.t[K_ECHO].done == g.o.echo && g.t[K_ECHO].failed == 0 && in_time ? 0 : 1;
 }
