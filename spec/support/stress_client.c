@@ -193,6 +193,7 @@ static void drop(struct client *c, int rst) {
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
   if (c->state == S_CONNECTING) g.connecting--;
+  if (c->state == S_PARKED) g.parked--; /* it counts as failed instead */
   if (c->kind == K_ECHO && c->state != S_CONNECTING) g.echo_open--;
   close(c->fd);
   c->fd = -1;
@@ -341,6 +342,7 @@ static void check_barrier(void) {
   for (int i = 0; i < g.o.echo; i++) {
     struct client *c = &g.clients[K_ECHO][i];
     if (c->state != S_PARKED) continue;
+    c->state = S_OPEN;
     g.parked--;
     echo_next_piece(c);
   }
