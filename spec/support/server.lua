@@ -52,8 +52,9 @@ M.IO_TIMEOUT = M.scaled(10)    -- default seconds for one client exchange
 -- A sanitizer build (LUAECHO_SANITIZE) reports a memory error, a leak or
 -- undefined behaviour on stderr and exits non-zero. Whatever a spec expects
 -- of the exit status, such a report fails it: stop(), run() and run_cmd()
--- raise with the report when one shows in the output.
-M.SANITIZED = os.getenv("ASAN_OPTIONS") ~= nil or os.getenv("UBSAN_OPTIONS") ~= nil
+-- raise with the report when one shows in the output. ctest sets
+-- LUAECHO_SANITIZED=1 for that build's tests.
+M.SANITIZED = os.getenv("LUAECHO_SANITIZED") == "1"
 local SANITIZER_REPORTS = {
   "ERROR: AddressSanitizer",
   "ERROR: LeakSanitizer",
