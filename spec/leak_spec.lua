@@ -7,7 +7,9 @@
 --
 -- valgrind runs with --error-exitcode, so a memory error (an invalid read
 -- or write, a use of uninitialised memory) fails the check as well. The
--- workload is a list of steps: adding one is a few lines in STEPS.
+-- workload is a list of steps: adding one is a few lines in STEPS. It takes
+-- a few seconds; the steps wait on replies and log lines, never on fixed
+-- sleeps, with deadlines long enough for valgrind's slowdown.
 --
 -- The check needs valgrind and the normal build: without valgrind it is
 -- reported pending (skipped, with the reason), and in the sanitizer build,
@@ -115,7 +117,7 @@ end
 -- w.idle (its two listeners), w.version and w.tag (what answers carry).
 local STEPS = {
   { name = "many connections echoing, closed, half-closed or reset", run = function(w)
-    for round = 1, 10 do
+    for round = 1, 20 do
       local socks = {}
       for i = 1, 50 do socks[i] = connect(w.main) end
       for i, sock in ipairs(socks) do
