@@ -19,10 +19,12 @@
  * has no limits of its own yet, so this fuzzer brings them: it defines
  * luaL_newstate and luaL_openlibs, which the loader calls, to give the
  * state an allocator capped at MEMORY_LIMIT bytes and a count hook that
- * raises after INSTRUCTION_LIMIT instructions, and to open only the
- * libraries that cannot reach outside the process (no io, no debug, no
- * package loaders from files; os keeps only its pure functions). An error
- * those limits cause is not held to the "names the file" rule.
+ * raises after INSTRUCTION_LIMIT instructions, and to open the standard
+ * libraries with every function that reaches outside the process (files,
+ * processes, standard input and output, native modules, hooks) replaced by
+ * one that raises "fuzz_config: NAME is disabled"; load keeps to text,
+ * because crafted bytecode can crash Lua itself. An error the limits cause
+ * is not held to the "names the file" rule.
  *
  * Built with clang as a libFuzzer target, or with any compiler together
  * with fuzz_replay.c, which supplies main. */
@@ -96,38 +98,45 @@ lua_State *luaL_newstate(void) {
   return L;
 }
 
-/* Functions of os that only compute; the others leave the process. */
-static const char *const os_kept[] = {"clock", "date", "difftime", "getenv",
-                                      "time", NULL};
+/* What luaL_openlibs runs after opening the libraries (see the top
+ * comment). The tables keep their shape, so code that looks functions up
+ * finds them; calling one raises. */
+static const char disable_outside[] =
+    "local function disabled(name)\n"
+    "  return function() error('fuzz_config: ' .. name .. ' is disabled', 2) end\n"
+    "end\n"
+    "local function disable(t, prefix, names)\n"
+    "  for _, n in ipairs(names) do t[n] = disabled(prefix .. n) end\n"
+    "end\n"
+    "disable(_G, '', { 'dofile', 'loadfile', 'require', 'print' })\n"
+    "disable(os, 'os.', { 'execute', 'exit', 'remove', 'rename', 'tmpname' })\n"
+    "disable(io, 'io.', { 'close', 'input', 'lines', 'open', 'output',\n"
+    "                     'popen', 'read', 'tmpfile', 'write' })\n"
+    "disable(getmetatable(io.stdin).__index, 'file:', { 'close', 'flush',\n"
+    "        'lines', 'read', 'seek', 'setvbuf', 'write' })\n"
+    "disable(package, 'package.', { 'loadlib', 'searchpath' })\n"
+    "package.path, package.cpath = '', ''\n"
+    "disable(debug, 'debug.', { 'debug', 'sethook' })\n"
+    "local load = load\n"
+    "_G.load = function(chunk, name, mode, ...)\n"
+    "  return load(chunk, name, 't', ...)\n"
+    "end\n";
 
-/* Replaces liblua's luaL_openlibs for the loader (see the top comment). */
+/* Replaces liblua's luaL_openlibs for the loader: the same libraries, as
+ * linit.c opens them, then disable_outside. */
 void luaL_openlibs(lua_State *L) {
   static const luaL_Reg libs[] = {
-      {LUA_GNAME, luaopen_base},          {LUA_COLIBNAME, luaopen_coroutine},
-      {LUA_TABLIBNAME, luaopen_table},    {LUA_OSLIBNAME, luaopen_os},
-      {LUA_STRLIBNAME, luaopen_string},   {LUA_MATHLIBNAME, luaopen_math},
-      {LUA_UTF8LIBNAME, luaopen_utf8},    {NULL, NULL}};
+      {LUA_GNAME, luaopen_base},        {LUA_LOADLIBNAME, luaopen_package},
+      {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
+      {LUA_IOLIBNAME, luaopen_io},      {LUA_OSLIBNAME, luaopen_os},
+      {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
+      {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_DBLIBNAME, luaopen_debug},
+      {NULL, NULL}};
   for (const luaL_Reg *lib = libs; lib->func; lib++) {
     luaL_requiref(L, lib->name, lib->func, 1);
     lua_pop(L, 1);
   }
-  lua_getglobal(L, LUA_OSLIBNAME);
-  lua_newtable(L);
-  for (const char *const *name = os_kept; *name; name++) {
-    lua_getfield(L, -2, *name);
-    lua_setfield(L, -2, *name);
-  }
-  lua_setglobal(L, LUA_OSLIBNAME);
-  lua_pop(L, 1);
-  /* dofile and loadfile read files; print would flood the fuzzer's output;
-   * load keeps to text, because crafted bytecode can crash Lua itself. */
-  static const char setup[] =
-      "dofile, loadfile, print = nil, nil, nil\n"
-      "local load = load\n"
-      "_G.load = function(chunk, name, mode, ...)\n"
-      "  return load(chunk, name, 't', ...)\n"
-      "end\n";
-  if (luaL_dostring(L, setup) != LUA_OK) panic(L);
+  if (luaL_dostring(L, disable_outside) != LUA_OK) panic(L);
 }
 
 static void check_path(const char *path) {
