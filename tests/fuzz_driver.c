@@ -15,19 +15,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_support.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define INPUT_MAX 2048
 
 static uint64_t rng_state;
 
-/* xorshift64*: good enough, and the same sequence everywhere. */
-static uint32_t rnd(void) {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return (uint32_t)((rng_state * 2685821657736338717ull) >> 32);
-}
+static uint32_t rnd(void) { return fuzz_rnd(&rng_state); }
 
 static uint32_t below(uint32_t n) { return n ? rnd() % n : 0; }
 

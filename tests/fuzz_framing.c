@@ -34,26 +34,12 @@
 #include <string.h>
 
 #include "luaecho/framing.h"
+#include "fuzz_support.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,      \
-              #cond);                                                       \
-      abort();                                                              \
-    }                                                                       \
-  } while (0)
-
 static const le_packet modes[] = {LE_PACKET_RAW, LE_PACKET_1, LE_PACKET_2,
                                   LE_PACKET_4, LE_PACKET_LINE};
-
-static size_t header_size(le_packet mode) {
-  return mode == LE_PACKET_1 || mode == LE_PACKET_2 || mode == LE_PACKET_4
-             ? (size_t)mode
-             : 0;
-}
 
 /* The framing rules of framing.h written as plainly as possible. */
 static le_frame_status reference(le_packet mode, size_t max,
@@ -74,7 +60,7 @@ static le_frame_status reference(le_packet mode, size_t max,
     }
     return n >= max ? LE_FRAME_TOOBIG : LE_FRAME_MORE;
   }
-  size_t h = header_size(mode);
+  size_t h = fuzz_header_size(mode);
   if (n < h) return LE_FRAME_MORE;
   uint64_t len = 0;
   for (size_t i = 0; i < h; i++) len = len << 8 | p[i];
@@ -149,7 +135,7 @@ static void check_message(decoder *d, const le_frame *f) {
   /* Re-encoding gives back the very bytes the frame used. */
   unsigned char hdr[8];
   int h = le_frame_header(d->mode, f->len, hdr);
-  CHECK(h >= 0 && (size_t)h == header_size(d->mode));
+  CHECK(h >= 0 && (size_t)h == fuzz_header_size(d->mode));
   CHECK((size_t)h + f->len == f->used);
   const uint8_t *in = d->stream + d->consumed;
   CHECK(memcmp(in, hdr, (size_t)h) == 0);

@@ -35,9 +35,47 @@ local function repo_root()
 end
 
 M.REPO = repo_root()
-M.START_TIMEOUT = 10           -- seconds for the listening lines to appear
-M.STOP_TIMEOUT = 10            -- seconds for an exit after SIGTERM
-M.IO_TIMEOUT = 10              -- default seconds for one client exchange
+
+-- Every deadline these helpers wait on, given or default, is multiplied by
+-- LUAECHO_TIMEOUT_SCALE (default 1): ctest sets it for the sanitizer build,
+-- whose server runs several times slower. Specs use scaled() for deadlines
+-- of their own.
+M.TIMEOUT_SCALE = tonumber(os.getenv("LUAECHO_TIMEOUT_SCALE")) or 1
+function M.scaled(seconds)
+  return seconds * M.TIMEOUT_SCALE
+end
+
+M.START_TIMEOUT = M.scaled(10) -- seconds for the listening lines to appear
+M.STOP_TIMEOUT = M.scaled(10)  -- seconds for an exit after SIGTERM
+M.IO_TIMEOUT = M.scaled(10)    -- default seconds for one client exchange
+
+-- A sanitizer build (LUAECHO_SANITIZE) reports a memory error, a leak or
+-- undefined behaviour on stderr and exits non-zero. Whatever a spec expects
+-- of the exit status, such a report fails it: stop(), run() and run_cmd()
+-- raise with the report when one shows in the output. ctest sets
+-- LUAECHO_SANITIZED=1 for that build's tests.
+M.SANITIZED = os.getenv("LUAECHO_SANITIZED") == "1"
+local SANITIZER_REPORTS = {
+  "ERROR: AddressSanitizer",
+  "ERROR: LeakSanitizer",
+  "SUMMARY: %a*Sanitizer",
+  "%S+:%d+:%d+: runtime error: ",
+}
+
+-- Returns the lines from the first sanitizer report on, or nil if none.
+local function sanitizer_report(lines)
+  for i, line in ipairs(lines) do
+    for _, pattern in ipairs(SANITIZER_REPORTS) do
+      if line:find(pattern) then return table.concat(lines, "\n", i) end
+    end
+  end
+  return nil
+end
+
+local function check_sanitizer(what, lines)
+  local report = sanitizer_report(lines)
+  if report then error(what .. " reported a sanitizer error:\n" .. report, 0) end
+end
 
 local function abspath(path)
   if path:sub(1, 1) == "/" then return path end
@@ -190,7 +228,7 @@ function M.start(opts)
   local srv = setmetatable({ proc = p, dir = dir, addrs = {}, lines = {}, cursor = 0 }, Server)
   M.defer(function() srv:stop() end)
   local expect = opts.expect or 1
-  local deadline = proc.now() + (opts.timeout or M.START_TIMEOUT)
+  local deadline = proc.now() + (opts.timeout and M.scaled(opts.timeout) or M.START_TIMEOUT)
   -- "running as pid" comes last, after every "listening on" line: the
   -- server is ready then, and the lines before it are all consumed.
   local running = false
@@ -224,7 +262,7 @@ end
 -- listening lines) that matches the Lua pattern; or nil, "timeout" | "eof".
 -- Lines passed over are consumed.
 function Server:wait_line(pattern, timeout)
-  local deadline = proc.now() + (timeout or 5)
+  local deadline = proc.now() + M.scaled(timeout or 5)
   while true do
     while self.cursor < #self.lines do
       self.cursor = self.cursor + 1
@@ -286,7 +324,7 @@ end
 -- or nil, "timeout".
 function Server:wait_exit(timeout)
   if self.code then return self.code, self.signame end
-  local code, signame = self.proc:wait(timeout or M.STOP_TIMEOUT)
+  local code, signame = self.proc:wait(timeout and M.scaled(timeout) or M.STOP_TIMEOUT)
   if not code then return nil, signame end
   self.code, self.signame = code, signame
   local deadline = proc.now() + 2
@@ -297,7 +335,8 @@ end
 -- Sends SIGTERM unless the server has exited, waits for the exit and removes
 -- the temp dir.  Idempotent, so a spec may stop() a server that cleanup()
 -- stops again.  Returns as wait_exit; raises (after killing it) if the server
--- does not exit within timeout.
+-- does not exit within timeout, and (once) if its log holds a sanitizer
+-- report.
 function Server:stop(timeout)
   if not self.code then
     self.proc:kill("TERM")
@@ -317,17 +356,22 @@ function Server:stop(timeout)
     remove_dir(self.dir)
     self.removed = true
   end
+  if not self.sanitizer_checked then
+    self.sanitizer_checked = true
+    check_sanitizer("luaecho (pid " .. tostring(self.pid) .. ")", self.lines)
+  end
   return self.code, self.signame
 end
 
 -- ---- commands that exit -------------------------------------------------
 
 -- Runs argv and collects its output.  opts: cwd, env, timeout (default 10).
--- Returns exit code, lines, signal name.  Raises if it does not exit in time.
+-- Returns exit code, lines, signal name.  Raises if it does not exit in time
+-- or its output holds a sanitizer report.
 function M.run_cmd(argv, opts)
   opts = opts or {}
   local p = assert(proc.spawn(argv, { cwd = opts.cwd, env = opts.env, stdin_null = true }))
-  local deadline = proc.now() + (opts.timeout or 10)
+  local deadline = proc.now() + M.scaled(opts.timeout or 10)
   local lines = {}
   while true do
     local line, err = p:readline(math.max(0, deadline - proc.now()))
@@ -344,7 +388,21 @@ function M.run_cmd(argv, opts)
     p:close()
     error(table.concat(argv, " ") .. " closed its output but did not exit", 2)
   end
+  check_sanitizer(table.concat(argv, " "), lines)
   return code, lines, signame
+end
+
+-- Reads the sanitizer logs a run left at prefix.<pid> (see run()) as lines.
+local function read_sanitizer_logs(dir, prefix)
+  local lines = {}
+  for name in lfs.dir(dir) do
+    if name:sub(1, #prefix + 1) == prefix .. "." then
+      for line in assert(M.read_file(dir .. "/" .. name)):gmatch("[^\n]+") do
+        lines[#lines + 1] = line
+      end
+    end
+  end
+  return lines
 end
 
 -- Runs luaecho as a command expected to exit; takes start()'s options, plus
@@ -360,11 +418,23 @@ function M.run(opts)
     table.insert(argv, 2, "-c")
     table.insert(argv, 3, 'exec "$0" "$@" ' .. drop)
     -- argv[4] is the binary: sh passes it as $0
+    if M.SANITIZED then
+      -- stderr is dropped: sanitizer reports go to files in the temp dir.
+      local env = {}
+      for k, v in pairs(spawn_opts.env or {}) do env[k] = v end
+      for _, name in ipairs{ "ASAN_OPTIONS", "UBSAN_OPTIONS" } do
+        local old = os.getenv(name)
+        env[name] = (old and old ~= "" and old .. ":" or "") .. "log_path=" .. dir .. "/sanitizer"
+      end
+      spawn_opts.env = env
+    end
   end
   spawn_opts.timeout = opts.timeout
   local ok, code, lines, signame = pcall(M.run_cmd, argv, spawn_opts)
+  local logged = ok and opts.stream and M.SANITIZED and read_sanitizer_logs(dir, "sanitizer")
   remove_dir(dir)
   if not ok then error(code, 2) end
+  if logged then check_sanitizer(table.concat(argv, " "), logged) end
   return code, lines, dir, signame
 end
 
@@ -379,7 +449,7 @@ end
 -- with a timeout.  Returns it, closed by the next cleanup(), or nil and
 -- LuaSocket's message ("connection refused").
 local function connected(sock, timeout, ...)
-  sock:settimeout(timeout or M.IO_TIMEOUT)
+  sock:settimeout(timeout and M.scaled(timeout) or M.IO_TIMEOUT)
   local ok, err = sock:connect(...)
   if not ok then
     sock:close()
@@ -422,7 +492,7 @@ local RECV_CHUNK = 64 * 1024
 -- "closed" | "timeout" | LuaSocket's error message otherwise.
 function M.exchange(sock, data, opts)
   if type(opts) ~= "table" then opts = { timeout = opts } end
-  local deadline = proc.now() + (opts.timeout or M.IO_TIMEOUT)
+  local deadline = proc.now() + (opts.timeout and M.scaled(opts.timeout) or M.IO_TIMEOUT)
   local expect = opts.until_close and math.huge or (opts.expect or #data)
   local sent, got, chunks, err = 0, 0, {}, nil
   local shut = false
@@ -531,7 +601,7 @@ end
 -- packed ({ n = ..., ... }), or nil, "timeout".
 function Server:report(name, timeout)
   local path = self:file("report." .. name)
-  local deadline = proc.now() + (timeout or 5)
+  local deadline = proc.now() + M.scaled(timeout or 5)
   repeat
     local src = M.read_file(path)
     if src then return assert(load(src, "=" .. path))() end

@@ -1,0 +1,12 @@
+packet = 2
+packet_size = 65535
+recv_buffer = 65536
+send_buffer = 1024
+recv_timeout = 30
+send_timeout = 60
+send_timeout_close = true
+idle_timeout = 300
+keepalive = 60
+nodelay = false
+watch = false
+log_level = "debug"

@@ -1,0 +1,3 @@
+local t = nil
+listen = t.address
+error("bad config", 0)

@@ -1,0 +1,4 @@
+listen = { { address = 7000 } }
+backlog = "many"
+packet = 3
+log_level = "loud"
