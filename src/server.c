@@ -136,6 +136,8 @@ static void prune_scripts(le_server *s) {
  * new version (a module it requires may be the file that changed). */
 static void on_dir_change(le_watch *w) {
   le_server *s = w->data;
+  le_logf(&s->log, LE_LOG_DEBUG,
+          "a .lua file changed in %s: reloading the handlers there", w->dir);
   for (le_script *sc = s->scripts; sc != NULL; sc = sc->next) {
     if (sc->dir != NULL && strcmp(sc->dir, w->dir) == 0) reload_script(s, sc);
   }
