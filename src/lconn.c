@@ -275,7 +275,9 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
     lua_pushlstring(L, in.data + f.off, f.len);
     consume(lc, &in, f.used);
     lc->msgs_in++;
-    le_lconn_trace(lc, "recv returned %zu bytes (%s)", f.len,
+    le_lconn_trace(lc, "recv returned %zu bytes (%s%s)", f.len,
+                   framed(lc) && lc->opts.packet != LE_PACKET_LINE ? "packet "
+                                                                   : "",
                    le_packet_name(lc->opts.packet));
     return 1;
   }
