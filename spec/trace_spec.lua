@@ -469,3 +469,71 @@ listen = { "127.0.0.1:0", { address = "127.0.0.1:0", trace = true } }
     end)
   end)
 end)
+
+describe("a trace output that falls behind", function()
+  after_each(server.cleanup)
+
+  -- Makes a FIFO in a temp dir of its own (luaecho opens trace_file at
+  -- start, so it must exist first), removed by the next cleanup().
+  local function make_fifo()
+    local dir = assert(proc.mkdtemp("/tmp/luaecho-spec."))
+    server.defer(function() os.execute("rm -rf '" .. dir .. "'") end)
+    local fifo = dir .. "/trace.fifo"
+    assert(os.execute("mkfifo '" .. fifo .. "'"))
+    return fifo
+  end
+
+  -- Waits (bounded) until process p is stopped.
+  local function wait_stopped(p)
+    local deadline = proc.now() + 5
+    repeat
+      local stat = server.read_file("/proc/" .. p.pid .. "/stat")
+      if stat and stat:match("^%d+ %b() (%a)") == "T" then return end
+      proc.sleep(0.005)
+    until proc.now() > deadline
+    error("the FIFO's reader did not stop")
+  end
+
+  it("never blocks the loop: lines are dropped, counted and reported", function()
+    local fifo = make_fifo()
+    -- The reader opens the FIFO (so luaecho's open returns), stops itself
+    -- without reading, and copies the trace to its output once continued.
+    local reader = assert(proc.spawn({ "sh", "-c", 'exec 3<"$0"; echo opened; kill -STOP $$; exec cat <&3', fifo }))
+    server.defer(function() reader:kill("KILL"); reader:wait(5) end)
+    local srv = start([[
+local luaecho = require "luaecho"
+return function(conn)
+  conn:setopts{ packet = "line" }
+  for msg in function() return conn:recv() end do
+    if msg == "dropped?\n" then msg = luaecho.stats().trace_dropped .. "\n" end
+    if not conn:send(msg) then return end
+  end
+end
+]], { config = ('trace_file = %q\ntrace_bytes = 4096\ntrace_hex = true\n'):format(fifo) })
+    assert.equal("opened", reader:readline(5))
+    wait_stopped(reader)
+    local sock = connect(srv)
+    local msg = ("m"):rep(999) .. "\n" -- a trace line of about 1 KiB each
+    local dropped, sent = 0, 0
+    -- About 1.1 MiB of lines fill the FIFO and the trace's buffer; the
+    -- bound leaves room for several times that.
+    while dropped == 0 and sent < 20000 do
+      for _ = 1, 100 do echo(sock, msg) end
+      sent = sent + 100
+      assert(sock:send("dropped?\n"))
+      dropped = tonumber(server.receive_line(sock))
+    end
+    assert(dropped > 0, "no trace line dropped after " .. sent .. " messages")
+    -- Echo goes on while the output is stuck.
+    for _ = 1, 100 do echo(sock, msg) end
+    reader:kill("CONT")
+    local deadline, note = proc.now() + 20, nil
+    repeat
+      local line = reader:readline(math.max(0, deadline - proc.now()))
+      if line == nil then break end
+      note = line:match("^trace: (%d+) lines dropped %(the output fell behind%)$")
+    until note
+    assert(note and tonumber(note) >= dropped, "no report of the dropped lines")
+    finish(sock)
+  end)
+end)
