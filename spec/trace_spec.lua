@@ -76,6 +76,13 @@ local function index_of(evs, msg, from)
   error(("no event '%s' after #%d in:\n%s"):format(msg, from or 1, table.concat(evs, "\n")), 2)
 end
 
+-- Checks that no event matches the pattern msg.
+local function absent(evs, msg)
+  for _, ev in ipairs(evs) do
+    assert(not ev:find("^" .. msg .. "$"), ("unexpected event '%s' in:\n%s"):format(ev, table.concat(evs, "\n")))
+  end
+end
+
 -- Checks that events matching the patterns come in this order.
 local function in_order(evs, msgs)
   local at = 0
@@ -326,21 +333,29 @@ return function(conn)
 end
 ]])
       connect(srv) -- never reads
-      in_order(events(srv, 1, 10), {
+      local evs = events(srv, 1, 10)
+      in_order(evs, {
         "send waits: .*",
         "send timeout: %d+ bytes still queued; closing",
+        literal("closing the socket"),
         "send resumed after %d+ ms with an error",
         "closed %(send timeout%) after .*",
       })
+      -- Ended from this side: the socket closes at once, no graceful close.
+      absent(evs, "closing gracefully.*")
     end)
 
     it("traces an idle timeout", function()
       local srv = start(nil, { config = "idle_timeout = 0.3\n" })
       connect(srv)
-      in_order(events(srv, 1, 10), {
+      local evs = events(srv, 1, 10)
+      in_order(evs, {
         literal("idle timeout: no traffic for 0.3 s"),
+        literal("closing the socket"),
+        literal('recv returned nil, "idle"'),
         "closed %(idle timeout%) after %d+%.%d+ s; in 0 bytes, out 0 bytes",
       })
+      absent(evs, "closing gracefully.*")
     end)
 
     it("traces a handler error, cpu_limit included", function()
@@ -371,10 +386,14 @@ end
       echo(sock, "hi")
       srv:signal("TERM")
       assert.equal(0, srv:wait_exit())
-      in_order(events(srv, 1), {
+      local evs = events(srv, 1)
+      in_order(evs, {
         literal("ended by the server (shutdown)"),
+        literal("closing the socket"),
+        literal('recv returned nil, "shutdown"'),
         "closed %(server shutdown%) after %d+%.%d+ s; in 2 bytes, out 2 bytes",
       })
+      absent(evs, "closing gracefully.*")
     end)
   end)
 

@@ -434,9 +434,11 @@ static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
   if (lc->state == LE_LCONN_OPEN) set_state(lc, LE_LCONN_ENDED);
   end_input(lc, later);
   end_output(lc, later);
+  /* Closed before the waiters are woken: a handler that returns at once
+   * would otherwise start a graceful close (and trace it) first. */
+  lc->io->close(lc, 1);
   fail_reader(lc, read_err);
   fail_writer(lc, write_err);
-  lc->io->close(lc, 1);
 }
 
 void le_lconn_on_timeout(le_lconn *lc) {
