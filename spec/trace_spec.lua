@@ -312,6 +312,30 @@ end
       })
     end)
 
+    it("traces the FIN of conn:shutdown(\"write\") while reading goes on", function()
+      local srv = start([[
+return function(conn)
+  conn:send("half\n")
+  conn:shutdown("write")
+  repeat until not conn:recv()
+end
+]])
+      local sock = connect(srv)
+      local got, err = server.read_all_until_close(sock)
+      assert.same({ "half\n", "closed" }, { got, err })
+      expect(srv, 1, literal("FIN sent (our side closed)"))
+      assert(sock:send("more"))
+      sock:shutdown("send")
+      in_order(events(srv, 1), {
+        literal("wrote 5 bytes"),
+        literal("FIN sent (our side closed)"),
+        literal('read 4 bytes "more"'),
+        literal("peer FIN (end of input)"),
+        literal("handler returned"),
+        "closed %(peer FIN%) .*",
+      })
+    end)
+
     it("traces a lingering close that ends without the peer's FIN", function()
       local srv = start('return function(conn) conn:send("bye\\n") end')
       local sock = connect(srv)
