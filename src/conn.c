@@ -227,10 +227,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (c->state == LE_CONN_DRAINING) {
     /* Lingering after the handler ended: input is discarded until the
      * peer's FIN (see io_close). */
-    if (nread > 0)
+    if (nread > 0) {
+      c->lc.bytes_in += (uint64_t)nread; /* received, if not delivered */
       le_lconn_trace(&c->lc, "lingering: discarded %zd bytes", nread);
+    }
     if (nread < 0) {
       trace_read_end(c, (int)nread);
+      if (nread == UV_EOF && c->fin == LE_FIN_SENT)
+        le_lconn_trace(&c->lc, "linger ended with the peer's FIN");
       uv_read_stop(stream);
       c->peer_fin = 1;
       if (c->fin != LE_FIN_PENDING) le_conn_close(c);
@@ -279,8 +283,10 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
   le_conn *c = req->handle->data;
   free(req);
   c->fin = LE_FIN_SENT;
-  le_lconn_trace(&c->lc, status < 0 ? "FIN not sent: the socket failed"
-                                    : "FIN sent (our side closed)");
+  le_lconn_trace(&c->lc, status == UV_ECANCELED ? "FIN not sent: the socket "
+                                                "was closed first"
+                         : status < 0 ? "FIN not sent: the socket failed"
+                                      : "FIN sent (our side closed)");
   if (c->state != LE_CONN_DRAINING) return;
   if (c->peer_fin || status < 0) {
     le_conn_close(c);
@@ -300,7 +306,10 @@ static void trace_opened(le_conn *c, const char *how) {
     le_addr_format_host_port(host, port, local, sizeof local);
   else
     snprintf(local, sizeof local, "?");
-  le_lconn_trace(&c->lc, "%s %s -> %s", how, peer, local);
+  if (strcmp(how, "accepted") == 0)
+    le_lconn_trace(&c->lc, "accepted %s -> %s", peer, local);
+  else
+    le_lconn_trace(&c->lc, "%s %s (from %s)", how, peer, local);
 }
 
 /* Reports the end of a connect once; on failure the connection closes. */

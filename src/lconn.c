@@ -277,7 +277,9 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
     lua_pushlstring(L, in.data + f.off, f.len);
     consume(lc, &in, f.used);
     lc->msgs_in++;
-    le_lconn_trace(lc, "recv returned %zu bytes (%s)", f.len,
+    le_lconn_trace(lc, "recv returned %zu bytes (%s%s)", f.len,
+                   framed(lc) && lc->opts.packet != LE_PACKET_LINE ? "packet "
+                                                                   : "",
                    le_packet_name(lc->opts.packet));
     return 1;
   }
@@ -434,9 +436,11 @@ static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
   if (lc->state == LE_LCONN_OPEN) set_state(lc, LE_LCONN_ENDED);
   end_input(lc, later);
   end_output(lc, later);
+  /* Closed before the waiters are woken: a handler that returns at once
+   * would otherwise start a graceful close (and trace it) first. */
+  lc->io->close(lc, LE_CLOSE_ABORT);
   fail_reader(lc, read_err);
   fail_writer(lc, write_err);
-  lc->io->close(lc, LE_CLOSE_ABORT);
 }
 
 void le_lconn_on_timeout(le_lconn *lc) {

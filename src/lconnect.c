@@ -138,10 +138,16 @@ static int connect_k(lua_State *L, int status, lua_KContext kctx) {
 }
 
 /* Reads connect's options table at idx into r: `timeout` and any
- * connection option. Raises on an unknown name or a bad value. */
-static void read_connect_opts(lua_State *L, int idx, connect_req *r) {
+ * connection option. Raises on an unknown name or a bad value. The trace
+ * settings default to those of the calling connection, so a traced
+ * handler's outbound connections show up in the trace too. */
+static void read_connect_opts(lua_State *L, int idx, connect_req *r,
+                              const le_lconn *caller) {
   double timeout = DEFAULT_CONNECT_TIMEOUT;
   le_opts_init(&r->opts);
+  r->opts.trace = caller->opts.trace;
+  r->opts.trace_bytes = caller->opts.trace_bytes;
+  r->opts.trace_hex = caller->opts.trace_hex;
   if (!lua_isnoneornil(L, idx)) {
     luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
@@ -178,9 +184,9 @@ int le__lmodule_connect(lua_State *L) {
                 "port must be 1..65535");
   luaL_argcheck(L, !is_unix || (host[5] && strlen(host + 5) < LE_ADDR_PATH_MAX),
                 1, "bad unix socket path");
-  le__lmodule_current(L, "luaecho.connect");
+  le_coro *c = le__lmodule_current(L, "luaecho.connect");
   connect_req req = {0};
-  read_connect_opts(L, is_unix ? 2 : 3, &req);
+  read_connect_opts(L, is_unix ? 2 : 3, &req, le_lconn_of_coro(c));
   connect_req *r = malloc(sizeof *r);
   if (r == NULL) return luaL_error(L, "luaecho.connect: not enough memory");
   *r = req;

@@ -186,10 +186,12 @@ void le_trace_event(le_trace *t, uint64_t id, const char *fmt, ...) {
 
 char *le_trace_preview(char *out, size_t outlen, const char *data, size_t len,
                        size_t max, int hex) {
-  size_t n = len < max ? len : max, o = 0;
+  size_t n = len < max ? len : max, o = 0, i;
   if (outlen == 0) return out;
   if (!hex && o + 1 < outlen) out[o++] = '"';
-  for (size_t i = 0; i < n && o + 8 < outlen; i++) {
+  /* Each byte takes at most 4 characters; 10 left before one leaves room
+   * for it, the closing quote, "..." and the terminator. */
+  for (i = 0; i < n && o + 9 < outlen; i++) {
     unsigned char ch = (unsigned char)data[i];
     if (hex) {
       o += (size_t)snprintf(out + o, outlen - o, i ? " %02x" : "%02x", ch);
@@ -208,7 +210,7 @@ char *le_trace_preview(char *out, size_t outlen, const char *data, size_t len,
     }
   }
   if (!hex && o + 1 < outlen) out[o++] = '"';
-  if (n < len && o + 4 < outlen) {
+  if ((i < n || n < len) && o + 4 < outlen) {
     memcpy(out + o, "...", 3);
     o += 3;
   }
