@@ -111,6 +111,7 @@ static void log_summary(le_conn *c) {
 static void free_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
   void *owner = c->owner;
+  int status = c->lc.exit_status;
   assert(c->state == LE_CONN_CLOSED && c->handler_done && c->timer == NULL);
   if (c->lc.opts.conn_summary) log_summary(c);
   add_counts(&ctx->stats, &c->lc);
@@ -121,7 +122,7 @@ static void free_conn(le_conn *c) {
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
   ctx->count--;
   free(c);
-  ctx->on_freed(ctx, owner);
+  ctx->on_freed(ctx, owner, status);
 }
 
 static void on_reap(uv_check_t *check) {
@@ -670,7 +671,7 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
     ctx->stats.accepted++;
     if (c->lc.opts.trace) trace_opened(c, "accepted");
     le_script_push(script, ctx->L);
-    if (le_lconn_start(&c->lc) == 0) return c;
+    if (le_lconn_start(&c->lc, NULL, 0) == 0) return c;
     r = UV_ENOMEM;
   } else {
     close(fd); /* no handle took it */
@@ -717,6 +718,22 @@ le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
   }
   if (timeout_ms > 0) start_timer(c, timeout_ms);
   return c;
+}
+
+int le_conn_run(le_conn *c, le_script *script, const char *const *args,
+                int nargs, void *owner) {
+  assert(c->state == LE_CONN_OPEN && c->handler_done && c->lc.parent == NULL);
+  c->handler_done = 0;
+  c->owner = owner;
+  c->lc.script = script;
+  c->lc.version = script->version;
+  le_script_ref(script);
+  le_script_push(script, c->ctx->L);
+  if (le_lconn_start(&c->lc, args, nargs) == 0) return 0;
+  c->owner = NULL;
+  c->handler_done = 1;
+  le_conn_close(c);
+  return -1;
 }
 
 void le_conn_cancel_connect(le_conn *c) {

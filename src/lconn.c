@@ -783,14 +783,21 @@ static void end_children(le_lconn *lc) {
   }
 }
 
+/* The status a client-mode handler gives the process: 1 after an error,
+ * the integer it returned (as a shell exit status, 0..255), else 0. */
+static uint8_t exit_status_of(lua_State *co, int nres, const char *error) {
+  if (error != NULL) return 1;
+  if (nres < 1 || !lua_isinteger(co, -nres)) return 0;
+  return (uint8_t)(lua_tointeger(co, -nres) & 0xff);
+}
+
 /* The handler returned or raised: log a failure with its connection, close
  * (at once after an error, else after flushing) and tell the connection.
  * Nothing here allocates in Lua (see le_coro_done_cb). */
 static void on_handler_done(le_coro *c, lua_State *co, int nres,
                             const char *error) {
   le_lconn *lc = LCONN_OF_CORO(c);
-  (void)co;
-  (void)nres;
+  lc->exit_status = exit_status_of(co, nres, error);
   if (error != NULL) {
     char peer[LE_ADDR_TEXT_MAX];
     le_lconn_format_peer(lc, peer, sizeof peer);
@@ -838,20 +845,30 @@ static void detach_object(le_lconn *lc) {
   lc->ud = NULL;
 }
 
-/* lua_CFunction: handler(conn) in a new coroutine. Stack: the handler
- * function, lc as a light userdata. */
+/* What start_protected starts. */
+typedef struct start_args {
+  le_lconn *lc;
+  const char *const *args;
+  int nargs;
+} start_args;
+
+/* lua_CFunction: handler(conn, args...) in a new coroutine. Stack: the
+ * handler function, the start_args as a light userdata. */
 static int start_protected(lua_State *L) {
-  le_lconn *lc = lua_touserdata(L, 2);
+  const start_args *a = lua_touserdata(L, 2);
   lua_pop(L, 1);
+  luaL_checkstack(L, a->nargs + 2, "too many arguments");
   /* The conn object is not referenced from C: the handler holds it, and
    * lc->ud is a weak link that __gc clears if it goes first. */
-  push_conn_object(lc, L);
-  le_coro_start(&lc->coro, L, 1, on_handler_done, NULL);
+  push_conn_object(a->lc, L);
+  for (int i = 0; i < a->nargs; i++) lua_pushstring(L, a->args[i]);
+  le_coro_start(&a->lc->coro, L, 1 + a->nargs, on_handler_done, NULL);
   return 0;
 }
 
-int le_lconn_start(le_lconn *lc) {
+int le_lconn_start(le_lconn *lc, const char *const *args, int nargs) {
   lua_State *L = lc->L;
+  start_args a = {lc, args, nargs};
   if (!lua_checkstack(L, 3)) {
     lua_pop(L, 1);
     return -1;
@@ -861,7 +878,7 @@ int le_lconn_start(le_lconn *lc) {
   lc->coro.owner = lc;
   lua_pushcfunction(L, start_protected);
   lua_insert(L, -2);
-  lua_pushlightuserdata(L, lc);
+  lua_pushlightuserdata(L, &a);
   if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
     lua_pop(L, 1);
     if (!le_coro_alive(&lc->coro)) {

@@ -18,6 +18,7 @@
 
 static const char usage_text[] =
     "Usage: luaecho [options] [config.lua]\n"
+    "       luaecho [options] --connect ADDR [-c N] client.lua [args...]\n"
     "\n"
     "A scriptable TCP server: every connection runs a Lua handler.\n"
     "With no config file, ./config.lua is used if present, else the\n"
@@ -32,6 +33,10 @@ static const char usage_text[] =
     "  --log-level LEVEL  debug, info, warn or error\n"
     "  --trace            trace every connection's socket events (see\n"
     "                     docs/observability.md)\n"
+    "  --connect ADDR     client mode: connect to ADDR (host:port or\n"
+    "                     unix:/path) and run client.lua on the connection\n"
+    "                     as a handler, with args; exit with its status\n"
+    "  -c N               client mode: run N clients at once (default 1)\n"
     "  --check            load and validate the config and handlers, print\n"
     "                     what would listen, and exit\n"
     "  --version          print the version and exit\n"
@@ -49,6 +54,10 @@ typedef struct options {
   le_log_level level; /* log_level parsed */
   int check;
   int trace;          /* --trace: every connection is traced */
+  const char *connect; /* --connect: client mode, to this address */
+  const char *nclients; /* -c N */
+  const char *const *client_args; /* after the client script */
+  int nclient_args;
   int sandbox;        /* the sandbox setting the server started with */
 } options;
 
@@ -75,20 +84,31 @@ static const char *option_value(char **argv, int argc, int *i,
   return argv[++*i];
 }
 
+/* Returns the -c figure, or 0 when it is not a number 1..100000. */
+static size_t client_count(const char *text) {
+  char *end;
+  long n = strtol(text, &end, 10);
+  return *text != '\0' && *end == '\0' && n >= 1 && n <= 100000 ? (size_t)n
+                                                               : 0;
+}
+
 /* Parses argv into o. Returns -1 to go on, or an exit status. */
 static int parse_args(int argc, char **argv, options *o) {
-  static const char *const valued[] = {"--listen", "--handler", "--log-level"};
+  static const char *const valued[] = {"--listen", "--handler", "--log-level",
+                                       "--connect", "-c"};
   o->listen = calloc((size_t)argc, sizeof *o->listen);
   if (o->listen == NULL) return EXIT_CONFIG;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = NULL;
     int missing = 0, k = 0;
-    for (; k < 3 && !v && !missing; k++)
+    for (; k < 5 && !v && !missing; k++)
       v = option_value(argv, argc, &i, valued[k], &missing);
     if (missing) return usage_error("option '%s' requires a value", a);
     if (v && k == 1) o->listen[o->nlisten++] = v;
     else if (v && k == 2) o->handler = v;
-    else if (v) o->log_level = v;
+    else if (v && k == 3) o->log_level = v;
+    else if (v && k == 4) o->connect = v;
+    else if (v) o->nclients = v;
     else if (strcmp(a, "--check") == 0) o->check = 1;
     else if (strcmp(a, "--trace") == 0) o->trace = 1;
     else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -98,13 +118,27 @@ static int parse_args(int argc, char **argv, options *o) {
       printf("luaecho %s (%s, libuv %s)\n", LE_VERSION, LUA_RELEASE,
              uv_version_string());
       return 0;
-    } else if (a[0] == '-' && a[1] != '\0')
+    } else if (a[0] == '-' && a[1] != '\0') {
       return usage_error("unknown option '%s'", a);
-    else if (o->config != NULL)
+    } else if (o->connect != NULL) {
+      /* Client mode: the script, then its own arguments, untouched. */
+      o->config = a;
+      o->client_args = (const char *const *)argv + i + 1;
+      o->nclient_args = argc - i - 1;
+      break;
+    } else if (o->config != NULL)
       return usage_error("unexpected argument '%s' (one config file only)", a);
     else
       o->config = a;
   }
+  if (o->connect != NULL && o->config == NULL)
+    return usage_error("%s", "--connect needs a client script: luaecho "
+                             "--connect ADDR client.lua [args...]");
+  if (o->nclients != NULL && o->connect == NULL)
+    return usage_error("%s", "-c goes with --connect");
+  if (o->nclients != NULL && client_count(o->nclients) == 0)
+    return usage_error("-c: expected a number of clients 1..100000, got '%s'",
+                       o->nclients);
   if (o->log_level != NULL && le_log_level_parse(o->log_level, &o->level) != 0)
     return usage_error(
         "--log-level: expected debug, info, warn or error, got '%s'",
@@ -124,8 +158,11 @@ static int configure(const options *o, le_config *cfg, char *err,
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  const char *path = o->config;
-  if (path == NULL && file_exists("config.lua")) path = "config.lua";
+  /* In client mode the positional argument is the client script; the
+   * configuration is the built-in one with the command-line options. */
+  const char *path = o->connect != NULL ? NULL : o->config;
+  if (path == NULL && o->connect == NULL && file_exists("config.lua"))
+    path = "config.lua";
   if (path != NULL && le_config_load_file(cfg, path, err, errlen) != 0)
     return -1;
   if (o->nlisten > 0 &&
@@ -173,7 +210,12 @@ static int serve(le_config *cfg, options *o) {
   int status = EXIT_CONFIG;
   raise_fd_limit();
   if (le_server_init(&server, cfg, err, sizeof err) == 0 &&
-      le_server_listen(&server, err, sizeof err) == 0) {
+      (o->connect != NULL
+           ? le_server_connect(&server, o->connect, o->config,
+                               o->nclients ? client_count(o->nclients) : 1,
+                               o->client_args, o->nclient_args, err,
+                               sizeof err)
+           : le_server_listen(&server, err, sizeof err)) == 0) {
     server.reload_config = reload_config;
     server.reload_arg = o;
     status = le_server_run(&server);

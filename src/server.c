@@ -766,8 +766,14 @@ static void on_drain_timeout(uv_timer_t *t) {
 
 /* A connection ended: if a listener accepted it, that listener and every
  * other one paused by the global cap may have room again. */
-static void on_conn_freed(le_conn_ctx *ctx, void *owner) {
+static void client_ended(le_server *s, int exit_status);
+
+static void on_conn_freed(le_conn_ctx *ctx, void *owner, int exit_status) {
   le_server *s = server_of_conns(ctx);
+  if (owner == (void *)&s->clients) {
+    client_ended(s, exit_status);
+    return;
+  }
   le_listener *l = owner;
   if (l != NULL) {
     l->nconns--;
@@ -827,7 +833,73 @@ static int start_signals(le_server *s) {
 
 int le_server_run(le_server *s) {
   uv_run(&s->loop, UV_RUN_DEFAULT);
-  le_logf(&s->log, LE_LOG_INFO, "stopped");
+  if (s->clients.script == NULL)
+    le_logf(&s->log, LE_LOG_INFO, "stopped");
+  return s->clients.status;
+}
+
+/* ---- client mode ---- */
+
+/* One client ended (its connection freed, or it never connected): once
+ * none is left, the server stops like after SIGTERM with nothing left. */
+static void client_ended(le_server *s, int exit_status) {
+  le_clients *cl = &s->clients;
+  if (exit_status > cl->status) cl->status = exit_status;
+  if (--cl->left > 0 || s->stopping) return;
+  s->stopping = 1;
+  if (s->conns.count == 0) finish(s);
+}
+
+static void on_client_connected(le_conn *c, int status, void *arg) {
+  le_server *s = arg;
+  le_clients *cl = &s->clients;
+  if (status < 0) {
+    char name[32];
+    le_logf(&s->log, LE_LOG_ERROR, "cannot connect to %s: %s", cl->address,
+            le_lconn_errname(status, name, sizeof name));
+    client_ended(s, 1);
+    return;
+  }
+  if (le_conn_run(c, cl->script, cl->args, cl->nargs, cl) != 0) {
+    le_logf(&s->log, LE_LOG_ERROR, "cannot start %s: out of memory",
+            le_script_name(cl->script->path));
+    client_ended(s, 1);
+  }
+}
+
+int le_server_connect(le_server *s, const char *address, const char *path,
+                      size_t n, const char *const *args, int nargs, char *err,
+                      size_t errlen) {
+  le_clients *cl = &s->clients;
+  le_addr a;
+  char why[300];
+  struct sockaddr_storage ss;
+  if (le_addr_parse(address, &a, why, sizeof why) != 0) {
+    snprintf(err, errlen, "--connect: invalid address '%s': %s", address, why);
+    return -1;
+  }
+  if (a.kind == LE_ADDR_TCP && resolve(&a, &ss, why, sizeof why) != 0) {
+    snprintf(err, errlen, "cannot connect to %s: %s", address, why);
+    return -1;
+  }
+  cl->script = load_script(s, path, err, errlen);
+  if (cl->script == NULL) return -1;
+  cl->args = args;
+  cl->nargs = nargs;
+  le_addr_format(&a, cl->address, sizeof cl->address);
+  for (size_t i = 0; i < n; i++) {
+    int r = 0;
+    cl->left++;
+    if (le_conn_connect(&s->conns,
+                        a.kind == LE_ADDR_TCP ? (struct sockaddr *)&ss : NULL,
+                        a.kind == LE_ADDR_UNIX ? a.path : NULL,
+                        &s->cfg->opts, LE_CLIENT_CONNECT_TIMEOUT_MS,
+                        on_client_connected, s, &r) == NULL) {
+      snprintf(err, errlen, "cannot connect to %s: %s", cl->address,
+               uv_strerror(r));
+      return -1;
+    }
+  }
   return 0;
 }
 

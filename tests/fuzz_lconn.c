@@ -367,7 +367,7 @@ static void start_handler(fake *f) {
     fprintf(stderr, "%s\n", lua_tostring(L, -1));
     abort();
   }
-  CHECK(le_lconn_start(&f->lc) == 0);
+  CHECK(le_lconn_start(&f->lc, NULL, 0) == 0);
   CHECK(lua_gettop(L) == 0);
 }
 

@@ -207,7 +207,7 @@ static void start(fake *f, const char *body) {
   if (luaL_loadbufferx(f->L, src, strlen(src), "=handler", "t") != LUA_OK)
     fail_msg("%s", lua_tostring(f->L, -1));
   lua_call(f->L, 0, 1);
-  assert_int_equal(le_lconn_start(&f->lc), 0);
+  assert_int_equal(le_lconn_start(&f->lc, NULL, 0), 0);
   assert_int_equal(lua_gettop(f->L), 0);
 }
 
@@ -918,7 +918,7 @@ static void test_builtin_echo_handler(void **state) {
   fake *f = *state;
   char err[256];
   assert_int_equal(le_script_load(f->L, NULL, err, sizeof err), 0);
-  assert_int_equal(le_lconn_start(&f->lc), 0);
+  assert_int_equal(le_lconn_start(&f->lc, NULL, 0), 0);
   deliver(f, "ping");
   deliver(f, "pong");
   assert_written(f, "pingpong");

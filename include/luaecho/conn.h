@@ -109,7 +109,7 @@ struct le_conn_ctx {
   le_conn *reap;      /* connections waiting for the reaper */
   /* Called after a connection was freed (the count is already lower), with
    * the owner it was accepted for (NULL for outbound connections). */
-  void (*on_freed)(le_conn_ctx *ctx, void *owner);
+  void (*on_freed)(le_conn_ctx *ctx, void *owner, int exit_status);
 };
 
 struct le_conn {
@@ -167,6 +167,14 @@ le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
                          const char *path, const le_opts *opts,
                          uint64_t timeout_ms, le_connect_cb cb, void *arg,
                          int *err);
+
+/* Runs `script` as the handler of c, an outbound connection just
+ * connected (from its le_connect_cb) that nothing adopted:
+ * handler(conn, args...) as for an accepted connection. This is client
+ * mode. `owner` and the handler's exit status reach ctx->on_freed.
+ * Returns 0, or -1 when Lua is out of memory (c then closes). */
+int le_conn_run(le_conn *c, le_script *script, const char *const *args,
+                int nargs, void *owner);
 
 /* Abandons a connect in progress: cb will not run, the socket closes. */
 void le_conn_cancel_connect(le_conn *c);

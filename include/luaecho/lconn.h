@@ -205,6 +205,8 @@ struct le_lconn {
   int writer_err;        /* for the woken writer only: its error, 0 none */
   le_lconn_state state;
   uint8_t end_reason;    /* le_end_reason: why it ended, once it did */
+  uint8_t exit_status;   /* the handler's: 1 after an error, the integer
+                          * it returned (0..255), else 0 (client mode) */
   unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
   unsigned paused : 1;   /* reading stopped because `in` was full */
 };
@@ -253,11 +255,12 @@ char *le_lconn_format_peer(le_lconn *lc, char *out, size_t len);
  * The connection's loop calls it periodically for every connection. */
 void le_lconn_check_idle(le_lconn *lc, uint64_t now);
 
-/* Runs the handler function on top of L (popped) as handler(conn) in a new
- * coroutine, up to its first wait, inside a protected call. Returns 0, or
- * -1 when Lua is out of memory (the function is popped, the conn object,
- * if made, is detached, and io->handler_done is not called). */
-int le_lconn_start(le_lconn *lc);
+/* Runs the handler function on top of L (popped) as
+ * handler(conn, args[0], ..., args[nargs - 1]) in a new coroutine, up to
+ * its first wait, inside a protected call. Returns 0, or -1 when Lua is
+ * out of memory (the function is popped, the conn object, if made, is
+ * detached, and io->handler_done is not called). */
+int le_lconn_start(le_lconn *lc, const char *const *args, int nargs);
 
 /* Socket events, reported by the embedding connection. `data` is only
  * valid during the call. */

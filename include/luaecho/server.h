@@ -61,6 +61,20 @@ struct le_listener {
   le_listener *next;             /* in the server's list */
 };
 
+/* Client mode (luaecho --connect): the outbound connections that run the
+ * client script, and the exit status they make. */
+/* How long a client may take to connect. */
+#define LE_CLIENT_CONNECT_TIMEOUT_MS 10000
+
+typedef struct le_clients {
+  le_script *script;             /* the client script (on the script list) */
+  const char *const *args;       /* the script's arguments; not owned */
+  int nargs;
+  size_t left;                   /* clients connecting or running */
+  int status;                    /* the highest exit status so far */
+  char address[LE_ADDR_TEXT_MAX]; /* where they connect, for messages */
+} le_clients;
+
 struct le_server {
   uv_loop_t loop;
   lua_State *L;                  /* handlers and their coroutines live here */
@@ -86,6 +100,7 @@ struct le_server {
   unsigned loop_open : 1;
   unsigned signals_open : 1;
   unsigned stopping : 1;         /* shutdown has begun */
+  le_clients clients;            /* client mode; unused when serving */
   unsigned starved : 1;          /* no descriptor even to shed with: every
                                     listener waits for one to be freed */
 };
@@ -101,6 +116,17 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen);
  * unless the configuration says watch = false. Returns 0, or -1 with a
  * message such as "cannot listen on 127.0.0.1:7000: address already in use". */
 int le_server_listen(le_server *s, char *err, size_t errlen);
+
+/* Client mode: opens n connections to `address` ("host:port" or
+ * "unix:/path"; a host name is resolved here) and runs the handler file at
+ * `path` on each as handler(conn, args...), instead of listening. The
+ * server stops once every client has ended; le_server_run then returns
+ * the highest exit status of the clients (1 for a client that raised or
+ * could not connect; a client may return an integer status). Returns 0,
+ * or -1 with the message in err. */
+int le_server_connect(le_server *s, const char *address, const char *path,
+                      size_t n, const char *const *args, int nargs, char *err,
+                      size_t errlen);
 
 /* Serves until a shutdown completes. Returns the process exit status. */
 int le_server_run(le_server *s);
