@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "luaecho/lmem.h"
+
 /* The registry key of the loop's scheduler (a light userdata), for the
  * preemption hook, which is given nothing but a lua_State. */
 static const char sched_key = 0;
@@ -197,6 +199,9 @@ static void finish(le_coro *c, int status, int nres) {
   done(c, co, nres, error);
   reset(L, co, stopped);
   if (pushed) lua_pop(L, 1);
+  /* A coroutine that met max_memory leaves garbage that only a collection
+   * gives back to the next one (see le_mem_collect). */
+  le_mem_collect(L);
 }
 
 /* ---- running ---- */
@@ -330,6 +335,7 @@ void le_coro_release(le_coro *c) {
     c->wait_ops->cancel(c, c->wait_obj);
   lua_State *co = detach(c);
   reset(c->L, co, 0);
+  le_mem_collect(c->L);
   if (c->killed != NULL) c->killed(c);
 }
 
