@@ -193,8 +193,14 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
   le_frame_status st = find_message(lc, &in, want, &f);
   if (st == LE_FRAME_OK) {
     /* Bytes that do not fit under max_memory stay where they are: the
-     * handler learns it is out of memory, nothing is lost. */
-    if (!le_mem_fits(L, f.len)) return le_lconn_push_error(L, UV_ENOMEM);
+     * handler learns it is out of memory, nothing is lost. Like every
+     * failed recv it returns a partial result, "" here since nothing was
+     * consumed (docs/api.md: partial is always a string). */
+    if (!le_mem_fits(L, f.len)) {
+      le_lconn_push_error(L, UV_ENOMEM);
+      lua_pushliteral(L, "");
+      return 3;
+    }
     lua_pushlstring(L, in.data + f.off, f.len);
     consume(lc, &in, f.used);
     return 1;
