@@ -155,9 +155,12 @@ function ops.forge(conn)
   report("forge.join", pcall(task.join, io.stdout))
 end
 
--- Waits in recv until something ends the connection.
+-- Waits in recv until something ends the connection, then tries again.
 function ops.wait(conn)
   report("wait", conn:recv())
+  local _, recv_err = conn:recv()
+  local _, send_err = conn:send("late\n")
+  report("wait.later", recv_err, send_err)
 end
 
 return function(conn)
@@ -519,6 +522,7 @@ describe("robustness", function()
       assert_served(srv, 5)
       expect_line(srv, record("debug", literal(("conn %d: idle timeout"):format(id))))
       assert.same({ n = 3, nil, "idle", "" }, report_of(srv, "wait"))
+      assert.same({ n = 2, "idle", "idle" }, report_of(srv, "wait.later"))
       assert.same({ "", "closed" }, { server.read_all_until_close(sock, 5) })
       assert_served(srv, 5)
       assert_alive(srv)
@@ -537,6 +541,7 @@ describe("robustness", function()
       expect_line(srv, record("warn", literal("shutdown timeout: closing 1 connection")), 10)
       assert.equal(0, srv:wait_exit(10))
       assert.same({ n = 3, nil, "shutdown", "" }, report_of(srv, "wait"))
+      assert.same({ n = 2, "shutdown", "shutdown" }, report_of(srv, "wait.later"))
       assert.matches(record("info", "stopped"), srv:log()[#srv:log()])
     end)
   end)
