@@ -27,7 +27,8 @@ local SPIN_LIMIT = 3
 -- its cpu_limit), runs it, reports "ended.<op>" if it returns, and echoes
 -- the command and every later line.  A first line naming no operation is
 -- simply echoed: that is how other clients are served.
-local HANDLER = server.REPORT .. [[
+local GENERATOR_LOOP = 20000000
+local HANDLER = server.REPORT .. "local GENERATOR_LOOP = " .. GENERATOR_LOOP .. "\n" .. [[
 local luaecho = require "luaecho"
 
 local ops = {}
@@ -52,6 +53,35 @@ function ops.wrap(conn)
   coroutine.wrap(function()
     while true do end -- wrap: the runaway line
   end)()
+end
+
+-- Computes in coroutines of its own, nested, long enough to be preempted
+-- there many times, and reports what they yielded, returned and raised.
+function ops.generators(conn)
+  local function work(a)
+    local sum = 0
+    for i = 1, GENERATOR_LOOP do sum = sum + i end
+    return sum + a
+  end
+  local gen = coroutine.wrap(function(a)
+    local b = coroutine.yield(work(a))
+    local inner = coroutine.wrap(function(c) return work(c) end)
+    return b * 2, inner(2)
+  end)
+  local first = gen(1)
+  local twice, nested = gen(21)
+  local co = coroutine.create(function(a)
+    coroutine.yield(work(a))
+    work(0)
+    error("boom") -- generators: the raising line
+  end)
+  local ok1, third = coroutine.resume(co, 3)
+  local ok2, err = coroutine.resume(co)
+  local ok3, err3 = pcall(coroutine.wrap(function()
+    work(0)
+    error("wrapped boom") -- generators: the wrapped raising line
+  end))
+  report("generators", first, twice, nested, ok1, third, ok2, err, ok3, err3)
 end
 
 -- Allocates without bound and does not catch the error.
@@ -289,31 +319,31 @@ describe("robustness", function()
       assert_runaway_stopped("spin", SPIN_LIMIT, PREEMPTED_BOUND)
     end)
 
-    it("does not stop SIGTERM: with a short shutdown_timeout the server exits at once", function()
-      -- cpu_limit far beyond the bounds below: only the signal can end it.
-      local srv = start("cpu_limit = 60\nshutdown_timeout = 0.5\n")
-      start_op(srv, "spin")
-      local t0 = proc.now()
-      assert(srv:signal("TERM"))
-      expect_line(srv, record("info", literal("shutting down on SIGTERM: 1 connection to drain (up to 0.5s)")), 5)
-      expect_line(srv, record("warn", literal("shutdown timeout: closing 1 connection")), 5)
-      assert.equal(0, srv:wait_exit(10))
-      assert(proc.now() - t0 < 10)
-      assert.matches(record("info", "stopped"), srv:log()[#srv:log()])
-      assert_never_ended(srv, "spin")
-    end)
+    for _, sig in ipairs({ "TERM", "INT" }) do
+      it("does not stop SIG" .. sig .. ": with a short shutdown_timeout the server exits at once", function()
+        -- cpu_limit far beyond the bounds below: only the signal can end it.
+        local srv = start("cpu_limit = 60\nshutdown_timeout = 0.5\n")
+        start_op(srv, "spin")
+        assert(srv:signal(sig))
+        expect_line(srv, record("info", literal("shutting down on SIG" .. sig .. ": 1 connection to drain (up to 0.5s)")), 5)
+        expect_line(srv, record("warn", literal("shutdown timeout: closing 1 connection")), 5)
+        assert.equal(0, srv:wait_exit(10))
+        assert.matches(record("info", "stopped"), srv:log()[#srv:log()])
+        assert_never_ended(srv, "spin")
+      end)
 
-    it("does not stop a second SIGTERM from closing everything at once", function()
-      local srv = start("cpu_limit = 60\n") -- shutdown_timeout: the default 10 s
-      start_op(srv, "spin")
-      assert(srv:signal("TERM"))
-      expect_line(srv, record("info", literal("shutting down on SIGTERM: 1 connection to drain (up to 10s)")), 5)
-      assert(srv:signal("TERM"))
-      expect_line(srv, record("warn", literal("SIGTERM again: closing 1 connection now")), 5)
-      assert.equal(0, srv:wait_exit(5))
-      assert.matches(record("info", "stopped"), srv:log()[#srv:log()])
-      assert_never_ended(srv, "spin")
-    end)
+      it("does not stop a second SIG" .. sig .. " from closing everything at once", function()
+        local srv = start("cpu_limit = 60\n") -- shutdown_timeout: the default 10 s
+        start_op(srv, "spin")
+        assert(srv:signal(sig))
+        expect_line(srv, record("info", literal("shutting down on SIG" .. sig .. ": 1 connection to drain (up to 10s)")), 5)
+        assert(srv:signal(sig))
+        expect_line(srv, record("warn", literal("SIG" .. sig .. " again: closing 1 connection now")), 5)
+        assert.equal(0, srv:wait_exit(5))
+        assert.matches(record("info", "stopped"), srv:log()[#srv:log()])
+        assert_never_ended(srv, "spin")
+      end)
+    end
 
     it("is stopped at cpu_limit inside a table.sort comparator, where it cannot be preempted", function()
       -- Nothing can yield inside the comparator, so the other client waits
@@ -326,11 +356,22 @@ describe("robustness", function()
       assert_runaway_stopped("pcall", SPIN_LIMIT, PREEMPTED_BOUND)
     end)
 
-    it("is stopped at cpu_limit inside a coroutine.wrap of its own", function()
-      -- The watchdog preempts only the handler's own coroutine: inside a
-      -- coroutine the handler resumes itself, others wait until the stop,
-      -- as with table.sort (cpu_limit = 1 keeps that short).
-      assert_runaway_stopped("wrap", 1, 1 + 10)
+    it("is preempted, and stopped at cpu_limit, inside a coroutine.wrap of its own", function()
+      assert_runaway_stopped("wrap", SPIN_LIMIT, PREEMPTED_BOUND)
+    end)
+
+    it("is preempted inside its own coroutines without changing what they yield, return or raise", function()
+      local srv = start("cpu_limit = " .. SPIN_LIMIT .. "\n")
+      local sock = start_op(srv, "generators")
+      local sum = 0
+      for i = 1, GENERATOR_LOOP do sum = sum + i end
+      local function at(marker) return srv:file("h.lua") .. ":" .. line_of(HANDLER, marker) .. ": " end
+      assert.same({ n = 9, sum + 1, 42, sum + 2, true, sum + 3,
+        false, at("generators: the raising line") .. "boom",
+        false, at("generators: the wrapped raising line") .. "wrapped boom" },
+        report_of(srv, "generators", 20))
+      assert.same({ "generators\n" }, { server.recv_exactly(sock, 11, 20) })
+      assert_alive(srv)
     end)
   end)
 
