@@ -393,10 +393,13 @@ le__conn_ud *le__lconn_to_ud(lua_State *L) {
     ok = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
   }
+  if (!ok) luaL_typeerror(L, 1, LE_LCONN_METATABLE);
   /* The metatable can be copied onto another userdata with the debug
-   * library; the cookie, which only luaecho writes, cannot. */
-  if (!ok || lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
-    luaL_typeerror(L, 1, LE_LCONN_METATABLE);
+   * library; the cookie, which only luaecho writes, cannot. A type error
+   * would read "luaecho.conn expected, got luaecho.conn" here. */
+  if (lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
+    luaL_argerror(L, 1, LE_LCONN_METATABLE " expected, got another userdata "
+                        "with its metatable");
   return ud;
 }
 
