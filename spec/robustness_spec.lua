@@ -140,6 +140,20 @@ function ops.hold(conn)
   report("delivered", #data, data == string.rep("d", 200000))
 end
 
+-- Waits in recv for 200000 bytes; while they do not fit under max_memory,
+-- tries again every 50 ms (at most 200 times).
+function ops.reader(conn)
+  conn:setopts{ packet = "raw" }
+  local got = table.pack(conn:recv(200000))
+  report("reader", got.n, got[1], got[2], got[3])
+  for _ = 1, 200 do
+    if got[1] then break end
+    luaecho.sleep(0.05)
+    got = table.pack(conn:recv(200000, 0))
+  end
+  report("reader.delivered", got[1] and #got[1])
+end
+
 -- From a spawned task, once the handler waits: coroutine.close and
 -- coroutine.resume on the handler's coroutine.
 local function meddle(main, name)
@@ -461,18 +475,23 @@ describe("robustness", function()
       assert.is_nil(srv:log_text():find("PANIC", 1, true))
     end)
 
-    it("holding memory near the cap, gets nil, 'enomem' from recv for data it cannot take", function()
+    it("holding memory near the cap, it and others get nil, 'enomem' from recv for data that cannot be taken", function()
       local srv = start(CONFIG)
       local other = assert(server.connect(srv.host, srv.port))
       assert.same({ "before\n" }, { server.exchange(other, "before\n") })
+      local reader = start_op(srv, "reader")
       local holder = start_op(srv, "hold")
       assert.same({ n = 2, false, "not enough memory" }, report_of(srv, "hold"))
       local data = string.rep("d", 200000)
+      -- Another client's data arriving now (the PANIC of issue 8).
+      assert(reader:send(data))
+      assert.same({ n = 4, 3, nil, "enomem", "" }, report_of(srv, "reader"))
       assert(holder:send(data))
       assert.same({ n = 4, 3, nil, "enomem", "" }, report_of(srv, "enomem"))
-      -- Nothing was lost: once the handler let its memory go, the same
-      -- bytes arrive.
+      -- Nothing was lost: once the holder let its memory go, the same
+      -- bytes arrive, on both connections.
       assert.same({ n = 2, 200000, true }, report_of(srv, "delivered"))
+      assert.same({ n = 1, 200000 }, report_of(srv, "reader.delivered"))
       assert.same({ "after\n" }, { server.exchange(other, "after\n") })
       assert_served(srv, 5)
       assert_alive(srv)
