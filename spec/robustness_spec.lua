@@ -22,12 +22,15 @@ local literal, record = server.literal, server.record
 local PREEMPTED_BOUND = 1.5
 local SPIN_LIMIT = 3
 
+-- How far work() in ops.generators counts at each call: tens of
+-- milliseconds, so the watchdog suspends the coroutines it runs in.
+local GENERATOR_LOOP = 20000000
+
 -- The handler of every spec here.  The first line a client sends names an
 -- operation from `ops`; the handler reports "started.<op>" (with conn.id and
 -- its cpu_limit), runs it, reports "ended.<op>" if it returns, and echoes
 -- the command and every later line.  A first line naming no operation is
 -- simply echoed: that is how other clients are served.
-local GENERATOR_LOOP = 20000000
 local HANDLER = server.REPORT .. "local GENERATOR_LOOP = " .. GENERATOR_LOOP .. "\n" .. [[
 local luaecho = require "luaecho"
 
