@@ -340,7 +340,7 @@ describe("robustness", function()
     end)
 
     for _, sig in ipairs({ "TERM", "INT" }) do
-      it("does not stop SIG" .. sig .. ": with a short shutdown_timeout the server exits at once", function()
+      it("does not hold up SIG" .. sig .. ": after a short shutdown_timeout the server exits", function()
         -- cpu_limit far beyond the bounds below: only the signal can end it.
         local srv = start("cpu_limit = 60\nshutdown_timeout = 0.5\n")
         start_op(srv, "spin")
@@ -352,7 +352,7 @@ describe("robustness", function()
         assert_never_ended(srv, "spin")
       end)
 
-      it("does not stop a second SIG" .. sig .. " from closing everything at once", function()
+      it("does not hold up a second SIG" .. sig .. ", which closes everything at once", function()
         local srv = start("cpu_limit = 60\n") -- shutdown_timeout: the default 10 s
         start_op(srv, "spin")
         assert(srv:signal(sig))
