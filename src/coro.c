@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "luaecho/lmem.h"
+
 /* The registry key of the loop's scheduler (a light userdata), for the
  * preemption hook, which is given nothing but a lua_State. */
 static const char sched_key = 0;
@@ -197,6 +199,9 @@ static void finish(le_coro *c, int status, int nres) {
   done(c, co, nres, error);
   reset(L, co, stopped);
   if (pushed) lua_pop(L, 1);
+  /* A coroutine that met max_memory leaves garbage that only a collection
+   * gives back to the next one (see le_mem_collect). */
+  le_mem_collect(L);
 }
 
 /* ---- running ---- */
@@ -331,6 +336,7 @@ void le_coro_release(le_coro *c) {
     c->wait_ops->cancel(c, c->wait_obj);
   lua_State *co = detach(c);
   reset(c->L, co, 0);
+  le_mem_collect(c->L);
   if (c->killed != NULL) c->killed(c);
 }
 
@@ -376,6 +382,14 @@ static int charge(le_coro_sched *s, le_coro *c, uint64_t since_ns) {
   return limit_ms > 0 && c->cpu_ns >= limit_ms * 1000000u;
 }
 
+/* The thread the watchdog sees running: c's own, or one that
+ * resume_watched runs. */
+static lua_State *watched_thread(le_coro_sched *s) {
+  return s->preempt == NULL ? NULL
+                            : atomic_load_explicit(&s->preempt->running,
+                                                   memory_order_relaxed);
+}
+
 /* Installed by the watchdog's signal on the thread that has run for a
  * whole tick: that is c's own thread, or a coroutine Lua code created and
  * resumes from it. c's own thread yields (to run again after the others,
@@ -397,6 +411,11 @@ void le_coro_preempt_hook(lua_State *L, lua_Debug *ar) {
     if (!charge(s, c, since)) {
       if (L == c->co && lua_isyieldable(L)) {
         s->yielded_by_hook = 1;
+        lua_yield(L, 0);
+      } else if (lua_isyieldable(L) && L == watched_thread(s)) {
+        /* A coroutine of Lua code's own, run by resume_watched: that is
+         * its resumer, and suspends itself in turn. */
+        s->nested_preempted = L;
         lua_yield(L, 0);
       }
       return; /* where it cannot yield, it is looked at again next tick */
@@ -430,17 +449,70 @@ static int guard_close(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* Calls the original coroutine.resume (upvalue 1) with the arguments on
- * L's stack, telling the watchdog which thread runs meanwhile. */
-static int resume_watched(lua_State *L, lua_State *co) {
+/* What resume_watched returns to: coroutine.resume or a wrapped function. */
+enum { AS_RESUME, AS_WRAP };
+
+static int resume_watched(lua_State *L, lua_KContext as);
+
+/* Continues resume_watched after its coroutine was resumed by luaecho, or
+ * by the resume_watched below it, following a preemption. */
+static int resume_again(lua_State *L, int status, lua_KContext as) {
+  (void)status;
+  return resume_watched(L, as);
+}
+
+/* Hands the results of a wrapped function's resume back as Lua's own wrap
+ * does: the values, or the error with the position prepended, after
+ * closing the dead coroutine. Stack: the thread, ok, values. */
+static int wrap_results(lua_State *L, lua_State *co) {
+  if (lua_toboolean(L, 2)) return lua_gettop(L) - 2;
+  int status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    lua_closethread(co, L);
+#else
+    lua_resetthread(co);
+#endif
+  }
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, 3);
+    lua_concat(L, 2);
+  }
+  lua_settop(L, 3);
+  return lua_error(L);
+}
+
+/* Resumes the thread at index 1 with the values above it through the
+ * original coroutine.resume (upvalue 1), telling the watchdog which thread
+ * runs meanwhile (the scheduler is upvalue 2). When the watchdog suspended
+ * that thread, the one running this suspends too, so luaecho's coroutine
+ * at the bottom yields to the loop; resumed, it resumes the thread again
+ * with no values. Where L cannot yield it resumes the thread at once. */
+static int resume_watched(lua_State *L, lua_KContext as) {
   le_coro_sched *s = lua_touserdata(L, lua_upvalueindex(2));
   le_preempt *p = s ? s->preempt : NULL;
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_State *prev = p ? le_preempt_enter(p, co) : NULL;
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  if (p) le_preempt_leave(p, prev);
-  return lua_gettop(L);
+  lua_State *co = lua_tothread(L, 1);
+  for (;;) {
+    int nargs = lua_gettop(L) - 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 2, 2); /* thread, resume, thread, values */
+    lua_State *prev = p ? le_preempt_enter(p, co) : NULL;
+    lua_call(L, nargs + 1, LUA_MULTRET);
+    if (p) le_preempt_leave(p, prev);
+    if (s == NULL || s->nested_preempted != co) break;
+    s->nested_preempted = NULL;
+    lua_settop(L, 1); /* the hook yielded no values */
+    if (!lua_isyieldable(L)) continue;
+    if (s->current != NULL && L == s->current->co)
+      s->yielded_by_hook = 1;
+    else
+      s->nested_preempted = L;
+    return lua_yieldk(L, 0, as, resume_again);
+  }
+  if (as == AS_WRAP) return wrap_results(L, co);
+  return lua_gettop(L) - 1;
 }
 
 /* coroutine.resume(co, ...): refused (false, message) for luaecho's
@@ -454,33 +526,15 @@ static int guard_resume(lua_State *L) {
                        ": only luaecho resumes it");
     return 2;
   }
-  return resume_watched(L, co);
+  return resume_watched(L, AS_RESUME);
 }
 
 /* The function coroutine.wrap returns: resumes its coroutine (upvalue 3)
- * through resume_watched and, as Lua's own wrap does, propagates an error
- * with the position prepended, after closing the dead coroutine. */
+ * through resume_watched. */
 static int wrap_call(lua_State *L) {
-  lua_State *co = lua_tothread(L, lua_upvalueindex(3));
   lua_pushvalue(L, lua_upvalueindex(3));
   lua_insert(L, 1);
-  int n = resume_watched(L, co);
-  if (lua_toboolean(L, 1)) return n - 1;
-  int status = lua_status(co);
-  if (status != LUA_OK && status != LUA_YIELD) {
-#if LUA_VERSION_RELEASE_NUM >= 50406
-    lua_closethread(co, L);
-#else
-    lua_resetthread(co);
-#endif
-  }
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    luaL_where(L, 1);
-    lua_insert(L, 2);
-    lua_concat(L, 2);
-  }
-  lua_settop(L, 2);
-  return lua_error(L);
+  return resume_watched(L, AS_WRAP);
 }
 
 /* coroutine.wrap(f): as Lua's own, but resumed under the watchdog. */

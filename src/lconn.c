@@ -268,11 +268,15 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
   le_frame_status st = find_message(lc, &in, want, &f);
   if (st == LE_FRAME_OK) {
     /* Bytes that do not fit under max_memory stay where they are: the
-     * handler learns it is out of memory, nothing is lost. */
+     * handler learns it is out of memory, nothing is lost. Like every
+     * failed recv it returns a partial result, "" here since nothing was
+     * consumed (docs/api.md: partial is always a string). */
     if (!le_mem_fits(L, f.len)) {
       le_lconn_trace(lc, "recv returned nil, \"enomem\": %zu bytes do not "
                      "fit under max_memory", f.len);
-      return le_lconn_push_error(L, UV_ENOMEM);
+      le_lconn_push_error(L, UV_ENOMEM);
+      lua_pushliteral(L, "");
+      return 3;
     }
     lua_pushlstring(L, in.data + f.off, f.len);
     consume(lc, &in, f.used);
@@ -488,10 +492,13 @@ le__conn_ud *le__lconn_to_ud(lua_State *L) {
     ok = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
   }
+  if (!ok) luaL_typeerror(L, 1, LE_LCONN_METATABLE);
   /* The metatable can be copied onto another userdata with the debug
-   * library; the cookie, which only luaecho writes, cannot. */
-  if (!ok || lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
-    luaL_typeerror(L, 1, LE_LCONN_METATABLE);
+   * library; the cookie, which only luaecho writes, cannot. A type error
+   * would read "luaecho.conn expected, got luaecho.conn" here. */
+  if (lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
+    luaL_argerror(L, 1, LE_LCONN_METATABLE " expected, got another userdata "
+                        "with its metatable");
   return ud;
 }
 

@@ -55,3 +55,10 @@ int le_mem_fits(lua_State *L, size_t n) {
   n += 64;
   return n <= m->limit && m->used <= m->limit - n;
 }
+
+void le_mem_collect(lua_State *L) {
+  le_mem *m = le_mem_of(L);
+  if (m == NULL || m->refused == m->refused_collected) return;
+  m->refused_collected = m->refused;
+  lua_gc(L, LUA_GCCOLLECT);
+}

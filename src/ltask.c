@@ -35,7 +35,8 @@ static task *task_of(le_coro *c) {
 static task *check_task(lua_State *L) {
   task *t = luaL_checkudata(L, 1, TASK_METATABLE);
   if (lua_rawlen(L, 1) != sizeof *t || t->cookie != &task_cookie)
-    luaL_typeerror(L, 1, TASK_METATABLE);
+    luaL_argerror(L, 1, TASK_METATABLE " expected, got another userdata "
+                        "with its metatable");
   return t;
 }
 

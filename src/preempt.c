@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -123,11 +124,15 @@ static void deadline_hook(lua_State *L, lua_Debug *ar) {
     d->expired = 1;
     lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
   }
+  /* "%g" writes the limit as the config does and as a handler's stop
+   * says it ("5 s"); lua_pushfstring's "%f" would write "5.0 s". */
+  char seconds[32];
+  snprintf(seconds, sizeof seconds, "%g", d->seconds);
   if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-    lua_pushfstring(L, "%s:%d: cpu_limit exceeded (%f s)", ar->short_src,
-                    ar->currentline, d->seconds);
+    lua_pushfstring(L, "%s:%d: cpu_limit exceeded (%s s)", ar->short_src,
+                    ar->currentline, seconds);
   else
-    lua_pushfstring(L, "cpu_limit exceeded (%f s)", d->seconds);
+    lua_pushfstring(L, "cpu_limit exceeded (%s s)", seconds);
   lua_error(L);
 }
 

@@ -43,7 +43,10 @@
  *
  * Preemption. A coroutine that computes for a whole preemption tick without
  * waiting is suspended at a count hook and put at the back of the ready
- * list, so every other coroutine gets its turn first. One that computes for
+ * list, so every other coroutine gets its turn first. When the time goes to
+ * a coroutine Lua code made and resumes (coroutine.wrap, coroutine.resume),
+ * that one is suspended, then every resumer up to luaecho's coroutine,
+ * and they resume it again in the same order on its next turn. One that computes for
  * more than its CPU limit in total without waiting is ended as an error
  * ("cpu_limit exceeded"), even inside a C function that cannot yield.
  */
@@ -112,6 +115,9 @@ struct le_coro_sched {
   le_preempt *preempt;             /* the loop's watchdog, or NULL */
   le_coro *current;                /* the coroutine running now, or NULL */
   int yielded_by_hook;             /* current was just preempted */
+  lua_State *nested_preempted;     /* a coroutine Lua code resumes, just
+                                    * suspended by the watchdog: its
+                                    * resumer suspends itself in turn */
   uint64_t preempted;              /* times a coroutine was preempted */
   uint64_t cpu_killed;             /* coroutines stopped by cpu_limit */
   char stop_where[160];            /* "file:line:" of the last one stopped */

@@ -23,6 +23,7 @@ typedef struct le_mem {
   size_t limit;     /* cap on `used`; 0 for none */
   size_t peak;      /* highest `used` seen */
   uint64_t refused; /* allocations refused for the cap */
+  uint64_t refused_collected; /* `refused` at the last le_mem_collect */
 } le_mem;
 
 /* The lua_Alloc function; its ud is a le_mem. */
@@ -37,5 +38,15 @@ le_mem *le_mem_of(lua_State *L);
 
 /* Returns 1 when `n` more bytes fit under L's cap (always, without one). */
 int le_mem_fits(lua_State *L, size_t n);
+
+/* Runs a full collection of L when its allocator refused an allocation
+ * since the last one. Lua's core collects and tries again before it gives
+ * up on an allocation, but the auxiliary library's buffers (string.rep,
+ * table.concat, string.format, luaL_Buffer in general) call the allocator
+ * directly and fail at once: after a coroutine that took the memory up to
+ * the cap has ended, its garbage would make the next coroutine's
+ * string.rep fail although the memory is free for the taking. Call it
+ * where no Lua code runs on L's behalf (a coroutine just ended). */
+void le_mem_collect(lua_State *L);
 
 #endif
