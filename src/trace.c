@@ -2,6 +2,7 @@
 #include "luaecho/trace.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,21 @@
 #include "luaecho/preempt.h"
 
 /* ---- the writer ---- */
+
+struct le__trace_ring {
+  int fd;
+  int log_prefix;
+  char *buf;              /* a ring of LE_TRACE_BUFFER bytes */
+  size_t head, len;       /* the bytes waiting for the writer */
+  uint64_t dropped;       /* lines dropped since the last report */
+  uint64_t dropped_total; /* lines dropped in all */
+  pthread_mutex_t lock;
+  pthread_cond_t more;    /* the writer has lines to write, or must stop */
+  pthread_cond_t drained; /* the buffer became empty */
+  pthread_t writer;
+  int stop;               /* the writer ends once the ring is empty */
+  int abandoned;          /* nobody waits for the writer: it frees the ring */
+};
 
 static void write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
@@ -25,44 +41,57 @@ static void write_all(int fd, const char *p, size_t n) {
 
 /* Takes up to `room` contiguous bytes off the ring into out. Called with
  * the lock held. */
-static size_t take(le_trace *t, char *out, size_t room) {
-  size_t n = t->len < room ? t->len : room;
-  size_t first = LE_TRACE_BUFFER - t->head;
+static size_t take(le__trace_ring *r, char *out, size_t room) {
+  size_t n = r->len < room ? r->len : room;
+  size_t first = LE_TRACE_BUFFER - r->head;
   if (first > n) first = n;
-  memcpy(out, t->buf + t->head, first);
-  memcpy(out + first, t->buf, n - first);
-  t->head = (t->head + n) % LE_TRACE_BUFFER;
-  t->len -= n;
+  memcpy(out, r->buf + r->head, first);
+  memcpy(out + first, r->buf, n - first);
+  r->head = (r->head + n) % LE_TRACE_BUFFER;
+  r->len -= n;
   return n;
 }
 
+static void free_ring(le__trace_ring *r) {
+  pthread_mutex_destroy(&r->lock);
+  pthread_cond_destroy(&r->more);
+  pthread_cond_destroy(&r->drained);
+  free(r->buf);
+  free(r);
+}
+
+static void report_dropped(le__trace_ring *r, uint64_t dropped) {
+  char note[160];
+  int k = 0;
+  if (r->log_prefix) k = le_log_prefix(note, sizeof note, "trace");
+  k += snprintf(note + k, sizeof note - (size_t)k,
+                "trace: %llu lines dropped (the output fell behind)\n",
+                (unsigned long long)dropped);
+  write_all(r->fd, note, (size_t)k);
+}
+
 static void *writer(void *arg) {
-  le_trace *t = arg;
+  le__trace_ring *r = arg;
   char chunk[64 * 1024];
-  pthread_mutex_lock(&t->lock);
+  pthread_mutex_lock(&r->lock);
   for (;;) {
-    while (t->len == 0 && t->dropped == 0 && !t->stop)
-      pthread_cond_wait(&t->more, &t->lock);
-    if (t->len == 0 && t->dropped == 0) break; /* stopping, all written */
-    size_t n = take(t, chunk, sizeof chunk);
-    uint64_t dropped = t->len == 0 ? t->dropped : 0;
-    t->dropped -= dropped;
-    if (t->len == 0) pthread_cond_broadcast(&t->drained);
-    pthread_mutex_unlock(&t->lock);
-    write_all(t->fd, chunk, n);
-    if (dropped > 0) {
-      char note[160];
-      int k = 0;
-      if (t->log_prefix) k = le_log_prefix(note, sizeof note, "trace");
-      k += snprintf(note + k, sizeof note - (size_t)k,
-                    "trace: %llu lines dropped (the output fell behind)\n",
-                    (unsigned long long)dropped);
-      write_all(t->fd, note, (size_t)k);
-    }
-    pthread_mutex_lock(&t->lock);
+    while (r->len == 0 && r->dropped == 0 && !r->stop)
+      pthread_cond_wait(&r->more, &r->lock);
+    if (r->len == 0 && r->dropped == 0) break; /* stopping, all written */
+    size_t n = take(r, chunk, sizeof chunk);
+    uint64_t dropped = r->len == 0 ? r->dropped : 0;
+    r->dropped -= dropped;
+    if (r->len == 0) pthread_cond_broadcast(&r->drained);
+    pthread_mutex_unlock(&r->lock);
+    write_all(r->fd, chunk, n);
+    if (dropped > 0) report_dropped(r, dropped);
+    pthread_mutex_lock(&r->lock);
+    if (r->abandoned) break;
   }
-  pthread_cond_broadcast(&t->drained);
-  pthread_mutex_unlock(&t->lock);
+  int abandoned = r->abandoned;
+  pthread_cond_broadcast(&r->drained);
+  pthread_mutex_unlock(&r->lock);
+  if (abandoned) free_ring(r);
   return NULL;
 }
 
@@ -77,24 +106,30 @@ void le_trace_init(le_trace *t, int fd, int log_prefix) {
  * no buffer and no thread. */
 static int start(le_trace *t) {
   if (t->failed) return -1;
-  t->buf = malloc(LE_TRACE_BUFFER);
-  if (t->buf == NULL) return -ENOMEM;
-  pthread_mutex_init(&t->lock, NULL);
-  pthread_cond_init(&t->more, NULL);
-  pthread_cond_init(&t->drained, NULL);
-  int r = t->buf ? pthread_create(&t->writer, NULL, writer, t) : ENOMEM;
-  if (r != 0) {
-    free(t->buf);
-    t->buf = NULL;
+  le__trace_ring *r = calloc(1, sizeof *r);
+  if (r != NULL) r->buf = malloc(LE_TRACE_BUFFER);
+  if (r == NULL || r->buf == NULL) {
+    if (r) free(r);
     t->failed = 1; /* no trace rather than a retry on every event */
     return -1;
   }
-  t->started = 1;
+  r->fd = t->fd;
+  r->log_prefix = t->log_prefix;
+  pthread_mutex_init(&r->lock, NULL);
+  pthread_cond_init(&r->more, NULL);
+  pthread_cond_init(&r->drained, NULL);
+  if (pthread_create(&r->writer, NULL, writer, r) != 0) {
+    free_ring(r);
+    t->failed = 1;
+    return -1;
+  }
+  t->ring = r;
   return 0;
 }
 
 int le_trace_flush(le_trace *t, int timeout_ms) {
-  if (!t->started) return 1;
+  le__trace_ring *r = t->ring;
+  if (r == NULL) return 1;
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
   until.tv_sec += timeout_ms / 1000;
@@ -103,72 +138,71 @@ int le_trace_flush(le_trace *t, int timeout_ms) {
     until.tv_sec++;
     until.tv_nsec -= 1000000000L;
   }
-  pthread_mutex_lock(&t->lock);
-  int r = 0;
-  while ((t->len > 0 || t->dropped > 0) && r == 0)
-    r = pthread_cond_timedwait(&t->drained, &t->lock, &until);
-  int empty = t->len == 0;
-  pthread_mutex_unlock(&t->lock);
+  pthread_mutex_lock(&r->lock);
+  int rc = 0;
+  while ((r->len > 0 || r->dropped > 0) && rc == 0)
+    rc = pthread_cond_timedwait(&r->drained, &r->lock, &until);
+  int empty = r->len == 0;
+  pthread_mutex_unlock(&r->lock);
   return empty;
 }
 
 void le_trace_close(le_trace *t) {
-  if (!t->started) return;
+  le__trace_ring *r = t->ring;
+  if (r == NULL) return;
+  t->ring = NULL;
   int flushed = le_trace_flush(t, 1000);
-  pthread_mutex_lock(&t->lock);
-  t->stop = 1;
-  if (!flushed) t->len = 0; /* a stuck output: give up on what is left */
-  pthread_cond_signal(&t->more);
-  pthread_mutex_unlock(&t->lock);
-  if (flushed) {
-    pthread_join(t->writer, NULL);
-  } else {
-    /* The writer may be stuck in write(); it is left to the process's
-     * exit rather than hold up the shutdown. */
-    pthread_detach(t->writer);
-    t->started = 0;
-    return;
+  pthread_mutex_lock(&r->lock);
+  r->stop = 1;
+  if (!flushed) {
+    /* A stuck output: what is left is given up, and the writer, which may
+     * be blocked in write(), is left to free the ring when it returns, so
+     * that the shutdown is not held up. */
+    r->len = 0;
+    r->abandoned = 1;
   }
-  pthread_mutex_destroy(&t->lock);
-  pthread_cond_destroy(&t->more);
-  pthread_cond_destroy(&t->drained);
-  free(t->buf);
-  t->buf = NULL;
-  t->started = 0;
+  pthread_cond_signal(&r->more);
+  pthread_mutex_unlock(&r->lock);
+  if (flushed) {
+    pthread_join(r->writer, NULL);
+    free_ring(r);
+  } else {
+    pthread_detach(r->writer);
+  }
 }
 
 uint64_t le_trace_dropped(le_trace *t) {
-  if (!t->started) return 0;
-  pthread_mutex_lock(&t->lock);
-  uint64_t n = t->dropped_total;
-  pthread_mutex_unlock(&t->lock);
+  le__trace_ring *r = t->ring;
+  if (r == NULL) return 0;
+  pthread_mutex_lock(&r->lock);
+  uint64_t n = r->dropped_total;
+  pthread_mutex_unlock(&r->lock);
   return n;
 }
 
 /* ---- lines ---- */
 
-static void put(le_trace *t, const char *line, size_t n) {
-  pthread_mutex_lock(&t->lock);
-  if (LE_TRACE_BUFFER - t->len < n) {
-    t->dropped++;
-    t->dropped_total++;
+static void put(le__trace_ring *r, const char *line, size_t n) {
+  pthread_mutex_lock(&r->lock);
+  if (LE_TRACE_BUFFER - r->len < n) {
+    r->dropped++;
+    r->dropped_total++;
   } else {
-    size_t tail = (t->head + t->len) % LE_TRACE_BUFFER;
+    size_t tail = (r->head + r->len) % LE_TRACE_BUFFER;
     size_t first = LE_TRACE_BUFFER - tail;
     if (first > n) first = n;
-    memcpy(t->buf + tail, line, first);
-    memcpy(t->buf, line + first, n - first);
-    t->len += n;
-    t->lines++;
+    memcpy(r->buf + tail, line, first);
+    memcpy(r->buf, line + first, n - first);
+    r->len += n;
   }
-  pthread_cond_signal(&t->more);
-  pthread_mutex_unlock(&t->lock);
+  pthread_cond_signal(&r->more);
+  pthread_mutex_unlock(&r->lock);
 }
 
 void le_trace_event(le_trace *t, uint64_t id, const char *fmt, ...) {
   char line[1024];
   int n = 0;
-  if (t == NULL || (!t->started && start(t) != 0)) return;
+  if (t == NULL || (t->ring == NULL && start(t) != 0)) return;
   if (t->log_prefix) n = le_log_prefix(line, sizeof line, "trace");
   uint64_t us = (le_preempt_now_ns() - t->start_ns) / 1000;
   n += snprintf(line + n, sizeof line - (size_t)n, "%lluus conn %llu ",
@@ -181,7 +215,7 @@ void le_trace_event(le_trace *t, uint64_t id, const char *fmt, ...) {
   n += body;
   if ((size_t)n > sizeof line - 2) n = (int)sizeof line - 2;
   line[n++] = '\n';
-  put(t, line, (size_t)n);
+  put(t->ring, line, (size_t)n);
 }
 
 char *le_trace_preview(char *out, size_t outlen, const char *data, size_t len,

@@ -19,7 +19,6 @@
 #ifndef LUAECHO_TRACE_H
 #define LUAECHO_TRACE_H
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,22 +26,17 @@
 /* Bytes of trace lines held for the writer before lines are dropped. */
 #define LE_TRACE_BUFFER (1024 * 1024)
 
+/* What the writer thread shares with the loop. It is on the heap so that
+ * a writer stuck on an output that never drains can be left behind at
+ * close: it then frees this itself once its write returns. */
+typedef struct le__trace_ring le__trace_ring;
+
 typedef struct le_trace {
   int fd;                 /* where lines go */
   int log_prefix;         /* prefix each line like a log record */
   uint64_t start_ns;      /* the time 0 of the lines */
-  char *buf;              /* a ring of LE_TRACE_BUFFER bytes */
-  size_t head, len;       /* the bytes waiting for the writer */
-  uint64_t lines;         /* lines accepted */
-  uint64_t dropped;       /* lines dropped since the last report */
-  uint64_t dropped_total; /* lines dropped in all */
-  pthread_mutex_t lock;
-  pthread_cond_t more;    /* the writer has lines to write, or must stop */
-  pthread_cond_t drained; /* the buffer became empty */
-  pthread_t writer;
-  int stop;
-  int started;            /* the writer runs */
-  int failed;             /* it could not be started: lines are lost */
+  le__trace_ring *ring;   /* made with the first line; NULL before */
+  int failed;             /* it could not be made: lines are lost */
 } le_trace;
 
 /* Prepares a trace writing to fd (not closed here), with a log-style
