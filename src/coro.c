@@ -341,7 +341,13 @@ int le_coro_sched_run(le_coro_sched *s) {
     s->ready_tail = s->later_tail;
     s->later = s->later_tail = NULL;
   }
-  while (s->ready != NULL) {
+  /* Only those ready now run: coroutines that wake each other would
+   * otherwise keep this loop going and the loop from polling I/O. They
+   * are counted rather than cut off into a list of their own, because
+   * le_coro_release takes a READY coroutine off s->ready. */
+  size_t n = 0;
+  for (le_coro *p = s->ready; p != NULL; p = p->next_ready) n++;
+  while (n-- > 0 && s->ready != NULL) {
     le_coro *c = s->ready;
     s->ready = c->next_ready;
     if (s->ready == NULL) s->ready_tail = NULL;
@@ -350,7 +356,7 @@ int le_coro_sched_run(le_coro_sched *s) {
       c->slice_start = le_preempt_now_ns(); /* it computes on */
     run(c, 0, NULL);
   }
-  return s->later != NULL;
+  return s->later != NULL || s->ready != NULL;
 }
 
 /* ---- preemption ---- */
