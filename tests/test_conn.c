@@ -8,20 +8,6 @@
 
 #include "test_loop.h"
 
-static harness H;
-
-static int setup(void **state) {
-  (void)state;
-  h_init(&H);
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  h_close(&H);
-  return 0;
-}
-
 static const char *echo_handler =
     "return function(conn)\n"
     "  while true do\n"
@@ -267,18 +253,6 @@ static le_conn *connect_to(int port, uint64_t timeout_ms, connect_result *r) {
   return c;
 }
 
-/* Returns a port on 127.0.0.1 where nothing listens. */
-static int closed_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa;
-  socklen_t len = sizeof sa;
-  uv_ip4_addr("127.0.0.1", 0, &sa);
-  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-  close(fd);
-  return ntohs(sa.sin_port);
-}
-
 static void test_connect_succeeds(void **state) {
   (void)state;
   h_handler(&H, echo_handler);
@@ -299,7 +273,7 @@ static void test_connect_succeeds(void **state) {
 static void test_connect_refused(void **state) {
   (void)state;
   connect_result r = {0};
-  connect_to(closed_port(), 1000, &r);
+  connect_to(h_closed_port(), 1000, &r);
   RUN_UNTIL(&H, r.calls == 1);
   assert_int_equal(r.status, UV_ECONNREFUSED);
   assert_int_equal(r.state_at_cb, LE_CONN_CLOSING);
@@ -309,19 +283,10 @@ static void test_connect_refused(void **state) {
 
 static void test_connect_times_out(void **state) {
   (void)state;
-  /* A listener whose accept queue is full drops new SYNs, so a connect
-   * to it neither succeeds nor fails until our deadline. */
-  int lfd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa;
-  socklen_t len = sizeof sa;
-  uv_ip4_addr("127.0.0.1", 0, &sa);
-  assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-  assert_int_equal(listen(lfd, 0), 0);
-  assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
-  int filler = socket(AF_INET, SOCK_STREAM, 0);
-  assert_int_equal(connect(filler, (struct sockaddr *)&sa, sizeof sa), 0);
+  int filler, port;
+  int lfd = h_full_listener(&filler, &port);
   connect_result r = {0};
-  connect_to(ntohs(sa.sin_port), 100, &r);
+  connect_to(port, 100, &r);
   RUN_UNTIL(&H, r.calls == 1);
   assert_int_equal(r.status, LE_TIMEOUT);
   assert_int_equal(r.state_at_cb, LE_CONN_CLOSING);
@@ -359,7 +324,7 @@ static void test_connect_unix_missing_path(void **state) {
 }
 
 int main(void) {
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, h_setup, h_teardown)
   const struct CMUnitTest tests[] = {
       T(test_accept_runs_handler_and_frees_once),
       T(test_handler_error_is_logged_and_aborts),

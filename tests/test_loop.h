@@ -211,6 +211,35 @@ static inline size_t h_client_recv(harness *h, int fd, char *buf, size_t want,
   return got;
 }
 
+/* Returns a port on 127.0.0.1 where nothing listens. */
+static inline int h_closed_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa;
+  socklen_t len = sizeof sa;
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+/* Returns a listener on 127.0.0.1 (*port) whose accept queue is full, with
+ * the client that fills it in *filler: it drops new SYNs, so a connect to
+ * it neither succeeds nor fails until the connector's deadline. */
+static inline int h_full_listener(int *filler, int *port) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa;
+  socklen_t len = sizeof sa;
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(lfd, 0), 0);
+  assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+  *filler = socket(AF_INET, SOCK_STREAM, 0);
+  assert_int_equal(connect(*filler, (struct sockaddr *)&sa, sizeof sa), 0);
+  *port = ntohs(sa.sin_port);
+  return lfd;
+}
+
 /* Ends every connection, closes the loop (which must then close cleanly)
  * and the Lua state, and checks that every connection was freed. */
 static inline void h_close(harness *h) {
@@ -228,6 +257,21 @@ static inline void h_close(harness *h) {
   fclose(h->log_file);
   free(h->log_text);
   rmdir(h->dir);
+}
+
+/* The harness of a test program, with cmocka setup and teardown. */
+static harness H;
+
+static inline int h_setup(void **state) {
+  (void)state;
+  h_init(&H);
+  return 0;
+}
+
+static inline int h_teardown(void **state) {
+  (void)state;
+  h_close(&H);
+  return 0;
 }
 
 #endif
