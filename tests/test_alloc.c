@@ -1,0 +1,223 @@
+/* Running out of Lua memory at every allocation a connection's life makes
+ * from libuv callbacks, timers and the reaper (issue 8: no Lua API call
+ * made there may raise outside a protected call).
+ *
+ * The state's allocator delegates to le_mem_alloc but, from the Nth
+ * allocation of a scenario on, refuses every one (Lua's emergency
+ * collection and retry included) until the scenario has run: memory stays
+ * exhausted, as when max_memory is reached. The scenario is run for N = 1,
+ * 2, ... until a run makes no allocation fail. It covers accepting and
+ * starting a handler, data arriving and being delivered, send queueing, a
+ * recv timeout firing, a spawned task that sleeps and fails (its error
+ * logged, its join), a handler error, the idle check ending a connection,
+ * the close and the release of everything at shutdown.
+ *
+ * For each N: a Lua panic fails the test (lua_atpanic), with a backtrace
+ * of the site on stderr; the main stack is balanced after every step;
+ * every connection either ran its handler to an end (normal or an error
+ * that was logged) or was refused at accept; and once memory is back, a
+ * new client is served exactly as usual by the same state.
+ */
+#include "test_support.h"
+
+#include <execinfo.h>
+#include <unistd.h>
+
+#include "test_loop.h"
+
+typedef struct failing {
+  le_mem mem;
+  long count;     /* allocations (growing or new blocks) so far */
+  long fail_from; /* 0: none fail; else the first one refused */
+  long fail_to;   /* the last one refused; 0: all from fail_from on */
+  long failures;  /* allocations refused */
+} failing;
+
+static failing F;
+static long current_n;
+
+static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  failing *f = ud;
+  if (nsize > osize || (ptr == NULL && nsize > 0)) {
+    f->count++;
+    if (f->fail_from > 0 && f->count >= f->fail_from &&
+        (f->fail_to == 0 || f->count <= f->fail_to)) {
+      f->failures++;
+      return NULL;
+    }
+  }
+  return le_mem_alloc(&f->mem, ptr, osize, nsize);
+}
+
+static int on_panic(lua_State *L) {
+  void *frames[32];
+  int n = backtrace(frames, 32);
+  fprintf(stderr, "Lua panic with allocations failing from #%ld:\n",
+          current_n);
+  backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  fail_msg("PANIC: unprotected error in call to Lua API (%s), allocations "
+           "failing from #%ld",
+           lua_tostring(L, -1), current_n);
+  return 0;
+}
+
+/* One handler for every connection; what it does depends on the first
+ * bytes it receives. */
+static const char *handler =
+    "local L = require 'luaecho'\n"
+    "return function(conn)\n"
+    "  local first = conn:recv()\n"
+    "  if first == 'boom' then error('handler failed on purpose') end\n"
+    "  local t = L.spawn(function() L.sleep(0.001) error('task failed') end)\n"
+    "  local _, task_err = t:join()\n"
+    "  local _, e = conn:recv(0, 0.001)\n"
+    "  conn:send(first .. ':' .. tostring(e) .. ':' .. tostring(task_err ~= nil))\n"
+    "  conn:send(string.rep('x', 300000))\n"
+    "  conn:recv()\n"
+    "  conn:close()\n"
+    "end\n";
+
+#define REPLY "echo:timeout:true"
+#define REPLY_LEN (sizeof REPLY - 1 + 300000)
+
+/* Runs the loop until client fd has received `want` bytes or its stream
+ * ended, for at most `ms`; returns the bytes received. Never fails the
+ * test: under exhausted memory the handler may well have died. */
+static size_t settle(int fd, char *buf, size_t want, int ms) {
+  size_t got = 0;
+  uint64_t give_up = uv_hrtime() + (uint64_t)ms * 1000000u;
+  while (got < want && uv_hrtime() < give_up) {
+    ssize_t n = recv(fd, buf + got, want - got, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    if (n > 0) {
+      got += (size_t)n;
+      continue;
+    }
+    uv_run(&H.loop, UV_RUN_ONCE);
+    assert_int_equal(lua_gettop(H.L), 0);
+  }
+  return got;
+}
+
+/* Ends every open connection the way the idle sweep does. */
+static void sweep_idle(void) {
+  uint64_t later = uv_now(&H.loop) + 1000000;
+  for (le_conn *c = H.ctx.head, *next; c != NULL; c = next) {
+    next = c->next;
+    if (c->state == LE_CONN_OPEN) le_lconn_check_idle(&c->lc, later);
+  }
+  assert_int_equal(lua_gettop(H.L), 0);
+}
+
+/* The scenario: one connection that goes through everything, one whose
+ * handler raises. */
+static void scenario(char *buf) {
+  int a = h_client(&H);
+  assert_int_equal(lua_gettop(H.L), 0);
+  h_client_send(&H, a, "echo", 4);
+  settle(a, buf, REPLY_LEN, 300);
+  sweep_idle();
+  settle(a, buf, 1, 100);
+  int b = h_client(&H);
+  h_client_send(&H, b, "boom", 4);
+  settle(b, buf, 1, 100);
+  sweep_idle();
+  close(a);
+  close(b);
+  for (int i = 0; i < 3; i++) uv_run(&H.loop, UV_RUN_NOWAIT);
+  assert_int_equal(lua_gettop(H.L), 0);
+}
+
+/* Counts the connections whose handler started and ended: each logs a
+ * "handler error" or ends normally. */
+static void check_consistent(char *buf) {
+  assert_int_equal(lua_gettop(H.L), 0);
+  /* Two clients: each accepted, or refused with a log line. */
+  assert_int_equal(H.naccepted + H.accept_failed, 2);
+  if (H.accept_failed > 0)
+    assert_contains(h_log(&H), "cannot accept a connection");
+  /* Every accepted connection whose handler is over is freed or closing;
+   * none is left half-ended (handler gone, connection open). */
+  for (le_conn *c = H.ctx.head; c != NULL; c = c->next)
+    assert_false(c->handler_done && c->state == LE_CONN_OPEN);
+  /* Memory is back: the same state serves a new client fully. */
+  int c = h_client(&H);
+  assert_int_equal(H.accept_failed + H.naccepted, 3);
+  assert_int_equal(H.naccepted >= 1, 1);
+  h_client_send(&H, c, "echo", 4);
+  int end;
+  size_t got = h_client_recv(&H, c, buf, REPLY_LEN, &end);
+  if (got != REPLY_LEN)
+    fail_msg("after allocations failing from #%ld: got %zu bytes, end %d; "
+             "log:\n%s",
+             current_n, got, end, h_log(&H));
+  assert_memory_equal(buf, REPLY, sizeof REPLY - 1);
+  close(c);
+  assert_int_equal(lua_gettop(H.L), 0);
+}
+
+/* Runs the scenario with allocations #n..#to refused (to 0: all from #n
+ * on); returns the number refused. */
+static long run_with_failures(long n, long to, char *buf) {
+  current_n = n;
+  memset(&F, 0, sizeof F);
+  h_init_with(&H, failing_alloc, &F);
+  lua_atpanic(H.L, on_panic);
+  h_handler(&H, handler);
+  F.count = 0;
+  F.fail_from = n;
+  F.fail_to = to;
+  scenario(buf);
+  F.fail_from = F.fail_to = 0;
+  long failures = F.failures;
+  if (n == 0) failures = F.count; /* the baseline: what the scenario needs */
+  if (getenv("LE_ALLOC_DEBUG"))
+    fprintf(stderr, "refusing #%ld..#%ld: %ld allocations, %ld refused\n", n,
+            to, F.count, F.failures);
+  check_consistent(buf);
+  /* Shutdown with memory exhausted again: aborting and releasing every
+   * connection must not raise either. */
+  F.count = 0;
+  F.fail_from = 1;
+  le_conn_ctx_abort_all(&H.ctx, LE_ESHUTDOWN);
+  assert_int_equal(lua_gettop(H.L), 0);
+  F.fail_from = 0;
+  h_close(&H);
+  return failures;
+}
+
+/* Runs the scenario refusing allocations from #n for n = 1 up to past what
+ * the scenario needs (`burst` 0: memory stays exhausted; 1: only #n and
+ * Lua's retry after its emergency collection, #n+1, fail). */
+static void fail_at_every_allocation(int burst) {
+  char *buf = malloc(REPLY_LEN);
+  assert_non_null(buf);
+  long needed = run_with_failures(0, 0, buf);
+  assert_true(needed > 20);
+  long refused_runs = 0;
+  /* A failure can change the path the scenario takes (and so how much it
+   * allocates); going 20 past the baseline covers the longer ones. */
+  for (long n = 1; n <= needed + 20; n++)
+    refused_runs += run_with_failures(n, burst ? n + 1 : 0, buf) > 0;
+  /* Every allocation the baseline made was refused in some run. */
+  assert_true(refused_runs >= needed);
+  free(buf);
+}
+
+static void test_exhausted_from_every_allocation(void **state) {
+  (void)state;
+  fail_at_every_allocation(0);
+}
+
+static void test_one_failure_at_every_allocation(void **state) {
+  (void)state;
+  fail_at_every_allocation(1);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_exhausted_from_every_allocation),
+      cmocka_unit_test(test_one_failure_at_every_allocation),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
