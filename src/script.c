@@ -139,6 +139,36 @@ static int load_chunk(lua_State *L, const char *path) {
   return le_sandbox_loadfile(L, path);
 }
 
+/* Loading a file allocates before lua_load's own protection begins (the
+ * sandbox lookup, luaL_loadfilex's chunk name), and a reload runs from the
+ * loop (a directory watch, SIGHUP), where a memory error there would be a
+ * Lua panic (found by tests/test_alloc.c). So it runs protected: returns
+ * the chunk, or raises the load error. Stack: the path as a light
+ * userdata. */
+static int do_load_chunk(lua_State *L) {
+  if (load_chunk(L, lua_touserdata(L, 1)) != LUA_OK) return lua_error(L);
+  return 1;
+}
+
+static int do_ref(lua_State *L) {
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 1;
+}
+
+/* Moves the value on top of the stack into a registry ref, protected;
+ * returns the ref, or LUA_NOREF (the value is popped either way). */
+static int ref_protected(lua_State *L) {
+  lua_pushcfunction(L, do_ref);
+  lua_insert(L, -2);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return LUA_NOREF;
+  }
+  int ref = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return ref;
+}
+
 /* The registry key of the CPU limit for loading (a number). */
 static const char cpu_limit_key = 0;
 
@@ -157,7 +187,9 @@ static double load_cpu_limit(lua_State *L) {
 
 int le_script_load(lua_State *L, const char *path, char *err, size_t errlen) {
   const char *name = le_script_name(path);
-  if (load_chunk(L, path) != LUA_OK ||
+  lua_pushcfunction(L, do_load_chunk);
+  lua_pushlightuserdata(L, (void *)path);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK ||
       le_preempt_pcall(L, 0, 1, load_cpu_limit(L)) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (msg != NULL)
@@ -210,7 +242,12 @@ le_script *le_script_new(lua_State *L, const char *path, char *err,
     free_script(s);
     return NULL;
   }
-  s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->fn_ref = ref_protected(L);
+  if (s->fn_ref == LUA_NOREF) {
+    snprintf(err, errlen, "%s: not enough memory", le_script_name(path));
+    free_script(s);
+    return NULL;
+  }
   s->version = 1;
   s->refs = 1;
   return s;

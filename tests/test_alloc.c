@@ -214,10 +214,96 @@ static void test_one_failure_at_every_allocation(void **state) {
   fail_at_every_allocation(1);
 }
 
+/* Reloading a handler happens from the loop too (a directory watch, a
+ * SIGHUP): le_script_reload with memory exhausted from allocation #n on
+ * must fail with a message, or succeed, and leave the old version
+ * serving. Returns the number of allocations refused. */
+static long reload_with_failures_from(long n, int sandbox_module) {
+  current_n = n;
+  memset(&F, 0, sizeof F);
+  h_init_with(&H, failing_alloc, &F);
+  lua_atpanic(H.L, on_panic);
+  if (sandbox_module) {
+    char mod[128];
+    snprintf(mod, sizeof mod, "%s/helper.lua", H.dir);
+    write_file(mod, "return {answer = 42}\n");
+  }
+  h_handler(&H, "local ok, m = pcall(require, 'helper')\n"
+                "local t = {}\n"
+                "for i = 1, 50 do t[i] = string.rep('v', i) end\n"
+                "return function(conn) conn:send(table.concat(t)) end\n");
+  /* h_handler unlinks the file; put it back for the reload. */
+  char path[128], err[512];
+  snprintf(path, sizeof path, "%s/handler.lua", H.dir);
+  write_file(path, "return function(conn) conn:send('v2') end\n");
+  free(H.script->path);
+  H.script->path = strdup(path);
+  assert_int_equal(lua_gettop(H.L), 0);
+  F.count = 0;
+  F.fail_from = n;
+  int r = le_script_reload(H.script, err, sizeof err);
+  F.fail_from = 0;
+  assert_int_equal(lua_gettop(H.L), 0);
+  if (r == 0) assert_int_equal(H.script->version, 2);
+  else assert_int_equal(H.script->version, 1);
+  if (r != 0) assert_contains(err, "handler.lua");
+  long refused = n == 0 ? F.count : F.failures;
+  /* With memory back, a reload works. */
+  assert_int_equal(le_script_reload(H.script, err, sizeof err), 0);
+  assert_int_equal(H.script->version, r == 0 ? 3 : 2);
+  unlink(path);
+  char mod[128];
+  snprintf(mod, sizeof mod, "%s/helper.lua", H.dir);
+  unlink(mod);
+  h_close(&H);
+  return refused;
+}
+
+static void test_reload_at_every_allocation(void **state) {
+  (void)state;
+  long needed = reload_with_failures_from(0, 1);
+  assert_true(needed > 5);
+  for (long n = 1; n <= needed + 20; n++) reload_with_failures_from(n, 1);
+}
+
+/* A new handler path in a configuration reloaded on SIGHUP is loaded from
+ * the loop as well: le_script_new with memory exhausted from #n on. */
+static long new_script_with_failures_from(long n) {
+  current_n = n;
+  memset(&F, 0, sizeof F);
+  h_init_with(&H, failing_alloc, &F);
+  lua_atpanic(H.L, on_panic);
+  char path[128], err[512];
+  snprintf(path, sizeof path, "%s/new.lua", H.dir);
+  write_file(path, "local t = {}\n"
+                   "for i = 1, 20 do t[i] = tostring(i) end\n"
+                   "return function(conn) conn:send(table.concat(t)) end\n");
+  F.count = 0;
+  F.fail_from = n;
+  le_script *sc = le_script_new(H.L, path, err, sizeof err);
+  F.fail_from = 0;
+  assert_int_equal(lua_gettop(H.L), 0);
+  if (sc == NULL) assert_contains(err, "new.lua");
+  else le_script_unref(sc);
+  long refused = n == 0 ? F.count : F.failures;
+  unlink(path);
+  h_close(&H);
+  return refused;
+}
+
+static void test_new_script_at_every_allocation(void **state) {
+  (void)state;
+  long needed = new_script_with_failures_from(0);
+  assert_true(needed > 5);
+  for (long n = 1; n <= needed + 20; n++) new_script_with_failures_from(n);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_exhausted_from_every_allocation),
       cmocka_unit_test(test_one_failure_at_every_allocation),
+      cmocka_unit_test(test_reload_at_every_allocation),
+      cmocka_unit_test(test_new_script_at_every_allocation),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
