@@ -82,12 +82,12 @@ static void test_graceful_close_flushes_then_lingers(void **state) {
                 "  closed_it = true\n"
                 "end\n");
   int fd = h_client(&H);
-  RUN_UNTIL(&H, h_global_is_set(&H, "closed_it"));
   le_conn *c = H.accepted[0];
+  RUN_UNTIL(&H, c->handler_done);
+  assert_string_equal(h_global(&H, "closed_it"), "true");
   assert_int_equal(c->state, LE_CONN_DRAINING);
   assert_true(c->lc.queued > 0);
   assert_int_equal(c->fin, LE_FIN_PENDING);
-  assert_true(c->handler_done);
   assert_int_equal(H.freed, 0);
 
   char *buf = malloc(SIZE + 1);
@@ -154,6 +154,66 @@ static void test_linger_ends_at_its_deadline(void **state) {
   RUN_UNTIL(&H, H.freed == 1);
   assert_true(uv_now(&H.loop) - t0 >= LE_LINGER_MS - 50);
   close(fd);
+}
+
+/* A peer that never reads cannot hold a closing connection: the flush
+ * has send_timeout as its deadline. */
+static void test_flush_deadline_when_peer_never_reads(void **state) {
+  (void)state;
+  H.opts.send_timeout = 0.1;
+  H.opts.send_buffer = 64u << 20;
+  h_handler(&H, "return function(conn)\n"
+                "  conn:send(string.rep('z', 8 << 20))\n"
+                "end\n");
+  int fd = h_client(&H);
+  le_conn *c = H.accepted[0];
+  RUN_UNTIL(&H, c->handler_done);
+  assert_int_equal(c->state, LE_CONN_DRAINING);
+  assert_int_equal(c->fin, LE_FIN_PENDING);
+  RUN_UNTIL(&H, H.freed == 1);
+  close(fd);
+}
+
+/* After conn:shutdown("write") the peer sees EOF and may still send; when
+ * the handler ends, no second FIN is needed. */
+static void test_half_close(void **state) {
+  (void)state;
+  h_handler(&H, "return function(conn)\n"
+                "  conn:send('half')\n"
+                "  conn:shutdown('write')\n"
+                "  local ok, err = conn:send('more')\n"
+                "  send_after = tostring(ok) .. ',' .. tostring(err)\n"
+                "  got = conn:recv(5)\n"
+                "end\n");
+  int fd = h_client(&H);
+  char buf[16];
+  int end;
+  assert_int_equal(h_client_recv(&H, fd, buf, sizeof buf, &end), 4);
+  assert_memory_equal(buf, "half", 4);
+  assert_int_equal(end, 1);
+  assert_string_equal(h_global(&H, "send_after"), "nil,closed");
+  le_conn *c = H.accepted[0];
+  assert_int_equal(c->state, LE_CONN_OPEN);
+  assert_int_equal(c->fin, LE_FIN_SENT);
+  h_client_send(&H, fd, "after", 5);
+  RUN_UNTIL(&H, h_global_is_set(&H, "got"));
+  assert_string_equal(h_global(&H, "got"), "after");
+  /* Handler done, our FIN already out: lingering for the peer's. */
+  assert_int_equal(c->state, LE_CONN_DRAINING);
+  shutdown(fd, SHUT_WR);
+  RUN_UNTIL(&H, H.freed == 1);
+  close(fd);
+}
+
+static void test_peer_reset(void **state) {
+  (void)state;
+  h_handler(&H, echo_handler);
+  int fd = h_client(&H);
+  struct linger lg = {1, 0}; /* close sends RST */
+  assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+  close(fd);
+  RUN_UNTIL(&H, H.freed == 1);
+  assert_string_equal(h_global(&H, "ended"), "econnreset");
 }
 
 static void test_abort_ends_waiting_handler(void **state) {
@@ -331,6 +391,9 @@ int main(void) {
       T(test_graceful_close_flushes_then_lingers),
       T(test_lingering_close_discards_input),
       T(test_linger_ends_at_its_deadline),
+      T(test_flush_deadline_when_peer_never_reads),
+      T(test_half_close),
+      T(test_peer_reset),
       T(test_abort_ends_waiting_handler),
       T(test_abort_all_shutdown),
       T(test_abort_ends_handler_waiting_elsewhere),

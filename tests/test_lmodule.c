@@ -199,6 +199,35 @@ static void test_join_from_another_connection_raises(void **state) {
   close(b);
 }
 
+/* ---- log, now, latest, version ---- */
+
+static void test_log_now_latest_version(void **state) {
+  (void)state;
+  assert_contains(main_error("require('luaecho').version()"),
+                  "luaecho.version must be called from a connection's handler");
+  assert_contains(main_error("require('luaecho').latest()"),
+                  "luaecho.latest must be called from a connection's handler");
+  assert_string_equal(main_error("local L = require('luaecho')\n"
+                                 "assert(L.now() <= L.now())\n"
+                                 "L.log('warn', 'from main', 1, nil)\n"),
+                      "");
+  assert_contains(h_log(&H), "[warn] from main 1 nil\n");
+  h_handler(&H, "local L = require 'luaecho'\n"
+                "return function(conn)\n"
+                "  L.log('info', 'hello', 42)\n"
+                "  local ok, err = pcall(L.log, 'loud', 'x')\n"
+                "  bad_level = err\n"
+                "  local v, newest = L.version()\n"
+                "  local fn, n = L.latest()\n"
+                "  versions = v .. ',' .. newest .. ',' .. n .. ',' .. type(fn)\n"
+                "end\n");
+  int fd = h_client(&H);
+  assert_contains(h_log(&H), "[info] conn 1: hello 42\n");
+  assert_contains(h_global(&H, "bad_level"), "invalid option 'loud'");
+  assert_string_equal(h_global(&H, "versions"), "1,1,1,function");
+  close(fd);
+}
+
 /* ---- connect ---- */
 
 /* The first connection connects back to the listener; the second, made by
@@ -391,6 +420,7 @@ int main(void) {
       T(test_join_of_failed_task),
       T(test_join_busy_and_self),
       T(test_join_from_another_connection_raises),
+      T(test_log_now_latest_version),
       T(test_connect_to_listener),
       T(test_connect_by_name),
       T(test_connect_refused),
