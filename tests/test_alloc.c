@@ -204,7 +204,9 @@ static long run_with_failures(long n, long to, char *buf) {
      * through every path it is meant to. */
     failures = F.count;
     assert_string_equal(h_global(&H, "more_done"), "true,nil,closed");
-    assert_true(H.ctx.sched.preempted >= 1);
+    /* Whether "more" was preempted depends on the watchdog thread getting
+     * its turn (not always so under valgrind), so it is not asserted;
+     * test_coro covers preemption. */
     assert_contains(h_log(&H), "spawned coroutine error: ");
     assert_contains(h_log(&H), "handler error: ");
     assert_contains(h_log(&H), "handler failed on purpose");
