@@ -157,6 +157,23 @@ static void scenario(char *buf) {
   assert_int_equal(lua_gettop(H.L), 0);
 }
 
+/* Returns the number of task handles the registry holds. */
+static int registry_tasks(void) {
+  lua_State *L = H.L;
+  int n = 0;
+  luaL_getmetatable(L, "luaecho.task");
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
+    if (lua_type(L, -1) == LUA_TUSERDATA && lua_getmetatable(L, -1)) {
+      n += lua_rawequal(L, -1, -4);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
 /* Checks what must hold however the scenario went: the main stack is
  * balanced, every client was accepted or refused with a log line, no
  * connection is left open with its handler gone, and, with memory back,
@@ -170,6 +187,12 @@ static void check_consistent(char *buf) {
     assert_contains(h_log(&H), "cannot accept a connection");
   for (le_conn *c = H.ctx.head; c != NULL; c = c->next)
     assert_false(c->handler_done && c->state == LE_CONN_OPEN);
+  /* The clients are gone, so every connection of the scenario ends, and
+   * every task with it: no task handle is left in the registry. */
+  RUN_UNTIL(&H, H.ctx.count == 0);
+  if (registry_tasks() != 0)
+    fail_msg("allocations failing from #%ld: %d task handles left in the "
+             "registry", current_n, registry_tasks());
   int c = h_client(&H);
   assert_int_equal(H.accept_failed + H.naccepted, before + 1);
   assert_int_equal(H.accepted[H.naccepted - 1]->lc.state, LE_LCONN_OPEN);
