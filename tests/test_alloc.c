@@ -89,7 +89,7 @@ static const char *handler_fmt =
     "  local _, task_err = t:join()\n"
     "  local _, e = conn:recv(0, 0.001)\n"
     "  conn:send(first .. ':' .. tostring(e) .. ':' .. tostring(task_err ~= nil))\n"
-    "  conn:send(string.rep('x', 300000))\n"
+    "  conn:send(string.rep('x', 256 << 10))\n"
     "  conn:recv()\n"
     "  conn:close()\n"
     "end\n";
@@ -104,7 +104,7 @@ static void load_handler(void) {
 }
 
 #define REPLY "echo:timeout:true"
-#define REPLY_LEN (sizeof REPLY - 1 + 300000)
+#define REPLY_LEN (sizeof REPLY - 1 + (256 << 10))
 
 /* Runs the loop until client fd has received `want` bytes or its stream
  * ended, for at most `ms`; returns the bytes received. Never fails the
@@ -136,11 +136,45 @@ static void sweep_idle(void) {
 }
 
 /* The scenario: one connection for each path of the handler. */
+static int saw_send_wait; /* the "echo" handler waited in send */
+
+/* Returns 1 when c is still on the context's list (not freed). */
+static int is_live(const le_conn *c) {
+  for (le_conn *p = H.ctx.head; p != NULL; p = p->next)
+    if (p == c) return 1;
+  return 0;
+}
+
+/* Runs the loop, for at most 300 ms, until the handler of the connection
+ * accepted as number `idx` waits in send (the client not reading), and
+ * records that it did; it may also have died. */
+static void wait_for_send(int idx) {
+  uint64_t give_up = uv_hrtime() + 300000000u;
+  while (uv_hrtime() < give_up && H.naccepted > idx) {
+    le_conn *c = H.accepted[idx];
+    if (!is_live(c) || !le_coro_alive(&c->lc.coro)) return;
+    if (strcmp(le_coro_waits_on(&c->lc.coro), "conn:send") == 0) {
+      saw_send_wait = 1;
+      return;
+    }
+    uv_run(&H.loop, UV_RUN_ONCE);
+  }
+}
+
 static void scenario(char *buf) {
+  int idx = H.naccepted;
   int a = h_client(&H);
   assert_int_equal(lua_gettop(H.L), 0);
+  if (H.naccepted > idx) {
+    /* A small kernel buffer, so that the reply is queued and send waits. */
+    uv_os_fd_t fd;
+    int size = 65536;
+    if (uv_fileno(&H.accepted[idx]->sock.handle, &fd) == 0) /* not closed */
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  }
   h_client_send(&H, a, "echo", 4);
-  settle(a, buf, REPLY_LEN, 300);
+  wait_for_send(idx);
+  settle(a, buf, REPLY_LEN, 1000);
   sweep_idle();
   settle(a, buf, 1, 100);
   int b = h_client(&H);
@@ -174,6 +208,21 @@ static int registry_tasks(void) {
   return n;
 }
 
+/* Returns the number of registry refs in use (luaL_ref's slots that do
+ * not hold a free-list link). */
+static int registry_refs(void) {
+  lua_State *L = H.L;
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
+    n += lua_isinteger(L, -2) && !lua_isinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+static int refs_before; /* registry_refs() before the scenario */
+
 /* Checks what must hold however the scenario went: the main stack is
  * balanced, every client was accepted or refused with a log line, no
  * connection is left open with its handler gone, and, with memory back,
@@ -193,6 +242,13 @@ static void check_consistent(char *buf) {
   if (registry_tasks() != 0)
     fail_msg("allocations failing from #%ld: %d task handles left in the "
              "registry", current_n, registry_tasks());
+  /* Nor any other ref (written strings, threads, results), once the
+   * collector has run the finalizers of what the handlers dropped. */
+  lua_gc(H.L, LUA_GCCOLLECT);
+  lua_gc(H.L, LUA_GCCOLLECT);
+  if (registry_refs() != refs_before)
+    fail_msg("allocations failing from #%ld: %d registry refs, %d before",
+             current_n, registry_refs(), refs_before);
   int c = h_client(&H);
   assert_int_equal(H.accept_failed + H.naccepted, before + 1);
   assert_int_equal(H.accepted[H.naccepted - 1]->lc.state, LE_LCONN_OPEN);
@@ -213,9 +269,11 @@ static void check_consistent(char *buf) {
 static long run_with_failures(long n, long to, char *buf) {
   current_n = n;
   memset(&F, 0, sizeof F);
+  saw_send_wait = 0;
   h_init_with(&H, failing_alloc, &F);
   lua_atpanic(H.L, on_panic);
   load_handler();
+  refs_before = registry_refs();
   F.count = 0;
   F.fail_from = n;
   F.fail_to = to;
@@ -226,6 +284,7 @@ static long run_with_failures(long n, long to, char *buf) {
     /* The baseline: what the scenario needs, and proof that it went
      * through every path it is meant to. */
     failures = F.count;
+    assert_true(saw_send_wait);
     assert_string_equal(h_global(&H, "more_done"), "true,nil,closed");
     /* Whether "more" was preempted depends on the watchdog thread getting
      * its turn (not always so under valgrind), so it is not asserted;
