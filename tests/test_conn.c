@@ -216,6 +216,30 @@ static void test_peer_reset(void **state) {
   assert_string_equal(h_global(&H, "ended"), "econnreset");
 }
 
+/* A deadline counts from when it is set, even after computing where the
+ * handler could not be preempted (the loop's cached clock is behind). */
+static void test_recv_timeout_counts_from_now(void **state) {
+  (void)state;
+  h_handler(&H, "local L = require 'luaecho'\n"
+                "return function(conn)\n"
+                "  table.sort({1, 2}, function(a, b)\n"
+                "    local c = os.clock() while os.clock() - c < 0.2 do end\n"
+                "    return a < b end)\n"
+                "  local t0 = L.now()\n"
+                "  local d, err = conn:recv(0, 0.1)\n"
+                "  waited = L.now() - t0\n"
+                "  ended = err\n"
+                "end\n");
+  int fd = h_client(&H);
+  RUN_UNTIL(&H, h_global_is_set(&H, "ended"));
+  assert_string_equal(h_global(&H, "ended"), "timeout");
+  lua_getglobal(H.L, "waited");
+  double waited = lua_tonumber(H.L, -1);
+  lua_pop(H.L, 1);
+  if (waited < 0.095) fail_msg("recv(0, 0.1) timed out after %.3f s", waited);
+  close(fd);
+}
+
 static void test_abort_ends_waiting_handler(void **state) {
   (void)state;
   h_handler(&H, echo_handler);
@@ -394,6 +418,7 @@ int main(void) {
       T(test_flush_deadline_when_peer_never_reads),
       T(test_half_close),
       T(test_peer_reset),
+      T(test_recv_timeout_counts_from_now),
       T(test_abort_ends_waiting_handler),
       T(test_abort_all_shutdown),
       T(test_abort_ends_handler_waiting_elsewhere),
