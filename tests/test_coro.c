@@ -587,14 +587,15 @@ static void test_spin_in_wrap_is_stopped(void **state) {
 
 static void test_waiting_resets_the_cpu_account(void **state) {
   (void)state;
-  /* Computes for about 100 ms of CPU time between waits, six times:
-   * 600 ms in all, twice the limit, but never 300 ms without waiting. */
+  /* Computes for about 40 ms of CPU time between waits, twelve times:
+   * 480 ms in all, more than the limit, but never 300 ms without waiting
+   * (a margin that holds when other processes take most of the CPU). */
   le_coro *c = start_named(0, "=busy.lua",
                            "local now = os.clock\n"
-                           "for i = 1, 6 do\n"
-                           "  local t = now(); while now() - t < 0.1 do end\n"
+                           "for i = 1, 12 do\n"
+                           "  local t = now(); while now() - t < 0.04 do end\n"
                            "  wait(1)\nend\nreturn 'survived'");
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 12; i++) {
     uint64_t give_up = le_preempt_now_ns() + 20000000000u;
     while (c->state == LE_CORO_READY && le_preempt_now_ns() < give_up)
       le_coro_sched_run(&F.sched);

@@ -347,6 +347,35 @@ static void test_connect_timeout(void **state) {
   close(lfd);
 }
 
+/* Where a coroutine cannot wait, each function that would wait raises
+ * and frees what it prepared (connect's request: valgrind checks). */
+static void test_waits_refused_in_sort_comparator(void **state) {
+  (void)state;
+  h_handler(&H, "local L = require 'luaecho'\n"
+                "local function in_sort(f)\n"
+                "  local ok, err = pcall(table.sort, {1, 2}, function(a, b)\n"
+                "    f() return a < b end)\n"
+                "  return err\n"
+                "end\n"
+                "return function(conn)\n"
+                "  local t = L.spawn(function() L.sleep(0.01) end)\n"
+                "  errs = in_sort(function() L.sleep(0.01) end) .. '|' ..\n"
+                "    in_sort(function() L.connect('127.0.0.1', 1) end) .. '|' ..\n"
+                "    in_sort(function() t:join() end) .. '|' ..\n"
+                "    in_sort(function() conn:recv() end)\n"
+                "  joined = t:join() == nil\n"
+                "end\n");
+  int fd = h_client(&H);
+  RUN_UNTIL(&H, h_global_is_set(&H, "joined"));
+  const char *errs = h_global(&H, "errs");
+  assert_contains(errs, "luaecho.sleep cannot wait here");
+  assert_contains(errs, "luaecho.connect cannot wait here");
+  assert_contains(errs, "task:join cannot wait here");
+  assert_contains(errs, "conn:recv cannot wait here");
+  assert_int_equal(H.ctx.count, 1); /* no outbound connection was made */
+  close(fd);
+}
+
 /* The connection ends while its handler waits in connect: the outbound
  * connection is abandoned (closed and freed) and the request freed. */
 static void test_ended_while_connecting(void **state) {
@@ -427,6 +456,7 @@ int main(void) {
       T(test_connect_misuse_raises),
       T(test_connect_unix),
       T(test_connect_timeout),
+      T(test_waits_refused_in_sort_comparator),
       T(test_ended_while_connecting),
       T(test_ended_while_resolving),
       T(test_connected_result_dropped),
