@@ -434,7 +434,16 @@ static void io_set_timer(le_lconn *lc, int64_t ms) {
     uv_timer_stop(&c->timer->timer);
 }
 
-static uint64_t io_now(le_lconn *lc) { return uv_now(conn_of(lc)->ctx->loop); }
+/* The loop's clock is cached when its turn begins; a handler that then
+ * computed for long where it cannot be preempted (a table.sort comparator)
+ * would get deadlines that passed before they were set: recv(n, 0.1)
+ * answered "timeout" at once (found by tests/test_conn.c). Refreshing it
+ * costs one read of the coarse monotonic clock. */
+static uint64_t io_now(le_lconn *lc) {
+  uv_loop_t *loop = conn_of(lc)->ctx->loop;
+  uv_update_time(loop);
+  return uv_now(loop);
+}
 
 /* Requests FIN after queued output; returns 0 or a libuv error. */
 static int send_fin(le_conn *c) {

@@ -348,7 +348,13 @@ int le_coro_sched_run(le_coro_sched *s) {
     s->ready_tail = s->later_tail;
     s->later = s->later_tail = NULL;
   }
-  while (s->ready != NULL) {
+  /* Only those ready now run: coroutines that wake each other would
+   * otherwise keep this loop going and the loop from polling I/O. They
+   * are counted rather than cut off into a list of their own, because
+   * le_coro_release takes a READY coroutine off s->ready. */
+  size_t n = 0;
+  for (le_coro *p = s->ready; p != NULL; p = p->next_ready) n++;
+  while (n-- > 0 && s->ready != NULL) {
     le_coro *c = s->ready;
     s->ready = c->next_ready;
     if (s->ready == NULL) s->ready_tail = NULL;
@@ -357,7 +363,7 @@ int le_coro_sched_run(le_coro_sched *s) {
       c->slice_start = le_preempt_now_ns(); /* it computes on */
     run(c, 0, NULL);
   }
-  return s->later != NULL;
+  return s->later != NULL || s->ready != NULL;
 }
 
 /* ---- preemption ---- */
@@ -551,7 +557,25 @@ static int guard_wrap(lua_State *L) {
 }
 
 
+/* Lua's auxiliary library makes the metatable of its buffer boxes
+ * ("_UBOX*") the first time a buffer outgrows LUAL_BUFFERSIZE, in two
+ * steps (register it, then set __gc and __close); running out of memory
+ * between them leaves a metatable without __close in the registry for
+ * good, and every later large string.rep, table.concat or traceback in the
+ * state then fails with "got a non-closable value". Found by
+ * tests/test_alloc.c. Making it here, while memory is plentiful, avoids
+ * that. Runs protected. */
+static int make_buffer_box(lua_State *L) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_prepbuffsize(&b, LUAL_BUFFERSIZE + 1);
+  luaL_pushresult(&b);
+  return 0;
+}
+
 void le_coro_open(lua_State *L, le_coro_sched *s) {
+  lua_pushcfunction(L, make_buffer_box);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
   /* Threads copy the main thread's extra space: NULL there marks the
    * threads Lua code creates as not being luaecho's. */
   set_owner(L, NULL);

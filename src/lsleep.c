@@ -27,6 +27,10 @@ static int arm_sleep(le_coro *c, void *obj, const void *arg) {
   uv_timer_init(ctx->loop, &r->timer);
   r->timer.data = r;
   r->c = c;
+  /* libuv counts a timer from the loop's clock, cached when this turn of
+   * the loop began; code that computed before sleeping (where it could not
+   * be preempted) would otherwise sleep that much less, or not at all. */
+  uv_update_time(ctx->loop);
   uv_timer_start(&r->timer, on_wake, *(const uint64_t *)arg, 0);
   c->wait_obj = r;
   return 0;

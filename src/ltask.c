@@ -176,6 +176,16 @@ static int task_tostring(lua_State *L) {
   return 1;
 }
 
+/* Starts the task (a light userdata at 1) running the function above it
+ * with its arguments. The thread is made from the calling coroutine, which
+ * is also `from`, so nested spawns count against Lua's C-stack limit. */
+static int start_task(lua_State *L) {
+  task *t = lua_touserdata(L, 1);
+  lua_remove(L, 1);
+  le_coro_start(&t->coro, L, lua_gettop(L) - 1, task_done, L);
+  return 0;
+}
+
 /* luaecho.spawn(fn, ...): runs fn(...) in a new coroutine of the current
  * connection, at once, until it first waits; returns its handle. */
 int le__lmodule_spawn(lua_State *L) {
@@ -194,10 +204,18 @@ int le__lmodule_spawn(lua_State *L) {
   t->coro.owner = parent->owner;
   t->coro.killed = task_killed;
   t->coro.sched = parent->sched;
-  /* The thread is made from the calling coroutine, where running out of
-   * memory is an ordinary error; L is also `from`, so nested spawns count
-   * against Lua's C-stack limit. */
-  le_coro_start(&t->coro, L, nargs, task_done, L);
+  /* Starting allocates (the thread, its ref): a failure raises in the
+   * calling coroutine, an ordinary error, but only after self_ref has been
+   * released, or the handle would stay in the registry for good (found by
+   * tests/test_alloc.c). */
+  lua_pushcfunction(L, start_task);
+  lua_pushlightuserdata(L, t);
+  lua_rotate(L, 2, 2); /* handle, start_task, t, fn, args */
+  if (lua_pcall(L, nargs + 2, 0, 0) != LUA_OK) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->self_ref);
+    t->self_ref = LUA_NOREF;
+    return lua_error(L);
+  }
   if (le_coro_alive(&t->coro))
     le_coro_list_add(&le_lconn_of_coro(parent)->tasks, &t->coro);
   return 1;

@@ -150,8 +150,8 @@ int le_trace_flush(le_trace *t, int timeout_ms) {
 void le_trace_close(le_trace *t) {
   le__trace_ring *r = t->ring;
   if (r == NULL) return;
-  t->ring = NULL;
   int flushed = le_trace_flush(t, 1000);
+  t->ring = NULL;
   pthread_mutex_lock(&r->lock);
   r->stop = 1;
   if (!flushed) {
