@@ -25,6 +25,7 @@ struct le__trace_ring {
   pthread_cond_t more;    /* the writer has lines to write, or must stop */
   pthread_cond_t drained; /* the buffer became empty */
   pthread_t writer;
+  int writing;            /* the writer holds bytes taken, not yet written */
   int stop;               /* the writer ends once the ring is empty */
   int abandoned;          /* nobody waits for the writer: it frees the ring */
 };
@@ -81,11 +82,15 @@ static void *writer(void *arg) {
     size_t n = take(r, chunk, sizeof chunk);
     uint64_t dropped = r->len == 0 ? r->dropped : 0;
     r->dropped -= dropped;
-    if (r->len == 0) pthread_cond_broadcast(&r->drained);
+    r->writing = 1;
     pthread_mutex_unlock(&r->lock);
     write_all(r->fd, chunk, n);
     if (dropped > 0) report_dropped(r, dropped);
     pthread_mutex_lock(&r->lock);
+    r->writing = 0;
+    /* Drained only once what was taken is written, so that a flush means
+     * "in the output". */
+    if (r->len == 0) pthread_cond_broadcast(&r->drained);
     if (r->abandoned) break;
   }
   int abandoned = r->abandoned;
@@ -140,9 +145,9 @@ int le_trace_flush(le_trace *t, int timeout_ms) {
   }
   pthread_mutex_lock(&r->lock);
   int rc = 0;
-  while ((r->len > 0 || r->dropped > 0) && rc == 0)
+  while ((r->len > 0 || r->dropped > 0 || r->writing) && rc == 0)
     rc = pthread_cond_timedwait(&r->drained, &r->lock, &until);
-  int empty = r->len == 0;
+  int empty = r->len == 0 && !r->writing;
   pthread_mutex_unlock(&r->lock);
   return empty;
 }
