@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "luaecho/bundled.h"
+#include "luaecho/linspect.h"
 #include "luaecho/lmodule.h"
 #include "luaecho/sandbox.h"
 
@@ -54,6 +55,7 @@ static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
   lua_State *L = *out = new_lua_state(mem, cfg->max_memory, cfg->sandbox);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
+  le_linspect_open(ctx);
   le_script_set_cpu_limit(L, cfg->opts.cpu_limit);
   return 0;
 }
@@ -166,6 +168,9 @@ static void start_watches(le_server *s) {
 
 /* ---- listeners ---- */
 
+/* Limits on connections must not apply to the admin listener's (l->admin):
+ * an operator must be able to look at a server that refuses everyone
+ * else. */
 static void on_connection(uv_stream_t *stream, int status) {
   le_listener *l = stream->data;
   le_server *s = l->server;
@@ -176,7 +181,8 @@ static void on_connection(uv_stream_t *stream, int status) {
             uv_strerror(status));
     return;
   }
-  le_conn_accept(&s->conns, stream, &l->conf->opts, l->script);
+  le_conn *c = le_conn_accept(&s->conns, stream, &l->conf->opts, l->script);
+  if (c != NULL) le_conn_set_origin(c, l->origin);
 }
 
 /* Resolves a TCP listen address: numeric forms directly, names through the
@@ -312,7 +318,7 @@ static void close_listener(le_listener *l) {
 /* Binds a listener for conf running script. Returns it (not yet on the
  * list), or NULL with a message in err. */
 static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
-                                  le_script *script, char *err,
+                                  le_script *script, int admin, char *err,
                                   size_t errlen) {
   le_listener *l = calloc(1, sizeof *l);
   if (l == NULL) {
@@ -322,6 +328,7 @@ static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
   l->server = s;
   l->conf = conf;
   l->script = script;
+  l->admin = (unsigned)admin;
   le_script_ref(script);
   l->sock.handle.data = l;
   char why[300];
@@ -333,12 +340,120 @@ static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
     close_listener(l);
     return NULL;
   }
+  l->origin = le_conn_ctx_origin(&s->conns, l->bound);
+  if (l->origin != NULL) l->origin->admin = (unsigned)admin;
   return l;
 }
 
 static le_script *script_for(le_server *s, const le_config *cfg,
                              const le_listener_conf *conf) {
   return find_script(s, le_config_listener_handler(cfg, conf));
+}
+
+/* ---- the admin listener ---- */
+
+/* The name the admin handler goes by in listings. */
+#define ADMIN_HANDLER_NAME "luaecho/admin.lua (built-in)"
+
+/* Pushes the admin handler: the function the bundled module luaecho.admin
+ * returns, loaded through its package.preload entry. Runs protected. */
+static int push_admin_handler(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_getfield(L, -1, "luaecho.admin");
+  lua_pushliteral(L, "luaecho.admin");
+  lua_call(L, 1, 1);
+  luaL_checktype(L, -1, LUA_TFUNCTION);
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 1;
+}
+
+/* Returns a script for the admin handler, or NULL with err set. It is not
+ * on s->scripts: it has no file to watch or reload, so its `path` only
+ * names it (le_script_name). */
+static le_script *admin_script(le_server *s, char *err, size_t errlen) {
+  le_script *sc = calloc(1, sizeof *sc);
+  char *name = malloc(sizeof ADMIN_HANDLER_NAME);
+  lua_pushcfunction(s->L, push_admin_handler);
+  int r = sc && name ? lua_pcall(s->L, 0, 1, 0) : LUA_ERRMEM;
+  if (r != LUA_OK) {
+    snprintf(err, errlen, "cannot load the admin handler: %s",
+             r == LUA_ERRMEM ? "out of memory" : lua_tostring(s->L, -1));
+    lua_pop(s->L, 1);
+    free(sc);
+    free(name);
+    return NULL;
+  }
+  sc->fn_ref = (int)lua_tointeger(s->L, -1);
+  lua_pop(s->L, 1);
+  sc->path = memcpy(name, ADMIN_HANDLER_NAME, sizeof ADMIN_HANDLER_NAME);
+  sc->L = s->L;
+  sc->version = 1;
+  sc->refs = 1;
+  return sc;
+}
+
+/* Returns 1 when the TCP listener l is bound to a loopback address. */
+static int on_loopback(le_listener *l) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getsockname(&l->sock.tcp, (struct sockaddr *)&ss, &len) != 0)
+    return 0;
+  if (ss.ss_family == AF_INET)
+    return ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24 == 127;
+  const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+  return ss.ss_family == AF_INET6 &&
+         (IN6_IS_ADDR_LOOPBACK(a6) ||
+          (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127));
+}
+
+/* Opens the admin listener of s->admin_conf. Returns 0 or -1 with err. */
+static int open_admin(le_server *s, char *err, size_t errlen) {
+  le_script *sc = admin_script(s, err, errlen);
+  if (sc == NULL) return -1;
+  s->admin = open_listener(s, s->admin_conf, sc, 1, err, errlen);
+  le_script_unref(sc); /* the listener holds it now */
+  if (s->admin == NULL) return -1;
+  le_logf(&s->log, LE_LOG_INFO, "admin interface on %s", s->admin->bound);
+  if (s->admin_conf->addr.kind == LE_ADDR_TCP && !on_loopback(s->admin))
+    le_logf(&s->log, LE_LOG_WARN,
+            "the admin interface on %s is not limited to this host: anyone "
+            "who reaches it can list, trace and close connections",
+            s->admin->bound);
+  return 0;
+}
+
+/* Ends the admin's connections at once: at shutdown, a page that watches
+ * the server must not hold up the drain of the others. */
+static void abort_admin_conns(le_server *s) {
+  for (le_conn *c = s->conns.head, *next; c != NULL; c = next) {
+    next = c->next;
+    if (c->origin != NULL && c->origin->admin) le_conn_abort(c, LE_ESHUTDOWN);
+  }
+}
+
+static void on_reload_timer(uv_timer_t *t) {
+  le_server *s = t->data;
+  if (s->stopping) return;
+  le_logf(&s->log, LE_LOG_INFO, "reloading on the admin's request");
+  le_server_reload(s);
+}
+
+/* The conn context's reload hook: the reload runs from the loop, outside
+ * the admin coroutine that asked for it (it loads code and may close
+ * listeners). */
+static void request_reload(le_conn_ctx *ctx) {
+  le_server *s = server_of_conns(ctx);
+  uv_timer_start(&s->reload_timer, on_reload_timer, 0, 0);
+}
+
+/* A reload keeps the admin listener as it started. */
+static void check_admin_change(le_server *s, const le_config *cfg) {
+  const char *was = s->admin_conf ? s->admin_conf->address : NULL;
+  const char *now = cfg->admin ? cfg->admin->address : NULL;
+  if (!same_path(was, now))
+    le_logf(&s->log, LE_LOG_WARN,
+            "admin: a change of address takes effect at the next start; "
+            "keeping %s", was ? was : "none");
 }
 
 int le_server_listen(le_server *s, char *err, size_t errlen) {
@@ -349,12 +464,13 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
   for (size_t i = 0; i < s->cfg->nlisteners; i++) {
     const le_listener_conf *conf = &s->cfg->listeners[i];
     le_listener *l =
-        open_listener(s, conf, script_for(s, s->cfg, conf), err, errlen);
+        open_listener(s, conf, script_for(s, s->cfg, conf), 0, err, errlen);
     if (l == NULL) return -1;
     *tail = l;
     tail = &l->next;
     le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
   }
+  if (s->admin_conf != NULL && open_admin(s, err, errlen) != 0) return -1;
   le_logf(&s->log, LE_LOG_INFO, "luaecho %s running as pid %ld with %s",
           LE_VERSION, (long)getpid(),
           s->cfg->path ? s->cfg->path : "built-in defaults");
@@ -362,6 +478,8 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
 }
 
 static void close_listeners(le_server *s) {
+  if (s->admin != NULL) close_listener(s->admin);
+  s->admin = NULL;
   while (s->listeners != NULL) {
     le_listener *l = s->listeners;
     s->listeners = l->next;
@@ -396,8 +514,8 @@ static int apply_config(le_server *s, le_config *cfg, char *err,
     same[i] = find_listener(s, conf->address);
     if (same[i] != NULL)
       same[i]->keep = 1;
-    else if ((fresh[i] = open_listener(s, conf, script_for(s, cfg, conf), err,
-                                       errlen)) == NULL)
+    else if ((fresh[i] = open_listener(s, conf, script_for(s, cfg, conf), 0,
+                                       err, errlen)) == NULL)
       r = -1;
   }
   for (le_listener **p = &s->listeners; *p != NULL;) {
@@ -442,6 +560,7 @@ int le_server_reload(le_server *s) {
   le_config *cfg = calloc(1, sizeof *cfg);
   int r = cfg ? s->reload_config(s->reload_arg, cfg, err, sizeof err) : -1;
   if (cfg == NULL) snprintf(err, sizeof err, "out of memory");
+  if (r == 0) check_admin_change(s, cfg);
   if (r == 0) r = apply_config(s, cfg, err, sizeof err);
   if (r != 0) {
     s->conns.stats.reloads_rejected++;
@@ -479,6 +598,7 @@ static void finish(le_server *s) {
     close_if_open((uv_handle_t *)&s->sighup);
   }
   close_if_open((uv_handle_t *)&s->drain_timer);
+  close_if_open((uv_handle_t *)&s->reload_timer);
   le_conn_ctx_close(&s->conns);
 }
 
@@ -507,6 +627,7 @@ void le_server_stop(le_server *s, const char *why) {
   s->stopping = 1;
   close_listeners(s);
   stop_watches(s);
+  abort_admin_conns(s);
   le_logf(&s->log, LE_LOG_INFO,
           "shutting down on %s: %zu connection%s to drain (up to %gs)", why,
           s->conns.count, plural(s->conns.count), s->cfg->shutdown_timeout);
@@ -581,6 +702,10 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   s->loop_open = 1;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
+  uv_timer_init(&s->loop, &s->reload_timer);
+  s->reload_timer.data = s;
+  s->admin_conf = cfg->admin; /* kept as it started (check_admin_change) */
+  cfg->admin = NULL;
   if (open_trace(s, err, errlen) != 0) return -1;
   if (open_lua(&s->loop, &s->conns, &s->log, cfg, &s->mem, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
@@ -588,6 +713,7 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   }
   s->conns.trace = &s->trace;
   s->conns.on_freed = on_conn_freed;
+  s->conns.reload = request_reload;
   /* Signal handlers go in before any listener exists, so a SIGTERM sent as
    * soon as a "listening on" line appears already means an orderly stop. */
   r = start_signals(s);
@@ -620,6 +746,10 @@ void le_server_free(le_server *s) {
   if (s->trace_fd >= 0) close(s->trace_fd);
   if (s->cfg != NULL) le_config_free(s->cfg);
   free(s->cfg);
+  if (s->admin_conf != NULL) {
+    free(s->admin_conf->address);
+    free(s->admin_conf);
+  }
   memset(s, 0, sizeof *s);
 }
 
@@ -662,6 +792,12 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
     if (r == 0)
       fprintf(out, "would listen on %s with handler %s\n",
               cfg->listeners[i].address, le_script_name(handler));
+  }
+  if (r == 0 && cfg->admin != NULL) {
+    r = check_address(cfg->admin, err, errlen);
+    if (r == 0)
+      fprintf(out, "would serve the admin interface on %s\n",
+              cfg->admin->address);
   }
   if (L != NULL) lua_close(L);
   le_conn_ctx_close(&ctx);

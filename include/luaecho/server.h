@@ -46,9 +46,11 @@ struct le_listener {
   const le_listener_conf *conf;  /* in the configuration in force */
   le_script *script;             /* the handler its connections run */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
+  le_conn_origin *origin;        /* what its connections name it by */
   unsigned open : 1;             /* the handle was initialized */
   unsigned unlink_path : 1;      /* a unix socket file we created */
   unsigned keep : 1;             /* scratch flag while applying a reload */
+  unsigned admin : 1;            /* the admin listener (docs/admin.md) */
   le_listener *next;             /* in the server's list */
 };
 
@@ -68,6 +70,9 @@ struct le_server {
   le_watch *watches;             /* one per handler directory */
   uv_signal_t sigint, sigterm, sighup;
   uv_timer_t drain_timer;        /* bounds the shutdown drain */
+  uv_timer_t reload_timer;       /* a reload the admin asked for */
+  le_listener_conf *admin_conf;  /* the admin listener's, or NULL; owned */
+  le_listener *admin;            /* the admin listener, or NULL */
   unsigned loop_open : 1;
   unsigned signals_open : 1;
   unsigned stopping : 1;         /* shutdown has begun */

@@ -43,6 +43,11 @@ typedef struct le_trace {
   int stop;
   int started;            /* the writer runs */
   int failed;             /* it could not be started: lines are lost */
+  /* When set, every line is also given to tap, on the loop's thread, as
+   * its time (us), connection id and event text (the admin's live view,
+   * linspect.c). */
+  void (*tap)(void *arg, uint64_t id, uint64_t us, const char *event);
+  void *tap_arg;
 } le_trace;
 
 /* Prepares a trace writing to fd (not closed here), with a log-style
