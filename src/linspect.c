@@ -164,7 +164,27 @@ static int l_trace(lua_State *L) {
   return 1;
 }
 
-/* inspect.kill(id) -> true, or nil, "no such connection" | "closing". */
+/* A kill waiting for the next loop turn; owns its timer. */
+typedef struct kill_req {
+  uv_timer_t timer;
+  le_conn_ctx *ctx;
+  uint64_t id;
+} kill_req;
+
+static void free_kill(uv_handle_t *h) { free(h->data); }
+
+static void on_kill(uv_timer_t *t) {
+  kill_req *k = t->data;
+  le_conn *c = find_conn(k->ctx, (lua_Integer)k->id);
+  if (c != NULL && le_conn_is_open(c)) le_conn_abort(c, LE_EKILLED);
+  uv_close((uv_handle_t *)&k->timer, free_kill);
+}
+
+/* inspect.kill(id) -> true, or nil, "no such connection" | "closing".
+ * The connection is ended on the next loop turn, from the loop, as the
+ * server's shutdown ends one: a handler woken from its recv there runs at
+ * once and sees "killed", where from inside this coroutine it would only
+ * be queued, and ended before it ran. */
 static int l_kill(lua_State *L) {
   le_conn *c = check_conn(L, 1);
   if (c == NULL) return no_such_conn(L);
@@ -178,7 +198,13 @@ static int l_kill(lua_State *L) {
     lua_pushliteral(L, "closing");
     return 2;
   }
-  le_conn_abort(c, LE_EKILLED);
+  kill_req *k = malloc(sizeof *k);
+  if (k == NULL) return luaL_error(L, "not enough memory");
+  k->ctx = c->ctx;
+  k->id = c->lc.id;
+  uv_timer_init(c->ctx->loop, &k->timer);
+  k->timer.data = k;
+  uv_timer_start(&k->timer, on_kill, 0, 0);
   lua_pushboolean(L, 1);
   return 1;
 }

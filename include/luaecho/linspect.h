@@ -19,10 +19,10 @@
  * waits_on, bytes_in, bytes_out, msgs_in, msgs_out, queued, buffered,
  * state ("open", "draining", "closing", "closed"), trace (boolean).
  *
- * kill ends a connection as the server's shutdown does, with the error
- * "killed" (a waiting recv returns nil, "killed"; the end reason is "killed
- * from the admin"). It raises when asked to end the connection whose
- * coroutine is calling it.
+ * kill ends a connection on the next loop turn, as the server's shutdown
+ * does, with the error "killed" (a waiting recv returns nil, "killed"; the
+ * end reason is "killed from the admin"). It raises when asked to end the
+ * connection whose coroutine is calling it.
  *
  * subscribe turns tracing on for the connection and keeps its last
  * LE_INSPECT_RING trace events for the subscriber; closing the last

@@ -40,7 +40,7 @@ local function json_value(v, out)
   elseif t == "number" then
     -- JSON has no infinities or NaN.
     out[#out + 1] = (v ~= v or v == math.huge or v == -math.huge) and "null"
-      or math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
+      or math.type(v) == "integer" and tostring(v) or ("%.14g"):format(v)
   elseif t == "boolean" then
     out[#out + 1] = tostring(v)
   elseif t == "table" and getmetatable(v) == ARRAY then
@@ -108,10 +108,10 @@ function Reader:line()
   end
 end
 
--- Returns the first bytes (at least 5 unless input ends), without
+-- Returns the first bytes (up to the first line's end, or 16 bytes), without
 -- consuming them.
 function Reader:peek()
-  while #self.buf < 5 and not self.buf:find("\n", 1, true) do
+  while #self.buf < 16 and not self.buf:find("\n", 1, true) do
     local data = self.conn:recv()
     if not data then break end
     self.buf = self.buf .. data
@@ -276,7 +276,7 @@ function commands.close(args, conn)
   if not id then return { err } end
   if id == conn.id then return { "error: this is the admin connection itself; use quit" } end
   local ok, why = inspect.kill(id)
-  if ok then return { ("ok: closed conn %d"):format(id) } end
+  if ok then return { ("ok: closing conn %d"):format(id) } end
   return why == "closing" and { ("error: conn %d is already closing"):format(id) } or no_conn(id)
 end
 
@@ -480,7 +480,7 @@ end
 return function(conn)
   local reader = new_reader(conn)
   local head = reader:peek()
-  if head:match("^GET ") or head:match("^POST ") then
+  if head:match("^%u+ /") then
     serve_http(conn, reader)
   else
     serve_lines(conn, reader)
