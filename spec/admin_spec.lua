@@ -99,6 +99,15 @@ local function http(addr, method, target)
   return tonumber(status), headers, body, s
 end
 
+-- Starts as start() does with one echoing client; returns the server, the
+-- admin address, the client, an admin connection and the client's id.
+local function start_with_client(opts)
+  local srv, addr = start(opts)
+  local c = client_of(srv)
+  local admin = admin_conn(addr)
+  return srv, addr, c, admin, row_of(admin, c)[1]
+end
+
 describe("admin listener", function()
   after_each(server.cleanup)
 
@@ -145,10 +154,7 @@ describe("admin listener", function()
     end)
 
     it("show ID gives one connection in detail with its Lua traceback", function()
-      local srv, addr = start()
-      local c = client_of(srv)
-      local admin = admin_conn(addr)
-      local id = row_of(admin, c)[1]
+      local srv, addr, c, admin, id = start_with_client()
       local text = table.concat(command(admin, "show " .. id), "\n")
       assert.truthy(text:find("\nwaits_on:  conn:recv\n", 1, true), text)
       assert.truthy(text:find("\nbytes_in:  6\n", 1, true), text)
@@ -159,10 +165,7 @@ describe("admin listener", function()
     end)
 
     it("trace ID on|off turns a connection's trace on and off", function()
-      local srv, addr = start()
-      local c = client_of(srv)
-      local admin = admin_conn(addr)
-      local id = row_of(admin, c)[1]
+      local srv, addr, c, admin, id = start_with_client()
       assert.same({ ("ok: tracing of conn %s is on"):format(id) }, command(admin, "trace " .. id .. " on"))
       server.exchange(c, "first\n")
       assert.truthy(srv:wait_line(record("trace", "%d+us conn " .. id .. ' read 6 bytes "first\\n"')), srv:log_text())
@@ -176,10 +179,7 @@ describe("admin listener", function()
     end)
 
     it("close ID ends a connection: a waiting recv returns nil, \"killed\"", function()
-      local srv, addr = start()
-      local c = client_of(srv)
-      local admin = admin_conn(addr)
-      local id = row_of(admin, c)[1]
+      local srv, addr, c, admin, id = start_with_client()
       assert.same({ "ok: closing conn " .. id }, command(admin, "close " .. id))
       local r = assert(srv:report("recv" .. id))
       assert.same({ n = 2, nil, "killed" }, r)
@@ -460,10 +460,7 @@ for f in text_string_to_metric_families(open(sys.argv[1]).read()):
     end)
 
     it("GET /events?id=N streams the connection's trace events until it ends", function()
-      local srv, addr = start()
-      local c = client_of(srv)
-      local admin = admin_conn(addr)
-      local id = row_of(admin, c)[1]
+      local srv, addr, c, admin, id = start_with_client()
       local ev = admin_conn(addr)
       assert(ev:send(("GET /events?id=%s HTTP/1.1\r\n\r\n"):format(id)))
       assert.equal("HTTP/1.1 200 OK", ev:receive("*l"))
