@@ -108,6 +108,13 @@ local function start_with_client(opts)
   return srv, addr, c, admin, row_of(admin, c)[1]
 end
 
+-- A toxic proxy named "slow" in front of an echo on a unix socket.
+local PROXY = [[
+local faults = require "luaecho.faults"
+return faults.handler("unix:@DIR@/up.sock", { faults.latency(5) }, { name = "slow" })
+]]
+local ECHO = "return function(conn) repeat local d = conn:recv() until not (d and conn:send(d)) end\n"
+
 describe("admin listener", function()
   after_each(server.cleanup)
 
@@ -256,14 +263,10 @@ describe("admin listener", function()
     end)
 
     it("faults lists the running toxic proxies and their faults", function()
-      local proxy = [[
-local faults = require "luaecho.faults"
-return faults.handler("unix:@DIR@/up.sock", { faults.latency(5) }, { name = "slow" })
-]]
       local srv, addr = start{
-        handler = proxy,
+        handler = PROXY,
         config = 'listen = { "127.0.0.1:0", { address = "unix:@DIR@/up.sock", handler = "@DIR@/up.lua" } }\n',
-        files = { ["up.lua"] = "return function(conn) repeat local d = conn:recv() until not (d and conn:send(d)) end\n" },
+        files = { ["up.lua"] = ECHO },
       }
       local admin = admin_conn(addr)
       assert.same({ "no toxic proxies running" }, command(admin, "faults"))
@@ -273,6 +276,28 @@ return faults.handler("unix:@DIR@/up.sock", { faults.latency(5) }, { name = "slo
       assert.truthy(text:find("conn " .. id .. " proxy slow client ", 1, true), text)
       assert.truthy(text:find("downstream: latency_downstream upstream: none", 1, true), text)
       assert.truthy(text:find("\nproxy slow: latency", 1, true), text)
+    end)
+
+    it("faults NAME add|remove|clear edits a proxy's list for its next connections", function()
+      local srv, addr = start{
+        handler = PROXY,
+        config = 'listen = { "127.0.0.1:0", { address = "unix:@DIR@/up.sock", handler = "@DIR@/up.lua" } }\n',
+        files = { ["up.lua"] = ECHO },
+      }
+      local admin = admin_conn(addr)
+      client_of(srv, "first\n") -- the proxy's list is known once it ran
+      assert.same({ "ok: proxy slow: added bandwidth_upstream: bandwidth rate=1000 (upstream, toxicity 1)" },
+        command(admin, "faults slow add bandwidth rate=1000 stream=upstream"))
+      assert.same({ "ok: proxy slow: removed latency_downstream: latency latency=5 jitter=0 (downstream, toxicity 1)" },
+        command(admin, "faults slow remove latency_downstream"))
+      local c = client_of(srv, "second\n")
+      local id = row_of(admin, c)[1]
+      local text = table.concat(command(admin, "faults"), "\n")
+      assert.truthy(text:find("conn " .. id .. " proxy slow .* downstream: none upstream: bandwidth_upstream"), text)
+      assert.same({ "ok: proxy slow: no faults" }, command(admin, "faults slow clear"))
+      assert.same({ "error: no proxy named 'fast' (faults lists them)" }, command(admin, "faults fast clear"))
+      assert.same({ 'error: faults: unknown fault type "bogus"' }, command(admin, "faults slow add bogus"))
+      assert.same({ "error: proxy slow has no fault 'latency_downstream'" }, command(admin, "faults slow remove latency_downstream"))
     end)
 
     it("quit closes the admin connection", function()

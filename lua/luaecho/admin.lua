@@ -5,7 +5,8 @@
 --
 -- One port speaks two protocols, told apart by the first bytes:
 --  * a line protocol for nc: `list`, `show ID`, `trace ID on|off`,
---    `close ID`, `stats`, `reload`, `faults`, `help`, `quit`; each reply is
+--    `close ID`, `stats`, `reload`, `faults [NAME add|remove|clear ...]`,
+--    `help`, `quit`; each reply is
 --    its lines followed by an empty line, an error is one line
 --    "error: ..." (then the empty line);
 --  * HTTP/1.1 when they are "GET " or "POST ": /metrics (Prometheus text
@@ -228,6 +229,9 @@ local HELP = {
   "  stats             the server's counters",
   "  reload            reload handlers and the configuration, as SIGHUP does",
   "  faults            running toxic proxies (luaecho.faults) and their faults",
+  "  faults NAME add TYPE KEY=VALUE...   add a fault to a named proxy's list",
+  "  faults NAME remove FAULT|N          remove one (by name or position)",
+  "  faults NAME clear                   remove them all",
   "  help              this text",
   "  quit              close this connection",
   "HTTP on this port: GET /metrics, GET / (the live page)",
@@ -253,7 +257,44 @@ function commands.list() return list_lines() end
 
 function commands.stats() return stats_lines() end
 
-function commands.faults() return faults_lines() end
+-- `faults NAME add TYPE KEY=VALUE...`, `faults NAME remove FAULT|INDEX`,
+-- `faults NAME clear`: edits the live list of a named proxy, which its next
+-- connections start from.
+local function edit_faults(name, verb, args)
+  local ok, faults = pcall(require, "luaecho.faults")
+  if not ok then return { "error: luaecho.faults is not available" } end
+  local list = faults.lists()[name]
+  if not list then return { ("error: no proxy named '%s' (faults lists them)"):format(name) } end
+  if verb == "clear" then
+    for i = #list, 1, -1 do list[i] = nil end
+    return { ("ok: proxy %s: no faults"):format(name) }
+  elseif verb == "remove" and args[1] then
+    for i, f in ipairs(list) do
+      if f.name == args[1] or tostring(i) == args[1] then
+        table.remove(list, i)
+        return { ("ok: proxy %s: removed %s"):format(name, faults.describe(f)) }
+      end
+    end
+    return { ("error: proxy %s has no fault '%s'"):format(name, args[1]) }
+  elseif verb == "add" and args[1] then
+    local t = { type = args[1] }
+    for i = 2, #args do
+      local k, v = args[i]:match("^([%w_]+)=(.+)$")
+      if not k then return { ("error: expected KEY=VALUE, got '%s'"):format(args[i]) } end
+      t[k] = math.tointeger(tonumber(v)) or tonumber(v) or v
+    end
+    local made, spec = pcall(faults.new, t)
+    if not made then return { "error: " .. tostring(spec) } end
+    list[#list + 1] = spec
+    return { ("ok: proxy %s: added %s"):format(name, faults.describe(spec)) }
+  end
+  return { "error: usage: faults [NAME add TYPE KEY=VALUE... | NAME remove FAULT | NAME clear]" }
+end
+
+function commands.faults(args)
+  if #args == 0 then return faults_lines() end
+  return edit_faults(args[1], args[2], table.move(args, 3, #args, 1, {}))
+end
 
 function commands.show(args)
   local id, err = conn_id(args[1], "show ID")
