@@ -125,6 +125,12 @@ describe("admin listener", function()
     for _, l in ipairs(srv:log()) do assert.is_nil(l:find("admin", 1, true), l) end
   end)
 
+  it("is named by --check", function()
+    local code, lines = server.run{ config = 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n', args = { "--check" } }
+    assert.equal(0, code, table.concat(lines, "\n"))
+    assert.truthy(table.concat(lines, "\n"):find("would serve the admin interface on 127.0.0.1:0", 1, true))
+  end)
+
   it("rejects an admin key that is not an address", function()
     local code, lines = server.run{ config = 'admin = 7001\n', args = { "--check" } }
     assert.are_not.equal(0, code)
@@ -508,8 +514,27 @@ for f in text_string_to_metric_families(open(sys.argv[1]).read()):
       until_line('^data: {"event":"peer FIN')
       until_line('^data: {"event":"closed %(peer FIN%)')
       until_line("^event: end$")
+      -- The stream ends with the connection, and so does the trace.
       local _, err = ev:receive("*l")
       assert.truthy(err == "closed" or err == nil)
+    end)
+
+    it("puts the trace back when the event stream ends", function()
+      local _, addr, _, admin, id = start_with_client()
+      local ev = admin_conn(addr)
+      assert(ev:send(("GET /events?id=%s HTTP/1.1\r\n\r\n"):format(id)))
+      repeat local l = assert(ev:receive("*l")) until l == "event: hello"
+      assert.truthy(table.concat(command(admin, "show " .. id), "\n"):find("\ntrace:     true\n", 1, true))
+      -- The stream's handler waits in luaecho.sleep: closing its connection
+      -- ends it there, and its subscription with it.
+      local ev_id
+      for _, l in ipairs(command(admin, "list")) do
+        ev_id = ev_id or l:match("^(%d+) .*%(admin%)%s+1%s+luaecho%.sleep")
+      end
+      assert.same({ "ok: closing conn " .. ev_id }, command(admin, "close " .. ev_id))
+      local _, err = ev:receive("*a")
+      assert.is_nil(err)
+      assert.truthy(table.concat(command(admin, "show " .. id), "\n"):find("\ntrace:     false\n", 1, true))
     end)
   end)
 end)
