@@ -8,6 +8,12 @@
  * SIGINT or SIGTERM. Shutdown closes the listeners, lets open connections
  * finish for up to shutdown_timeout seconds, closes the rest, and returns.
  *
+ * The admin listener (cfg->admin, docs/admin.md), when configured, is one
+ * more listener, opened after the others and kept as it started through
+ * reloads; its connections run the bundled handler luaecho.admin and are
+ * closed at once when a shutdown begins. Its `reload` command reloads
+ * through the conn context's reload hook, on the next loop turn.
+ *
  * Hot swap: a saved handler file (or a module next to it) is loaded as a
  * new version for new connections while open ones finish on theirs; SIGHUP
  * reloads the handlers and the configuration (listeners added and removed,

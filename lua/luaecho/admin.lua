@@ -128,7 +128,7 @@ local function fmt_age(s)
   return ("%dh%02dm"):format(s // 3600, math.floor(s % 3600) // 60)
 end
 
-local LIST_FORMAT = "%-5s %-22s %-22s %-8s %-22s %-4s %-8s %10s %10s %8s"
+local LIST_FORMAT = "%-5s %-22s %-22s %-8s %-30s %-4s %-15s %10s %10s %8s"
 
 local function list_lines()
   local out = { LIST_FORMAT:format("ID", "PEER", "LOCAL", "AGE", "LISTENER", "VER",
