@@ -423,12 +423,18 @@ static int open_admin(le_server *s, char *err, size_t errlen) {
 }
 
 /* Ends the admin's connections at once: at shutdown, a page that watches
- * the server must not hold up the drain of the others. */
-static void abort_admin_conns(le_server *s) {
+ * the server must not hold up the drain of the others. Returns how many it
+ * ended. */
+static size_t abort_admin_conns(le_server *s) {
+  size_t n = 0;
   for (le_conn *c = s->conns.head, *next; c != NULL; c = next) {
     next = c->next;
-    if (c->origin != NULL && c->origin->admin) le_conn_abort(c, LE_ESHUTDOWN);
+    if (c->origin == NULL || !c->origin->admin || !le_conn_is_open(c))
+      continue;
+    le_conn_abort(c, LE_ESHUTDOWN);
+    n++;
   }
+  return n;
 }
 
 static void on_reload_timer(uv_timer_t *t) {
@@ -627,10 +633,10 @@ void le_server_stop(le_server *s, const char *why) {
   s->stopping = 1;
   close_listeners(s);
   stop_watches(s);
-  abort_admin_conns(s);
+  size_t left = s->conns.count - abort_admin_conns(s);
   le_logf(&s->log, LE_LOG_INFO,
           "shutting down on %s: %zu connection%s to drain (up to %gs)", why,
-          s->conns.count, plural(s->conns.count), s->cfg->shutdown_timeout);
+          left, plural(left), s->cfg->shutdown_timeout);
   if (s->conns.count == 0) {
     finish(s);
     return;
