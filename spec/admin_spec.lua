@@ -235,6 +235,14 @@ describe("admin listener", function()
       assert.same({ "error: usage: trace ID on|off" }, command(admin, "trace 1 sideways"))
       -- The connection is still served after every mistake.
       assert.equal("commands:", command(admin, "help")[1])
+      -- A line without end is refused, and the connection closed.
+      assert.same({ "error: unknown command 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...' (try help)" },
+        command(admin, ("y"):rep(100)))
+      assert(admin:send(("x"):rep(9000)))
+      assert.equal("error: line too long (more than 8192 bytes)", admin:receive("*l"))
+      assert.equal("", admin:receive("*l"))
+      local _, err = admin:receive("*l")
+      assert.equal("closed", err)
     end)
 
     it("stats gives the counters", function()

@@ -335,13 +335,19 @@ local function run_command(line, conn)
   name = name:lower()
   if name == "quit" or name == "exit" then return nil end
   local cmd = commands[name]
-  if not cmd then return { ("error: unknown command '%s' (try help)"):format(name) } end
+  if not cmd then
+    if #name > 30 then name = name:sub(1, 30) .. "..." end
+    return { ("error: unknown command '%s' (try help)"):format(name) }
+  end
   return cmd(words, conn)
 end
 
 local function serve_lines(conn, reader)
   while true do
-    local line = reader:line()
+    local line, err = reader:line()
+    if err == "line too long" then
+      conn:send(("error: line too long (more than %d bytes)\n\n"):format(MAX_LINE))
+    end
     if not line then return end
     local reply = run_command(line, conn)
     if not reply then return end
