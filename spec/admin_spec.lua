@@ -42,6 +42,19 @@ local function start(opts)
   return srv, server.parse_addr(line:match("admin interface on (.+)$"))
 end
 
+-- Waits (bounded) until a log line read so far, or read from now on,
+-- matches pattern: for lines whose order is not fixed (a trace line comes
+-- from the trace's writer thread, a log line from the loop). Returns it.
+local function wait_logged(srv, pattern)
+  for _ = 1, 100 do
+    for _, l in ipairs(srv:log()) do
+      if l:find(pattern) then return l end
+    end
+    srv:next_line(0.1)
+  end
+  error("no log line matches " .. pattern .. "\n" .. srv:log_text(), 2)
+end
+
 -- Sends one command line and returns the reply's lines (without the empty
 -- line that ends every reply).
 local function command(sock, line)
@@ -193,10 +206,13 @@ describe("admin listener", function()
 
     it("close ID ends a connection: a waiting recv returns nil, \"killed\"", function()
       local srv, addr, c, admin, id = start_with_client()
+      command(admin, "trace " .. id .. " on")
       assert.same({ "ok: closing conn " .. id }, command(admin, "close " .. id))
+      wait_logged(srv, record("trace", "%d+us conn " .. id .. " ended by the server %(killed%)"))
+      wait_logged(srv, record("trace", "%d+us conn " .. id .. " closed %(killed from the admin%) after .*"))
+      wait_logged(srv, record("info", "conn " .. id .. " [%d.:]+: ended %(killed from the admin%) after .*"))
       local r = assert(srv:report("recv" .. id))
       assert.same({ n = 2, nil, "killed" }, r)
-      assert.truthy(srv:wait_line(record("info", "conn " .. id .. " [%d.:]+: ended %(killed from the admin%) .*")), srv:log_text())
       local _, err = c:receive(1)
       assert.equal("closed", err)
       assert.is_nil(row_of(admin, c))
