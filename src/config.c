@@ -25,9 +25,9 @@ typedef struct loader {
 
 /* Keys besides the connection options (opts.h), which both levels take. */
 static const char *const top_keys[] = {
-    "listen",    "handler", "backlog",    "max_connections", "shutdown_timeout",
-    "log_level", "watch",   "sandbox",    "max_memory",      "trace_file",
-    NULL};
+    "listen",     "handler", "backlog", "max_connections", "shutdown_timeout",
+    "log_level",  "watch",   "sandbox", "max_memory",      "trace_file",
+    "admin",      NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
                                             "max_connections", NULL};
 
@@ -360,6 +360,29 @@ static int get_max_memory(loader *ld, int idx, size_t *out) {
   return 0;
 }
 
+/* admin: the admin listener's address, or false for none. */
+static int get_admin(loader *ld, int idx, le_config *cfg) {
+  lua_State *L = ld->L;
+  if (lua_type(L, idx) == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+    listeners_free(cfg->admin, cfg->admin ? 1 : 0);
+    cfg->admin = NULL;
+    return 0;
+  }
+  if (lua_type(L, idx) != LUA_TSTRING)
+    return wrong_type(ld, "admin", "address string (or false for none)", idx);
+  le_listener_conf *l = calloc(1, sizeof *l);
+  if (l == NULL) return out_of_memory(ld);
+  l->backlog = LE_DEFAULT_BACKLOG;
+  le_opts_init(&l->opts);
+  if (set_address(ld, l, lua_tostring(L, idx), "admin") != 0) {
+    listeners_free(l, 1);
+    return -1;
+  }
+  listeners_free(cfg->admin, cfg->admin ? 1 : 0);
+  cfg->admin = l;
+  return 0;
+}
+
 /* Validates the environment table at idx into cfg. Scalars come first so
  * that listeners inherit the file's own `backlog`. */
 static int apply_env(loader *ld, int idx, le_config *cfg) {
@@ -395,6 +418,10 @@ static int apply_env(loader *ld, int idx, le_config *cfg) {
   }
   if (r == 0 && field(L, idx, "trace_file")) {
     r = get_path(ld, -1, "trace_file", &cfg->trace_file);
+    lua_pop(L, 1);
+  }
+  if (r == 0 && field(L, idx, "admin")) {
+    r = get_admin(ld, -1, cfg);
     lua_pop(L, 1);
   }
   if (r == 0 && field(L, idx, "listen")) {
@@ -620,6 +647,7 @@ size_t le_config_max_connections(const le_config *cfg, size_t fd_limit) {
 
 void le_config_free(le_config *cfg) {
   listeners_free(cfg->listeners, cfg->nlisteners);
+  if (cfg->admin != NULL) listeners_free(cfg->admin, 1);
   free(cfg->handler);
   free(cfg->trace_file);
   free(cfg->path);

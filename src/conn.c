@@ -117,6 +117,7 @@ static void free_conn(le_conn *c) {
   add_counts(&ctx->stats, &c->lc);
   ctx->stats.closed++;
   ctx->stats.ended[c->lc.end_reason <= LE_END_CONNECT_FAILED ? c->lc.end_reason : 0]++;
+  if (c->origin != NULL) c->origin->open--;
   unlink_conn(c);
   le_lconn_release(&c->lc);
   if (c->lc.script != NULL) le_script_unref(c->lc.script);
@@ -696,6 +697,30 @@ le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
   return NULL;
 }
 
+le_conn_origin *le_conn_ctx_origin(le_conn_ctx *ctx, const char *name) {
+  for (le_conn_origin *o = ctx->origins; o != NULL; o = o->next)
+    if (strcmp(o->name, name) == 0) return o;
+  le_conn_origin *o = calloc(1, sizeof *o);
+  size_t n = strlen(name) + 1;
+  char *copy = o ? malloc(n) : NULL;
+  if (copy == NULL) {
+    free(o);
+    return NULL;
+  }
+  o->name = memcpy(copy, name, n);
+  o->next = ctx->origins;
+  ctx->origins = o;
+  return o;
+}
+
+void le_conn_set_origin(le_conn *c, le_conn_origin *origin) {
+  assert(c->origin == NULL);
+  c->origin = origin;
+  if (origin == NULL) return;
+  origin->accepted++;
+  origin->open++;
+}
+
 le_conn *le_conn_connect(le_conn_ctx *ctx, const struct sockaddr *sa,
                          const char *path, const le_opts *opts,
                          uint64_t timeout_ms, le_connect_cb cb, void *arg,
@@ -784,6 +809,18 @@ static uint64_t cpu_limit_of(le_coro *c) {
   return seconds > 0 ? le_opts_ms(seconds) : 0;
 }
 
+size_t le_conn_ctx_abort_admin(le_conn_ctx *ctx, int why) {
+  size_t n = 0;
+  for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
+    next = c->next;
+    if (c->origin == NULL || !c->origin->admin || !le_conn_is_open(c))
+      continue;
+    le_conn_abort(c, why);
+    n++;
+  }
+  return n;
+}
+
 void le_conn_ctx_abort_all(le_conn_ctx *ctx, int why) {
   for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
     next = c->next;
@@ -836,4 +873,10 @@ void le_conn_ctx_close(le_conn_ctx *ctx) {
 void le_conn_ctx_free(le_conn_ctx *ctx) {
   free(ctx->read_buf);
   ctx->read_buf = NULL;
+  while (ctx->origins != NULL) {
+    le_conn_origin *o = ctx->origins;
+    ctx->origins = o->next;
+    free(o->name);
+    free(o);
+  }
 }

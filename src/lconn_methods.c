@@ -190,8 +190,7 @@ static void set_integer(lua_State *L, const char *key, lua_Integer v) {
   lua_setfield(L, -2, key);
 }
 
-/* Adds what the kernel knows (conn:stats().kernel) to the table on top. */
-static void push_kernel(lua_State *L, le_lconn *lc) {
+void le_lconn_push_kernel(lua_State *L, le_lconn *lc) {
   le_sockinfo si;
   if (lc->io->sockinfo == NULL || lc->io->sockinfo(lc, &si) != 0) return;
   lua_createtable(L, 0, 8);
@@ -231,7 +230,7 @@ static int conn_stats(lua_State *L) {
   lua_setfield(L, -2, "state");
   lua_pushstring(L, le_coro_waits_on(&((le_lconn *)lc->owner)->coro));
   lua_setfield(L, -2, "waits_on");
-  push_kernel(L, lc);
+  le_lconn_push_kernel(L, lc);
   return 1;
 }
 

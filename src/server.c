@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "luaecho/bundled.h"
+#include "luaecho/linspect.h"
 #include "luaecho/lmodule.h"
 #include "luaecho/sandbox.h"
 
@@ -61,6 +62,7 @@ static int open_lua(uv_loop_t *loop, le_conn_ctx *ctx, const le_log *log,
   lua_State *L = *out = new_lua_state(mem, cfg->max_memory, cfg->sandbox);
   if (L == NULL || le_conn_ctx_init(ctx, loop, L, log) != 0) return -1;
   le_lmodule_open(ctx);
+  le_linspect_open(ctx);
   le_script_set_cpu_limit(L, cfg->opts.cpu_limit);
   return 0;
 }
@@ -210,6 +212,7 @@ static void log_fd_limit(le_server *s) {
 /* Returns 1 when l may accept one more connection under both caps. */
 static int has_room(const le_listener *l) {
   const le_server *s = l->server;
+  if (l->admin) return 1;
   size_t global = le_config_max_connections(s->cfg, s->fd_limit);
   size_t own = (size_t)l->conf->max_connections;
   return (global == 0 || s->accepted < global) &&
@@ -321,14 +324,18 @@ static void shed(le_listener *l, int err) {
 
 /* ---- listeners ---- */
 
-/* Hands an accepted socket to a new connection and counts it. */
+/* Hands an accepted socket to a new connection and counts it. The admin
+ * listener's connections (l->admin) do not count against the global cap:
+ * an operator must be able to look at a server that refuses everyone
+ * else. */
 static void admit(le_listener *l, int fd) {
   le_server *s = l->server;
-  if (le_conn_accept(&s->conns, fd, l->type, &l->conf->opts, l->script,
-                     l) == NULL)
-    return;
+  le_conn *c = le_conn_accept(&s->conns, fd, l->type, &l->conf->opts,
+                              l->script, l);
+  if (c == NULL) return;
+  le_conn_set_origin(c, l->origin);
   l->nconns++;
-  s->accepted++;
+  if (!l->admin) s->accepted++;
 }
 
 /* Returns 1 for an accept(2) error that concerns only the client it would
@@ -561,7 +568,7 @@ static void close_listener(le_listener *l) {
 /* Binds a listener for conf running script and starts accepting. Returns
  * it (not yet on the list), or NULL with a message in err. */
 static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
-                                  le_script *script, char *err,
+                                  le_script *script, int admin, char *err,
                                   size_t errlen) {
   le_listener *l = calloc(1, sizeof *l);
   if (l == NULL) {
@@ -572,6 +579,7 @@ static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
   l->conf = conf;
   l->script = script;
   l->fd = -1;
+  l->admin = (unsigned)admin;
   le_script_ref(script);
   char why[300];
   int r;
@@ -587,12 +595,110 @@ static le_listener *open_listener(le_server *s, const le_listener_conf *conf,
     close_listener(l);
     return NULL;
   }
+  l->origin = le_conn_ctx_origin(&s->conns, l->bound);
+  if (l->origin != NULL) l->origin->admin = (unsigned)admin;
   return l;
 }
 
 static le_script *script_for(le_server *s, const le_config *cfg,
                              const le_listener_conf *conf) {
   return find_script(s, le_config_listener_handler(cfg, conf));
+}
+
+/* ---- the admin listener ---- */
+
+/* The name the admin handler goes by in listings. */
+#define ADMIN_HANDLER_NAME "luaecho/admin.lua (built-in)"
+
+/* Pushes the admin handler: the function the bundled module luaecho.admin
+ * returns, loaded through its package.preload entry. Runs protected. */
+static int push_admin_handler(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_getfield(L, -1, "luaecho.admin");
+  lua_pushliteral(L, "luaecho.admin");
+  lua_call(L, 1, 1);
+  luaL_checktype(L, -1, LUA_TFUNCTION);
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 1;
+}
+
+/* Returns a script for the admin handler, or NULL with err set. It is not
+ * on s->scripts: it has no file to watch or reload, so its `path` only
+ * names it (le_script_name). */
+static le_script *admin_script(le_server *s, char *err, size_t errlen) {
+  le_script *sc = calloc(1, sizeof *sc);
+  char *name = malloc(sizeof ADMIN_HANDLER_NAME);
+  lua_pushcfunction(s->L, push_admin_handler);
+  int r = sc && name ? lua_pcall(s->L, 0, 1, 0) : LUA_ERRMEM;
+  if (r != LUA_OK) {
+    snprintf(err, errlen, "cannot load the admin handler: %s",
+             r == LUA_ERRMEM ? "out of memory" : lua_tostring(s->L, -1));
+    lua_pop(s->L, 1);
+    free(sc);
+    free(name);
+    return NULL;
+  }
+  sc->fn_ref = (int)lua_tointeger(s->L, -1);
+  lua_pop(s->L, 1);
+  sc->path = memcpy(name, ADMIN_HANDLER_NAME, sizeof ADMIN_HANDLER_NAME);
+  sc->L = s->L;
+  sc->version = 1;
+  sc->refs = 1;
+  return sc;
+}
+
+/* Returns 1 when the TCP listener l is bound to a loopback address. */
+static int on_loopback(le_listener *l) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return 0;
+  if (ss.ss_family == AF_INET)
+    return ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24 == 127;
+  const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+  return ss.ss_family == AF_INET6 &&
+         (IN6_IS_ADDR_LOOPBACK(a6) ||
+          (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127));
+}
+
+/* Opens the admin listener of s->admin_conf. Returns 0 or -1 with err. */
+static int open_admin(le_server *s, char *err, size_t errlen) {
+  le_script *sc = admin_script(s, err, errlen);
+  if (sc == NULL) return -1;
+  s->admin = open_listener(s, s->admin_conf, sc, 1, err, errlen);
+  le_script_unref(sc); /* the listener holds it now */
+  if (s->admin == NULL) return -1;
+  le_logf(&s->log, LE_LOG_INFO, "admin interface on %s", s->admin->bound);
+  if (s->admin_conf->addr.kind == LE_ADDR_TCP && !on_loopback(s->admin))
+    le_logf(&s->log, LE_LOG_WARN,
+            "the admin interface on %s is not limited to this host: anyone "
+            "who reaches it can list, trace and close connections",
+            s->admin->bound);
+  return 0;
+}
+
+static void on_reload_timer(uv_timer_t *t) {
+  le_server *s = t->data;
+  if (s->stopping) return;
+  le_logf(&s->log, LE_LOG_INFO, "reloading on the admin's request");
+  le_server_reload(s);
+}
+
+/* The conn context's reload hook: the reload runs from the loop, outside
+ * the admin coroutine that asked for it (it loads code and may close
+ * listeners). */
+static void request_reload(le_conn_ctx *ctx) {
+  le_server *s = server_of_conns(ctx);
+  uv_timer_start(&s->reload_timer, on_reload_timer, 0, 0);
+}
+
+/* A reload keeps the admin listener as it started. */
+static void check_admin_change(le_server *s, const le_config *cfg) {
+  const char *was = s->admin_conf ? s->admin_conf->address : NULL;
+  const char *now = cfg->admin ? cfg->admin->address : NULL;
+  if (!same_path(was, now))
+    le_logf(&s->log, LE_LOG_WARN,
+            "admin: a change of address takes effect at the next start; "
+            "keeping %s", was ? was : "none");
 }
 
 int le_server_listen(le_server *s, char *err, size_t errlen) {
@@ -603,11 +709,12 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
   for (size_t i = 0; i < s->cfg->nlisteners; i++) {
     const le_listener_conf *conf = &s->cfg->listeners[i];
     le_listener *l =
-        open_listener(s, conf, script_for(s, s->cfg, conf), err, errlen);
+        open_listener(s, conf, script_for(s, s->cfg, conf), 0, err, errlen);
     if (l == NULL) return -1;
     *tail = l;
     tail = &l->next;
   }
+  if (s->admin_conf != NULL && open_admin(s, err, errlen) != 0) return -1;
   /* Logged once every address is bound, so that a start-up failure is the
    * one line of its message. */
   log_fd_limit(s);
@@ -620,6 +727,8 @@ int le_server_listen(le_server *s, char *err, size_t errlen) {
 }
 
 static void close_listeners(le_server *s) {
+  if (s->admin != NULL) close_listener(s->admin);
+  s->admin = NULL;
   while (s->listeners != NULL) {
     le_listener *l = s->listeners;
     s->listeners = l->next;
@@ -654,8 +763,8 @@ static int apply_config(le_server *s, le_config *cfg, char *err,
     same[i] = find_listener(s, conf->address);
     if (same[i] != NULL)
       same[i]->keep = 1;
-    else if ((fresh[i] = open_listener(s, conf, script_for(s, cfg, conf), err,
-                                       errlen)) == NULL)
+    else if ((fresh[i] = open_listener(s, conf, script_for(s, cfg, conf), 0,
+                                       err, errlen)) == NULL)
       r = -1;
   }
   for (le_listener **p = &s->listeners; *p != NULL;) {
@@ -700,6 +809,7 @@ int le_server_reload(le_server *s) {
   le_config *cfg = calloc(1, sizeof *cfg);
   int r = cfg ? s->reload_config(s->reload_arg, cfg, err, sizeof err) : -1;
   if (cfg == NULL) snprintf(err, sizeof err, "out of memory");
+  if (r == 0) check_admin_change(s, cfg);
   if (r == 0) r = apply_config(s, cfg, err, sizeof err);
   if (r != 0) {
     s->conns.stats.reloads_rejected++;
@@ -742,6 +852,7 @@ static void finish(le_server *s) {
   }
   close_if_open((uv_handle_t *)&s->drain_timer);
   close_if_open((uv_handle_t *)&s->shed_timer);
+  close_if_open((uv_handle_t *)&s->reload_timer);
   le_conn_ctx_close(&s->conns);
 }
 
@@ -777,7 +888,7 @@ static void on_conn_freed(le_conn_ctx *ctx, void *owner, int exit_status) {
   le_listener *l = owner;
   if (l != NULL) {
     l->nconns--;
-    s->accepted--;
+    if (!l->admin) s->accepted--;
     free_if_done(l);
   }
   if (s->stopping) {
@@ -798,9 +909,10 @@ void le_server_stop(le_server *s, const char *why) {
   s->stopping = 1;
   close_listeners(s);
   stop_watches(s);
+  size_t left = s->conns.count - le_conn_ctx_abort_admin(&s->conns, LE_ESHUTDOWN);
   le_logf(&s->log, LE_LOG_INFO,
           "shutting down on %s: %zu connection%s to drain (up to %gs)", why,
-          s->conns.count, plural(s->conns.count), s->cfg->shutdown_timeout);
+          left, plural(left), s->cfg->shutdown_timeout);
   if (s->conns.count == 0) {
     finish(s);
     return;
@@ -942,6 +1054,10 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   uv_timer_init(&s->loop, &s->drain_timer);
   uv_timer_init(&s->loop, &s->shed_timer);
   s->drain_timer.data = s->shed_timer.data = s;
+  uv_timer_init(&s->loop, &s->reload_timer);
+  s->reload_timer.data = s;
+  s->admin_conf = cfg->admin; /* kept as it started (check_admin_change) */
+  cfg->admin = NULL;
   if (open_trace(s, err, errlen) != 0) return -1;
   if (open_lua(&s->loop, &s->conns, &s->log, cfg, &s->mem, &s->L) != 0) {
     snprintf(err, errlen, "out of memory");
@@ -949,6 +1065,7 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
   }
   s->conns.trace = &s->trace;
   s->conns.on_freed = on_conn_freed;
+  s->conns.reload = request_reload;
   /* Signal handlers go in before any listener exists, so a SIGTERM sent as
    * soon as a "listening on" line appears already means an orderly stop. */
   r = start_signals(s);
@@ -986,6 +1103,10 @@ void le_server_free(le_server *s) {
   if (s->trace_fd >= 0) close(s->trace_fd);
   if (s->cfg != NULL) le_config_free(s->cfg);
   free(s->cfg);
+  if (s->admin_conf != NULL) {
+    free(s->admin_conf->address);
+    free(s->admin_conf);
+  }
   memset(s, 0, sizeof *s);
 }
 
@@ -1028,6 +1149,12 @@ int le_server_check(const le_config *cfg, FILE *out, char *err,
     if (r == 0)
       fprintf(out, "would listen on %s with handler %s\n",
               cfg->listeners[i].address, le_script_name(handler));
+  }
+  if (r == 0 && cfg->admin != NULL) {
+    r = check_address(cfg->admin, err, errlen);
+    if (r == 0)
+      fprintf(out, "would serve the admin interface on %s\n",
+              cfg->admin->address);
   }
   if (L != NULL) lua_close(L);
   le_conn_ctx_close(&ctx);

@@ -217,6 +217,7 @@ void le_trace_event(le_trace *t, uint64_t id, const char *fmt, ...) {
   int body = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
   va_end(ap);
   if (body < 0) body = 0;
+  if (t->tap != NULL) t->tap(t->tap_arg, id, us, line + n);
   n += body;
   if ((size_t)n > sizeof line - 2) n = (int)sizeof line - 2;
   line[n++] = '\n';

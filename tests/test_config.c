@@ -257,6 +257,31 @@ static void test_sandbox_key(void **state) {
                     "c.lua: key 'sandbox': expected boolean, got string");
 }
 
+static void test_admin_key(void **state) {
+  fixture *f = *state;
+  assert_null(f->cfg.admin);
+  assert_loads(f, "admin = 'unix:/run/a.sock'\nidle_timeout = 5");
+  assert_non_null(f->cfg.admin);
+  assert_string_equal(f->cfg.admin->address, "unix:/run/a.sock");
+  assert_int_equal(f->cfg.admin->addr.kind, LE_ADDR_UNIX);
+  /* The admin's connections keep the default options. */
+  assert_true(f->cfg.admin->opts.idle_timeout != 5);
+  assert_loads(f, "admin = '127.0.0.1:7001'");
+  assert_int_equal(f->cfg.admin->addr.port, 7001);
+  assert_loads(f, "admin = false");
+  assert_null(f->cfg.admin);
+}
+
+static void test_admin_key_rejected(void **state) {
+  fixture *f = *state;
+  assert_load_error(f, "admin = true",
+                    "c.lua: key 'admin': expected address string (or false "
+                    "for none), got boolean");
+  assert_load_error(f, "admin = '127.0.0.1'",
+                    "c.lua: key 'admin': invalid address '127.0.0.1': " USAGE);
+  assert_null(f->cfg.admin);
+}
+
 static void test_config_always_runs_sandboxed(void **state) {
   fixture *f = *state;
   assert_load_error(f, "sandbox = false\nos.exit(3)\n",
@@ -717,6 +742,8 @@ int main(void) {
       TEST(test_runtime_error),
       TEST(test_error_on_one_line_naming_the_file),
       TEST(test_sandbox_key),
+      TEST(test_admin_key),
+      TEST(test_admin_key_rejected),
       TEST(test_config_always_runs_sandboxed),
       TEST(test_listen_single_address),
       TEST(test_listen_single_listener_table),

@@ -1,5 +1,7 @@
 /* Lua modules compiled into the binary, so `require` finds them in an
- * installed luaecho with no files beside it: require "luaecho.faults".
+ * installed luaecho with no files beside it: require "luaecho.faults",
+ * "luaecho.admin" (the admin listener's handler) and "luaecho.admin_page"
+ * (its web page, as a string).
  *
  * Each module's source is embedded at build time (cmake/EmbedFile.cmake)
  * and registered in package.preload, which `require` searches before any

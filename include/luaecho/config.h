@@ -53,6 +53,9 @@ typedef struct le_config {
   int watch;                    /* reload handlers when their files change */
   int sandbox;                  /* handlers run sandboxed (sandbox.h) */
   size_t max_memory;            /* cap on the Lua state's memory; 0 none */
+  /* The admin listener (docs/admin.md), or NULL when off (the default).
+   * Its connections take the default options, not the file's. */
+  le_listener_conf *admin;
 } le_config;
 
 /* Fills cfg with the built-in defaults. Returns 0, or -1 when out of memory. */

@@ -89,6 +89,18 @@ typedef struct le_conn_stats {
   uint64_t reloads_rejected; /* and those rejected */
 } le_conn_stats;
 
+/* A listening address as its connections remember it, for the admin's
+ * listings and metrics. The context keeps one per address ever listened on
+ * for the loop's life, so a connection may outlive its listener (a reload
+ * that drops it) and still name it. */
+typedef struct le_conn_origin {
+  char *name;         /* the bound address: "127.0.0.1:7000", "unix:/p" */
+  uint64_t accepted;  /* connections accepted from it */
+  uint64_t open;      /* of those, still live */
+  unsigned admin : 1; /* the admin listener's */
+  struct le_conn_origin *next;
+} le_conn_origin;
+
 /* What connections share within one loop: per-loop state, never global. */
 struct le_conn_ctx {
   uv_loop_t *loop;
@@ -110,6 +122,10 @@ struct le_conn_ctx {
   /* Called after a connection was freed (the count is already lower), with
    * the owner it was accepted for (NULL for outbound connections). */
   void (*on_freed)(le_conn_ctx *ctx, void *owner, int exit_status);
+  le_conn_origin *origins; /* see le_conn_ctx_origin; owned here */
+  /* Asks the server to reload as SIGHUP does, on a later loop turn (the
+   * admin's `reload`); set by the server, NULL in a bare context. */
+  void (*reload)(le_conn_ctx *ctx);
 };
 
 struct le_conn {
@@ -126,6 +142,7 @@ struct le_conn {
   le_conn *prev, *next;     /* in ctx's list of live connections */
   le_conn *next_reap;       /* in ctx's reap list, once ready to be freed */
   void *owner;              /* opaque: what accepted it, for on_freed */
+  le_conn_origin *origin;   /* the listener it came from, NULL outbound */
   uint32_t swept_queue;     /* write queue size (low bits) at the last sweep */
   uint8_t state;            /* le_conn_state */
   uint8_t fin;              /* le_conn_fin */
@@ -143,7 +160,8 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
  * run to let them go. */
 void le_conn_ctx_close(le_conn_ctx *ctx);
 
-/* Frees the read buffer, after the loop has run the handles' close. */
+/* Frees the read buffer and the origins, after the loop has run the
+ * handles' close. */
 void le_conn_ctx_free(le_conn_ctx *ctx);
 
 /* Takes over `fd`, a socket just accepted (type UV_TCP or UV_NAMED_PIPE),
@@ -153,6 +171,14 @@ void le_conn_ctx_free(le_conn_ctx *ctx);
  * connection holds a reference to the script until it is freed. */
 le_conn *le_conn_accept(le_conn_ctx *ctx, int fd, uv_handle_type type,
                         const le_opts *opts, le_script *script, void *owner);
+
+/* Returns the context's record of the listening address `name`, adding it
+ * on first use, or NULL when out of memory. */
+le_conn_origin *le_conn_ctx_origin(le_conn_ctx *ctx, const char *name);
+
+/* Records that the accepted connection c came from origin (counted in its
+ * `accepted` and, while c lives, `open`). origin may be NULL. */
+void le_conn_set_origin(le_conn *c, le_conn_origin *origin);
 
 /* Reports the end of an outbound connect: status 0 (then the caller adopts
  * c->lc with le_lconn_adopt), a libuv error or LE_TIMEOUT (then c is
@@ -190,6 +216,11 @@ void le_conn_abort(le_conn *c, int why);
 
 /* Writes the loop's counters, live connections included, into out. */
 void le_conn_ctx_stats(const le_conn_ctx *ctx, le_conn_stats *out);
+
+/* Aborts the connections that came from an admin listener (at shutdown,
+ * a page that watches the server must not hold up the drain of the
+ * others). Returns how many. */
+size_t le_conn_ctx_abort_admin(le_conn_ctx *ctx, int why);
 
 /* Aborts every connection of ctx (le_conn_abort). */
 void le_conn_ctx_abort_all(le_conn_ctx *ctx, int why);

@@ -287,6 +287,11 @@ void le_lconn_release(le_lconn *lc);
  * "econnreset", "etimedout" and the like. */
 char *le_lconn_errname(int err, char *out, size_t len);
 
+/* Sets field `kernel` of the table on top of L to what the kernel knows of
+ * lc's socket (conn:stats().kernel); leaves it unset when that is unknown
+ * (a closing socket). */
+void le_lconn_push_kernel(lua_State *L, le_lconn *lc);
+
 /* Pushes nil and the error's name (le_lconn_errname) on L; returns 2. */
 int le_lconn_push_error(lua_State *L, int err);
 

@@ -8,6 +8,12 @@
  * SIGINT or SIGTERM. Shutdown closes the listeners, lets open connections
  * finish for up to shutdown_timeout seconds, closes the rest, and returns.
  *
+ * The admin listener (cfg->admin, docs/admin.md), when configured, is one
+ * more listener, opened after the others and kept as it started through
+ * reloads; its connections run the bundled handler luaecho.admin and are
+ * closed at once when a shutdown begins. Its `reload` command reloads
+ * through the conn context's reload hook, on the next loop turn.
+ *
  * Hot swap: a saved handler file (or a module next to it) is loaded as a
  * new version for new connections while open ones finish on theirs; SIGHUP
  * reloads the handlers and the configuration (listeners added and removed,
@@ -51,6 +57,7 @@ struct le_listener {
   le_script *script;             /* the handler its connections run */
   size_t nconns;                 /* its accepted connections still alive */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
+  le_conn_origin *origin;        /* what its connections name it by */
   unsigned poll_open : 1;        /* poll was initialized */
   unsigned polling : 1;          /* poll is started: accepting */
   unsigned full : 1;             /* paused by max_connections */
@@ -58,6 +65,7 @@ struct le_listener {
   unsigned closed : 1;           /* its handle and socket are gone */
   unsigned unlink_path : 1;      /* a unix socket file we created */
   unsigned keep : 1;             /* scratch flag while applying a reload */
+  unsigned admin : 1;            /* the admin listener (docs/admin.md) */
   le_listener *next;             /* in the server's list */
 };
 
@@ -97,6 +105,9 @@ struct le_server {
   size_t shed;                   /* connections shed since the last report */
   int shed_err;                  /* why: UV_EMFILE or UV_ENFILE */
   uv_timer_t shed_timer;         /* paces the reports, once a second */
+  uv_timer_t reload_timer;       /* a reload the admin asked for */
+  le_listener_conf *admin_conf;  /* the admin listener's, or NULL; owned */
+  le_listener *admin;            /* the admin listener, or NULL */
   unsigned loop_open : 1;
   unsigned signals_open : 1;
   unsigned stopping : 1;         /* shutdown has begun */

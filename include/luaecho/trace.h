@@ -37,6 +37,11 @@ typedef struct le_trace {
   uint64_t start_ns;      /* the time 0 of the lines */
   le__trace_ring *ring;   /* made with the first line; NULL before */
   int failed;             /* it could not be made: lines are lost */
+  /* When set, every line is also given to tap, on the loop's thread, as
+   * its time (us), connection id and event text (the admin's live view,
+   * linspect.c). */
+  void (*tap)(void *arg, uint64_t id, uint64_t us, const char *event);
+  void *tap_arg;
 } le_trace;
 
 /* Prepares a trace writing to fd (not closed here), with a log-style
