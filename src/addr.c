@@ -144,3 +144,21 @@ void le_addr_set_port(struct sockaddr *sa, int port) {
   else if (sa->sa_family == AF_INET6)
     ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
 }
+
+size_t le_addr_dir_len(const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) return 0;
+  return slash == path ? 1 : (size_t)(slash - path);
+}
+
+char *le_addr_dir(const char *path) {
+  size_t n = le_addr_dir_len(path);
+  const char *from = n == 0 ? "." : path;
+  if (n == 0) n = 1;
+  char *dir = malloc(n + 1);
+  if (dir != NULL) {
+    memcpy(dir, from, n);
+    dir[n] = '\0';
+  }
+  return dir;
+}

@@ -535,23 +535,9 @@ static int load_with(le_config *cfg, const char *chunk, const char *name,
   return a.r;
 }
 
-/* Returns a malloc'd copy of the directory part of path ("." for none). */
-static char *dir_of(const char *path) {
-  const char *slash = strrchr(path, '/');
-  if (slash == NULL) return dup_string(".");
-  if (slash == path) return dup_string("/");
-  size_t n = (size_t)(slash - path);
-  char *dir = malloc(n + 1);
-  if (dir != NULL) {
-    memcpy(dir, path, n);
-    dir[n] = '\0';
-  }
-  return dir;
-}
-
 int le_config_load_file(le_config *cfg, const char *path, char *err,
                         size_t errlen) {
-  char *dir = dir_of(path);
+  char *dir = le_addr_dir(path);
   char *copy = dup_string(path);
   if (dir == NULL || copy == NULL) {
     free(dir);

@@ -809,6 +809,22 @@ static uint64_t cpu_limit_of(le_coro *c) {
   return seconds > 0 ? le_opts_ms(seconds) : 0;
 }
 
+le_conn *le_conn_ctx_find(le_conn_ctx *ctx, uint64_t id) {
+  for (le_conn *c = ctx->head; c != NULL; c = c->next)
+    if (c->lc.script != NULL && c->lc.id == id) return c;
+  return NULL;
+}
+
+void le_conn_ctx_each(le_conn_ctx *ctx, void (*fn)(le_conn *c, void *arg),
+                      void *arg) {
+  le_conn *last = ctx->head;
+  while (last != NULL && last->next != NULL) last = last->next;
+  for (le_conn *c = last, *prev; c != NULL; c = prev) {
+    prev = c->prev;
+    if (c->lc.script != NULL) fn(c, arg);
+  }
+}
+
 size_t le_conn_ctx_abort_admin(le_conn_ctx *ctx, int why) {
   size_t n = 0;
   for (le_conn *c = ctx->head, *next; c != NULL; c = next) {

@@ -1,6 +1,6 @@
 /* The luaecho.inspect module: see include/luaecho/linspect.h.
  *
- * It reads the loop's live connections (ctx->head) and their Lua faces;
+ * It reads the loop's live connections (le_conn_ctx_each) and their Lua faces;
  * the only state of its own is the taps: for each connection somebody
  * subscribed to, a ring of its last trace events, filled from the trace's
  * tap hook. The ring is plain C memory because the hook runs inside socket
@@ -46,15 +46,9 @@ static inspect *state_of(lua_State *L) {
   return lua_touserdata(L, lua_upvalueindex(1));
 }
 
-/* Returns the accepted connection with this id, or NULL. */
-static le_conn *find_conn(le_conn_ctx *ctx, lua_Integer id) {
-  for (le_conn *c = ctx->head; c != NULL; c = c->next)
-    if (c->lc.script != NULL && (lua_Integer)c->lc.id == id) return c;
-  return NULL;
-}
-
 static le_conn *check_conn(lua_State *L, int arg) {
-  return find_conn(state_of(L)->ctx, luaL_checkinteger(L, arg));
+  return le_conn_ctx_find(state_of(L)->ctx,
+                          (uint64_t)luaL_checkinteger(L, arg));
 }
 
 static int no_such_conn(lua_State *L) {
@@ -115,18 +109,17 @@ static void push_info(lua_State *L, le_conn *c) {
 }
 
 /* inspect.conns() -> the accepted connections, oldest first. */
+/* Appends one connection's table to the list on top of L. */
+static void append_info(le_conn *c, void *arg) {
+  lua_State *L = arg;
+  push_info(L, c);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
 static int l_conns(lua_State *L) {
   le_conn_ctx *ctx = state_of(L)->ctx;
   lua_createtable(L, (int)ctx->count, 0);
-  lua_Integer n = 0;
-  /* The list holds the newest first. */
-  le_conn *last = ctx->head;
-  while (last != NULL && last->next != NULL) last = last->next;
-  for (le_conn *c = last; c != NULL; c = c->prev) {
-    if (c->lc.script == NULL) continue;
-    push_info(L, c);
-    lua_rawseti(L, -2, ++n);
-  }
+  le_conn_ctx_each(ctx, append_info, L);
   return 1;
 }
 
@@ -175,7 +168,7 @@ static void free_kill(uv_handle_t *h) { free(h->data); }
 
 static void on_kill(uv_timer_t *t) {
   kill_req *k = t->data;
-  le_conn *c = find_conn(k->ctx, (lua_Integer)k->id);
+  le_conn *c = le_conn_ctx_find(k->ctx, k->id);
   if (c != NULL && le_conn_is_open(c)) le_conn_abort(c, LE_EKILLED);
   uv_close((uv_handle_t *)&k->timer, free_kill);
 }
@@ -261,7 +254,7 @@ static void free_tap(tap *t) {
  * option back and frees the ring. */
 static void unsubscribe(inspect *in, tap *t) {
   if (in->closed || --t->subs > 0) return;
-  le_conn *c = find_conn(in->ctx, (lua_Integer)t->id);
+  le_conn *c = le_conn_ctx_find(in->ctx, t->id);
   if (c != NULL) c->lc.opts.trace = (uint8_t)t->was_traced;
   for (tap **p = &in->taps; *p != NULL; p = &(*p)->next)
     if (*p == t) {
@@ -334,7 +327,7 @@ static int sub_events(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)(k - from + 1));
   }
   lua_pushinteger(L, (lua_Integer)t->seq);
-  lua_pushboolean(L, find_conn(s->in->ctx, (lua_Integer)t->id) != NULL);
+  lua_pushboolean(L, le_conn_ctx_find(s->in->ctx, t->id) != NULL);
   return 3;
 }
 

@@ -1,6 +1,7 @@
 /* Handler scripts: see include/luaecho/script.h. */
 #include "luaecho/script.h"
 
+#include "luaecho/addr.h"
 #include "luaecho/preempt.h"
 
 #include <lauxlib.h>
@@ -210,14 +211,10 @@ static int ref_function(lua_State *L) {
 /* Sets s->path and s->dir (the part before the last '/', "." when there is
  * none, "/" for a file at the root). Returns 0 or -1 when out of memory. */
 static int set_path(le_script *s, const char *path) {
-  const char *slash = strrchr(path, '/');
-  size_t n = slash == NULL ? 1 : slash == path ? 1 : (size_t)(slash - path);
   s->path = malloc(strlen(path) + 1);
-  s->dir = malloc(n + 1);
+  s->dir = le_addr_dir(path);
   if (s->path == NULL || s->dir == NULL) return -1;
   strcpy(s->path, path);
-  memcpy(s->dir, slash == NULL ? "." : path, n);
-  s->dir[n] = '\0';
   return 0;
 }
 

@@ -491,10 +491,9 @@ static int clear_stale_socket(const char *path, le_log *log, char *why,
  * report only ENOENT or EACCES, which does not say what is missing.
  * Returns 0, or -1 with the reason in why. */
 static int check_socket_dir(const char *path, char *why, size_t whylen) {
-  const char *slash = strrchr(path, '/');
-  if (slash == NULL) return 0;
   char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
-  size_t n = slash == path ? 1 : (size_t)(slash - path);
+  size_t n = le_addr_dir_len(path);
+  if (n == 0) return 0;
   if (n >= sizeof dir) return 0; /* too long: bind says so */
   memcpy(dir, path, n);
   dir[n] = '\0';

@@ -55,4 +55,13 @@ int le_addr_split_sockaddr(const struct sockaddr *sa, socklen_t salen,
  * carries none). */
 void le_addr_set_port(struct sockaddr *sa, int port);
 
+/* Returns how many leading bytes of a file path name its directory: 0
+ * without a '/', 1 for a file at the root, else up to its last '/'. */
+size_t le_addr_dir_len(const char *path);
+
+/* Returns a malloc'd copy of the directory of a file path ("." without a
+ * '/', "/" at the root), or NULL when out of memory. Handler files, config
+ * files and unix socket paths all use it. */
+char *le_addr_dir(const char *path);
+
 #endif

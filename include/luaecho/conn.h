@@ -217,6 +217,15 @@ void le_conn_abort(le_conn *c, int why);
 /* Writes the loop's counters, live connections included, into out. */
 void le_conn_ctx_stats(const le_conn_ctx *ctx, le_conn_stats *out);
 
+/* Returns the live connection with this id that runs a handler of its own
+ * (accepted, or a client's), or NULL. */
+le_conn *le_conn_ctx_find(le_conn_ctx *ctx, uint64_t id);
+
+/* Calls fn for every live connection that runs a handler of its own, the
+ * oldest first. fn must not free connections (it may start closing one). */
+void le_conn_ctx_each(le_conn_ctx *ctx, void (*fn)(le_conn *c, void *arg),
+                      void *arg);
+
 /* Aborts the connections that came from an admin listener (at shutdown,
  * a page that watches the server must not hold up the drain of the
  * others). Returns how many. */
