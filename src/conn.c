@@ -10,6 +10,7 @@
 #include "luaecho/conn.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -223,8 +224,26 @@ static void trace_read_end(le_conn *c, int err) {
                    le_lconn_errname(err, name, sizeof name));
 }
 
+/* libuv reports EOF, without reading the socket's pending error, when
+ * POLLHUP comes with a read that did not fill the buffer: an RST that
+ * arrives while input is still unread would look like a FIN. The pending
+ * error (ECONNRESET, not EPIPE, which follows the peer's FIN) tells them
+ * apart. Returns nread, or UV_ECONNRESET for such an EOF. */
+static ssize_t reset_behind_eof(le_conn *c, ssize_t nread) {
+  uv_os_fd_t fd;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (nread == UV_EOF && c->sock.handle.type == UV_TCP &&
+      uv_fileno(&c->sock.handle, &fd) == 0 &&
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+      err == ECONNRESET)
+    return UV_ECONNRESET;
+  return nread;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   le_conn *c = stream->data;
+  nread = reset_behind_eof(c, nread);
   if (c->state == LE_CONN_DRAINING) {
     /* Lingering after the handler ended: input is discarded until the
      * peer's FIN (see io_close). */
