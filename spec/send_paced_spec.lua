@@ -136,20 +136,21 @@ end
     local srv = start(server.SHOW .. [[
 local luaecho = require "luaecho"
 return function(conn)
-  local function try(...)
-    local ok, err = pcall(function(...) luaecho.send_paced(conn, ...) end, ...)
+  local function try(c, ...)
+    local ok, err = pcall(function(...) luaecho.send_paced(c, ...) end, ...)
     conn:send(show(ok, err) .. "\n")
   end
-  try({}, 1)
-  try("x", 0)
-  try("x", 1.5)
-  try("x", 1, -1)
-  try("x", 1, "soon")
+  try(conn, {}, 1)
+  try(conn, "x", 0)
+  try(conn, "x", 1.5)
+  try(conn, "x", 1, -1)
+  try(conn, "x", 1, "soon")
+  try(nil, "x", 1)
 end
 ]])
     local sock = assert(server.connect(srv.host, srv.port))
     local lines = {}
-    for i = 1, 5 do lines[i] = server.receive_line(sock) end
+    for i = 1, 6 do lines[i] = server.receive_line(sock) end
     local at = srv.dir .. "/h.lua:12: "
     assert.same({
       ("false,%q"):format(at .. "bad argument #2 to 'send_paced' (string expected, got table)"),
@@ -157,6 +158,7 @@ end
       ("false,%q"):format(at .. "bad argument #3 to 'send_paced' (chunk must be an integer >= 1)"),
       ("false,%q"):format(at .. "bad argument #4 to 'send_paced' (delay must be >= 0 seconds)"),
       ("false,%q"):format(at .. "bad argument #4 to 'send_paced' (delay must be >= 0 seconds)"),
+      ("false,%q"):format(at .. "bad argument #1 to 'send_paced' (conn expected, got nil)"),
     }, lines)
   end)
 end)

@@ -19,6 +19,9 @@ end
 -- how a reader sees data arrive in parts. Stops at the first failed send
 -- and returns its nil, err; the pieces before it were sent.
 function luaecho.send_paced(conn, data, chunk, delay)
+  if type(conn) ~= "userdata" then
+    argerror(1, "send_paced", "conn expected, got " .. type(conn))
+  end
   if type(data) == "number" then data = tostring(data) end
   if type(data) ~= "string" then
     argerror(2, "send_paced", "string expected, got " .. type(data))
