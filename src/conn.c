@@ -10,6 +10,7 @@
 #include "luaecho/conn.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -224,8 +225,26 @@ static void trace_read_end(le_conn *c, int err) {
                    le_lconn_errname(err, name, sizeof name));
 }
 
+/* libuv reports EOF, without reading the socket's pending error, when
+ * POLLHUP comes with a read that did not fill the buffer: an RST that
+ * arrives while input is still unread would look like a FIN. The pending
+ * error (ECONNRESET, not EPIPE, which follows the peer's FIN) tells them
+ * apart. Returns nread, or UV_ECONNRESET for such an EOF. */
+static ssize_t reset_behind_eof(le_conn *c, ssize_t nread) {
+  uv_os_fd_t fd;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (nread == UV_EOF && c->sock.handle.type == UV_TCP &&
+      uv_fileno(&c->sock.handle, &fd) == 0 &&
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+      err == ECONNRESET)
+    return UV_ECONNRESET;
+  return nread;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   le_conn *c = stream->data;
+  nread = reset_behind_eof(c, nread);
   if (c->state == LE_CONN_DRAINING) {
     /* Lingering after the handler ended: input is discarded until the
      * peer's FIN (see io_close). */
@@ -466,20 +485,25 @@ static void io_shutdown_write(le_lconn *lc) {
 }
 
 /* Sets a kernel buffer size and stores what the kernel made of it (Linux
- * doubles the request to leave room for its bookkeeping). */
-static void apply_buffer_size(le_conn *c, uint32_t *size,
+ * doubles the request to leave room for its bookkeeping) in *size and
+ * *applied. A size still equal to *applied is the figure stored last time:
+ * setting it again would double it again, whenever another socket option
+ * changes, so it is left alone. */
+static void apply_buffer_size(le_conn *c, uint32_t *size, uint32_t *applied,
                               int (*fn)(uv_handle_t *, int *)) {
   int v = (int)*size;
-  if (v == 0 || fn(&c->sock.handle, &v) != 0) return;
+  if (v == 0 || *size == *applied || fn(&c->sock.handle, &v) != 0) return;
   v = 0;
-  if (fn(&c->sock.handle, &v) == 0 && v > 0) *size = (uint32_t)v;
+  if (fn(&c->sock.handle, &v) == 0 && v > 0) *size = *applied = (uint32_t)v;
 }
 
 static void io_apply_sockopts(le_lconn *lc) {
   le_conn *c = conn_of(lc);
   if (is_closing(c)) return;
-  apply_buffer_size(c, &lc->opts.sndbuf, uv_send_buffer_size);
-  apply_buffer_size(c, &lc->opts.rcvbuf, uv_recv_buffer_size);
+  apply_buffer_size(c, &lc->opts.sndbuf, &c->sndbuf_applied,
+                    uv_send_buffer_size);
+  apply_buffer_size(c, &lc->opts.rcvbuf, &c->rcvbuf_applied,
+                    uv_recv_buffer_size);
   if (c->sock.handle.type != UV_TCP) return;
   uv_tcp_nodelay(&c->sock.tcp, lc->opts.nodelay);
   uv_tcp_keepalive(&c->sock.tcp, lc->opts.keepalive > 0,

@@ -4,6 +4,7 @@
 #include "luaecho/lmodule.h"
 
 #include "lmodule_internal.h"
+#include "luaecho/bundled.h"
 #include "luaecho/lmem.h"
 
 le_conn_ctx *le__lmodule_ctx(lua_State *L) {
@@ -131,6 +132,7 @@ static int open_module(lua_State *L) {
   luaL_newlibtable(L, module_fns);
   lua_pushvalue(L, lua_upvalueindex(1));
   luaL_setfuncs(L, module_fns, 1);
+  le_bundled_extend_luaecho(L); /* the functions written in Lua */
   return 1;
 }
 

@@ -952,13 +952,14 @@ int le_server_run(le_server *s) {
 /* ---- client mode ---- */
 
 /* One client ended (its connection freed, or it never connected): once
- * none is left, the server stops like after SIGTERM with nothing left. */
+ * none is left, the server stops like after SIGTERM with nothing left.
+ * After a signal (stopping already set) the last connection to go must
+ * still finish, as on_conn_freed does for accepted ones. */
 static void client_ended(le_server *s, int exit_status) {
   le_clients *cl = &s->clients;
   if (exit_status > cl->status) cl->status = exit_status;
-  if (--cl->left > 0 || s->stopping) return;
-  s->stopping = 1;
-  if (s->conns.count == 0) finish(s);
+  if (--cl->left == 0) s->stopping = 1;
+  if (s->stopping && s->conns.count == 0) finish(s);
 }
 
 static void on_client_connected(le_conn *c, int status, void *arg) {

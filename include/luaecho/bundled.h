@@ -18,4 +18,10 @@
  * openers do. */
 void le_bundled_open(lua_State *L);
 
+/* Runs lua/luaecho/extra.lua, the functions of the `luaecho` module that
+ * are written in Lua (luaecho.send_paced), with the module table on top of
+ * L's stack as its argument: the chunk adds them to that table. Raises on
+ * errors, as the loader of a module does. */
+void le_bundled_extend_luaecho(lua_State *L);
+
 #endif
