@@ -12,10 +12,10 @@
 -- N ms".
 --
 -- Try it, installed (`luaecho --help` names the examples directory):
---   luaecho --trace --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/backpressure.lua
+--   luaecho --listen 127.0.0.1:7000 --trace --handler /usr/share/luaecho/examples/backpressure.lua
 --   luaecho --connect 127.0.0.1:7000 /usr/share/luaecho/examples/clients/slow_reader.lua
 -- or from a source checkout:
---   build/luaecho --trace --listen 127.0.0.1:7000 --handler lua/examples/backpressure.lua
+--   build/luaecho --listen 127.0.0.1:7000 --trace --handler lua/examples/backpressure.lua
 --   build/luaecho --connect 127.0.0.1:7000 lua/examples/clients/slow_reader.lua
 -- and, for a reader that keeps up:
 --   nc -d 127.0.0.1 7000 | wc -c

@@ -16,9 +16,9 @@
 -- either way; clients/rst_vs_fin.lua shows the difference.
 --
 -- Try it, installed (`luaecho --help` names the examples directory):
---   luaecho --trace --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/rst_vs_fin.lua
+--   luaecho --listen 127.0.0.1:7000 --trace --handler /usr/share/luaecho/examples/rst_vs_fin.lua
 -- or from a source checkout:
---   build/luaecho --trace --listen 127.0.0.1:7000 --handler lua/examples/rst_vs_fin.lua
+--   build/luaecho --listen 127.0.0.1:7000 --trace --handler lua/examples/rst_vs_fin.lua
 -- then:
 --   echo fin | nc -N 127.0.0.1 7000
 -- prints "closing";

@@ -8,10 +8,10 @@
 --
 -- Try it, installed (`luaecho --help` names the examples directory), with
 -- any server, for example the echo server:
---   luaecho --trace --listen 127.0.0.1:7000
+--   luaecho --listen 127.0.0.1:7000 --trace
 --   luaecho --connect 127.0.0.1:7000 /usr/share/luaecho/examples/clients/reset.lua
 -- or from a source checkout:
---   build/luaecho --trace --listen 127.0.0.1:7000
+--   build/luaecho --listen 127.0.0.1:7000 --trace
 --   build/luaecho --connect 127.0.0.1:7000 lua/examples/clients/reset.lua
 -- the server's trace ends with "closed (reset by the peer)".
 local luaecho = require "luaecho"

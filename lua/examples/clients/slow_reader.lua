@@ -5,10 +5,10 @@
 --
 -- Try it, installed (`luaecho --help` names the examples directory), with
 -- the server of backpressure.lua running:
---   luaecho --trace --listen 127.0.0.1:7000 --handler /usr/share/luaecho/examples/backpressure.lua
+--   luaecho --listen 127.0.0.1:7000 --trace --handler /usr/share/luaecho/examples/backpressure.lua
 --   luaecho --connect 127.0.0.1:7000 /usr/share/luaecho/examples/clients/slow_reader.lua
 -- or from a source checkout:
---   build/luaecho --trace --listen 127.0.0.1:7000 --handler lua/examples/backpressure.lua
+--   build/luaecho --listen 127.0.0.1:7000 --trace --handler lua/examples/backpressure.lua
 --   build/luaecho --connect 127.0.0.1:7000 lua/examples/clients/slow_reader.lua 4096 0.05
 -- prints "131072 bytes in N reads" after about 1.6 seconds.
 local luaecho = require "luaecho"
