@@ -20,7 +20,7 @@ return function(conn, mode)
   local data = conn:recv()
   while data do
     total, reads = total + #data, reads + 1
-    print(("read %d bytes: %s"):format(#data, data))
+    print(("read %d bytes: %s"):format(#data, (data:gsub(" $", ""))))
     data = conn:recv()
   end
   print(("%d bytes in %d reads"):format(total, reads))
