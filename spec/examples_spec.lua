@@ -398,6 +398,20 @@ end]] } }
     end)
   end)
 
+  describe("clients/upload.lua", function()
+    it("uploads a word and zeros, half-closes, and prints the answer (its header's command)", function()
+      local srv = start_example("sink_then_reply.lua")
+      assert.same({ 0, { "send returned true", "got: received 4000006 bytes", "recv failed: closed" } },
+        { run_client(srv, "upload.lua", "hello") })
+    end)
+
+    it("takes the number of zero bytes as its second argument", function()
+      local srv = start_example("sink_then_reply.lua")
+      assert.same({ 0, { "send returned true", "got: received 13 bytes", "recv failed: closed" } },
+        { run_client(srv, "upload.lua", "word", "8") })
+    end)
+  end)
+
   describe("nagle.lua", function()
     -- Nagle plus the client's delayed ACK (up to 40 ms) coalesces the 50
     -- pieces sent a millisecond apart into a handful of reads; without it
