@@ -71,6 +71,31 @@ local function chargen_lines(count)
   return table.concat(lines)
 end
 
+-- Runs lua/examples/clients/<name> in client mode against srv with the
+-- given arguments. Returns its exit code and output lines.
+local function run_client(srv, name, ...)
+  local argv = { server.bin, "--connect", ("%s:%d"):format(srv.host, srv.port), EXAMPLES .. "clients/" .. name, ... }
+  return server.run_cmd(argv, { timeout = 30 })
+end
+
+-- Waits for the trace line that starts with an event (given literally,
+-- without the time and connection id); returns it, or fails with the log.
+local function expect_trace(srv, event, timeout)
+  local line = srv:wait_line(server.record("trace", "%d+us conn %d+ " .. server.literal(event) .. ".*"), timeout or 10)
+  assert(line, ("no trace line %q in:\n%s"):format(event, srv:log_text()))
+  return line
+end
+
+-- The number of reads clients/nagle.lua reported, after checking that all
+-- 150 bytes arrived.
+local function nagle_reads(srv, mode)
+  local code, lines = run_client(srv, "nagle.lua", mode)
+  assert.equal(0, code, table.concat(lines, "\n"))
+  local total, reads = lines[#lines]:match("^(%d+) bytes in (%d+) reads$")
+  assert.equal("150", total, table.concat(lines, "\n"))
+  return tonumber(reads)
+end
+
 describe("examples", function()
   after_each(server.cleanup)
 
@@ -329,6 +354,109 @@ describe("examples", function()
       local sock = connect(srv)
       assert.same({ "last words", "closed" },
         { server.exchange(sock, "last words", { half_close = true, until_close = true }) })
+    end)
+  end)
+
+  describe("rst_vs_fin.lua", function()
+    it("ends with a FIN after \"fin\": the client reads the answer, then end-of-file", function()
+      local srv = start_example("rst_vs_fin.lua", { config = "trace = true\n" })
+      local code, lines = run_client(srv, "rst_vs_fin.lua", "fin")
+      assert.same({ 0, { "got 8 bytes: closing", "recv failed: closed" } }, { code, lines })
+      expect_trace(srv, "FIN sent (our side closed)")
+      expect_trace(srv, "closed (handler closed it)")
+    end)
+
+    it("ends with an RST after \"rst\": the client's recv fails with econnreset", function()
+      local srv = start_example("rst_vs_fin.lua", { config = "trace = true\n" })
+      local code, lines = run_client(srv, "rst_vs_fin.lua", "rst")
+      assert.same({ 1, { "recv failed: econnreset" } }, { code, lines })
+      expect_trace(srv, "reset (RST sent; 0 queued bytes discarded)")
+      expect_trace(srv, "closed (handler reset it)")
+    end)
+
+    it("answers the nc commands of its header", function()
+      local srv = start_example("rst_vs_fin.lua")
+      local fmt = "echo %s | nc -N 127.0.0.1 %d"
+      assert.same({ 0, { "closing" } }, { server.sh(fmt:format("fin", srv.port), 20) })
+      assert.same({ 0, {} }, { server.sh(fmt:format("rst", srv.port), 20) })
+    end)
+  end)
+
+  describe("clients/reset.lua", function()
+    it("resets its connection: the server's recv fails with econnreset", function()
+      local srv = server.start{ config = 'listen = "127.0.0.1:0"\ntrace = true\nhandler = "@DIR@/h.lua"\n',
+        handlers = { ["h.lua"] = server.REPORT .. [[
+return function(conn)
+  local data, err = conn:recv()
+  while data do data, err = conn:recv() end
+  report("end", err)
+end]] } }
+      assert.same({ 0, {} }, { run_client(srv, "reset.lua") })
+      assert.same({ n = 1, "econnreset" }, srv:report("end", 10))
+      expect_trace(srv, "peer reset the connection (RST)")
+      expect_trace(srv, "closed (reset by the peer)")
+    end)
+  end)
+
+  describe("clients/upload.lua", function()
+    it("uploads a word and zeros, half-closes, and prints the answer (its header's command)", function()
+      local srv = start_example("sink_then_reply.lua")
+      assert.same({ 0, { "send returned true", "got: received 4000006 bytes", "recv failed: closed" } },
+        { run_client(srv, "upload.lua", "hello") })
+    end)
+
+    it("takes the number of zero bytes as its second argument", function()
+      local srv = start_example("sink_then_reply.lua")
+      assert.same({ 0, { "send returned true", "got: received 13 bytes", "recv failed: closed" } },
+        { run_client(srv, "upload.lua", "word", "8") })
+    end)
+  end)
+
+  describe("nagle.lua", function()
+    -- Nagle plus the client's delayed ACK (up to 40 ms) coalesces the 50
+    -- pieces sent a millisecond apart into a handful of reads; without it
+    -- a reader that keeps up gets about one read per piece. Load on the
+    -- machine only makes the reader slower, which coalesces the nodelay
+    -- run too, so the margin asked for is wide of what a quiet machine
+    -- shows (about 15 against 48).
+    it("delivers small sends in fewer, larger reads with nodelay = false", function()
+      local srv = start_example("nagle.lua")
+      local with_nagle = nagle_reads(srv, "nagle")
+      local without = nagle_reads(srv, "nodelay")
+      assert(with_nagle * 2 <= without,
+        ("reads with Nagle: %d, without: %d"):format(with_nagle, without))
+    end)
+  end)
+
+  describe("backpressure.lua", function()
+    it("makes send wait for a slow reader, and logs how long each send waited", function()
+      local srv = start_example("backpressure.lua", { config = "trace = true\n" })
+      local code, lines = run_client(srv, "slow_reader.lua", "4096", "0.05")
+      assert.same({ 0, { "131072 bytes in 32 reads" } }, { code, lines })
+      local longest = 0
+      for n = 1, 8 do
+        local line = srv:wait_line(server.record("info", ("conn %%d+: send %d of 16384 bytes waited [%%d.]+ s"):format(n)), 10)
+        assert(line, srv:log_text())
+        longest = math.max(longest, tonumber(line:match("waited ([%d.]+) s")))
+      end
+      -- The reader takes 4 KiB every 50 ms: a 16 KiB block takes 200 ms.
+      assert(longest >= 0.1, srv:log_text())
+      -- Trace lines come from a thread of their own, out of step with the
+      -- log's other lines, but in order among themselves: once "closed"
+      -- is there, so is every "send waits" and "send resumed" before it.
+      assert(srv:wait_line("closed %(handler returned%)", 10), srv:log_text())
+      local waits = 0
+      for _, line in ipairs(srv:log()) do
+        if line:find("send waits: %d+ bytes queued, over send_buffer 16384$") then waits = waits + 1 end
+        if line:find("send resumed after %d+ ms$") then waits = waits - 1 end
+      end
+      assert.equal(0, waits, "every send that waited resumed:\n" .. srv:log_text())
+      assert(srv:log_text():find("send waits:", 1, true), srv:log_text())
+    end)
+
+    it("sends all 131072 bytes at once to a reader that keeps up (the nc command of its header)", function()
+      local srv = start_example("backpressure.lua")
+      assert.same({ 0, { "131072" } }, { server.sh(("nc -d 127.0.0.1 %d | wc -c"):format(srv.port), 20) })
     end)
   end)
 

@@ -153,7 +153,8 @@ describe("cpack -G DEB", function()
 
   it("installs examples whose headers say how to run them installed and from a checkout", function()
     local dir = "/usr/share/luaecho/examples"
-    local names = sh_ok(("ls '%s%s'"):format(root, dir))
+    -- Every .lua file, those of subdirectories (clients/) included.
+    local names = sh_ok(("cd '%s%s' && find . -name '*.lua' | sed 's|^\\./||' | sort"):format(root, dir))
     assert.is_true(#names >= 9)
     for _, name in ipairs(names) do
       local src = assert(server.read_file(root .. dir .. "/" .. name))

@@ -24,18 +24,22 @@
 -- * One-time setup (setopts) runs only for a new connection, not on each
 --   upgrade; being a tail call, an upgrade never grows the stack.
 --
--- Try it on a copy you can edit (the server watches the directory of the
--- file it runs). Installed (`luaecho --help` names the examples directory):
---   cp /usr/share/luaecho/examples/upgrade.lua /tmp/upgrade.lua
---   luaecho --listen 127.0.0.1:7000 --handler /tmp/upgrade.lua
+-- Try it on a copy you can edit, in a directory of its own: the server
+-- watches the directory of the file it runs and reloads when any .lua file
+-- there changes, so a busy directory such as /tmp would reload it for
+-- every other script saved there. Installed (`luaecho --help` names the
+-- examples directory):
+--   mkdir -p /tmp/upgrade && cp /usr/share/luaecho/examples/upgrade.lua /tmp/upgrade/
+--   luaecho --listen 127.0.0.1:7000 --handler /tmp/upgrade/upgrade.lua
 -- or from a source checkout:
---   cp lua/examples/upgrade.lua /tmp/upgrade.lua
---   build/luaecho --listen 127.0.0.1:7000 --handler /tmp/upgrade.lua
+--   mkdir -p /tmp/upgrade && cp lua/examples/upgrade.lua /tmp/upgrade/
+--   build/luaecho --listen 127.0.0.1:7000 --handler /tmp/upgrade/upgrade.lua
 -- then:
 --   nc 127.0.0.1 7000            and type: hello, world
--- answers "1 hello" and "2 world". Change REPLY in /tmp/upgrade.lua to
--- "line %d: %s" and save; the same nc session answers the next line with
--- "line 3: ...".
+-- answers "1 hello" and "2 world". Change REPLY in /tmp/upgrade/upgrade.lua
+-- to "line %d: %s" and save; the same nc session answers the next line
+-- with "line 3: ...". (Ctrl-C ends nc: from a terminal, nc -N would send
+-- its FIN only at Ctrl-D.)
 local luaecho = require "luaecho"
 
 local REPLY = "%d %s" -- the answer to line number n; edit and save
