@@ -2,8 +2,8 @@
 -- connection with conn:reset(), an RST instead of a FIN. The server's
 -- recv then fails with nil, "econnreset" (and with --trace the server logs
 -- "peer reset the connection (RST)"). The pause lets the server read the
--- line on its own first: bytes and an RST that arrive together may reach
--- a libuv program as a plain end-of-file.
+-- line on its own first, so that the trace shows the read and the reset as
+-- two events.
 -- Arguments: the line to send (default "hello") and the pause in seconds.
 --
 -- Try it, installed (`luaecho --help` names the examples directory), with
