@@ -39,8 +39,7 @@ static int parse_unix(const char *path, le_addr *out, char *err,
 }
 
 int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen) {
-  static const char usage[] =
-      "expected host:port, [ipv6]:port or unix:/path";
+  static const char usage[] = "expected host:port, [ipv6]:port or unix:/path";
   memset(out, 0, sizeof *out);
   if (strncmp(text, UNIX_PREFIX, strlen(UNIX_PREFIX)) == 0)
     return parse_unix(text + strlen(UNIX_PREFIX), out, err, errlen);
@@ -64,10 +63,12 @@ int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen) {
     if (colon == NULL || colon == text) return fail(err, errlen, usage);
     host_end = colon;
     if (memchr(text, ':', (size_t)(colon - text)) != NULL)
-      return fail(err, errlen, "an IPv6 host must be written in brackets, as [::1]:7000");
+      return fail(err, errlen,
+                  "an IPv6 host must be written in brackets, as [::1]:7000");
   }
   size_t hostlen = (size_t)(host_end - host);
-  if (hostlen == 0 || hostlen >= sizeof out->host) return fail(err, errlen, usage);
+  if (hostlen == 0 || hostlen >= sizeof out->host)
+    return fail(err, errlen, usage);
   if (parse_port(colon + 1, &out->port) != 0)
     return fail(err, errlen, "the port must be a number from 0 to 65535");
   out->kind = LE_ADDR_TCP;

@@ -18,13 +18,13 @@ typedef struct {
 } bundled_module;
 
 static const bundled_module modules[] = {
-  { "luaecho.faults", "=luaecho/faults.lua", le_bundled_faults,
-    &le_bundled_faults_len },
-  { "luaecho.admin", "=luaecho/admin.lua", le_bundled_admin,
-    &le_bundled_admin_len },
-  /* The admin's web page (admin_page.html): require returns its text. */
-  { "luaecho.admin_page", NULL, le_bundled_admin_page,
-    &le_bundled_admin_page_len },
+    {"luaecho.faults", "=luaecho/faults.lua", le_bundled_faults,
+     &le_bundled_faults_len},
+    {"luaecho.admin", "=luaecho/admin.lua", le_bundled_admin,
+     &le_bundled_admin_len},
+    /* The admin's web page (admin_page.html): require returns its text. */
+    {"luaecho.admin_page", NULL, le_bundled_admin_page,
+     &le_bundled_admin_page_len},
 };
 
 /* The package.preload loader of one module (its entry is upvalue 1):

@@ -25,9 +25,9 @@ typedef struct loader {
 
 /* Keys besides the connection options (opts.h), which both levels take. */
 static const char *const top_keys[] = {
-    "listen",     "handler", "backlog", "max_connections", "shutdown_timeout",
-    "log_level",  "watch",   "sandbox", "max_memory",      "trace_file",
-    "admin",      NULL};
+    "listen",           "handler",    "backlog", "max_connections",
+    "shutdown_timeout", "log_level",  "watch",   "sandbox",
+    "max_memory",       "trace_file", "admin",   NULL};
 static const char *const listener_keys[] = {"address", "handler", "backlog",
                                             "max_connections", NULL};
 
@@ -68,8 +68,8 @@ static int wrong_type(loader *ld, const char *key, const char *expected,
 }
 
 /* Reads the integer at idx into *out, within [min, max]. */
-static int get_integer(loader *ld, int idx, const char *key, long min,
-                       long max, int *out) {
+static int get_integer(loader *ld, int idx, const char *key, long min, long max,
+                       int *out) {
   lua_Integer v;
   if (lua_isinteger(ld->L, idx)) {
     v = lua_tointeger(ld->L, idx);
@@ -90,8 +90,7 @@ static int get_integer(loader *ld, int idx, const char *key, long min,
 
 /* Reads max_connections at idx: a positive integer, or false for no cap
  * (stored as 0). */
-static int get_max_connections(loader *ld, int idx, const char *key,
-                               int *out) {
+static int get_max_connections(loader *ld, int idx, const char *key, int *out) {
   if (lua_type(ld->L, idx) == LUA_TBOOLEAN && !lua_toboolean(ld->L, idx)) {
     *out = 0;
     return 0;
@@ -106,7 +105,8 @@ static int get_seconds(loader *ld, int idx, const char *key, double *out) {
     return wrong_type(ld, key, "number of seconds", idx);
   double v = (double)lua_tonumber(ld->L, idx);
   if (!(v >= 0) || isinf(v))
-    return fail(ld, "key '%s': expected a finite number of seconds >= 0, got %g",
+    return fail(ld,
+                "key '%s': expected a finite number of seconds >= 0, got %g",
                 key, v);
   *out = v > LE_MAX_TIMEOUT ? LE_MAX_TIMEOUT : v;
   return 0;
@@ -212,8 +212,7 @@ static int get_opts(loader *ld, int idx, const char *prefix, le_opts *opts) {
     char why[256];
     le_opt_status st = le_opts_set(opts, name, L, -1, why, sizeof why);
     lua_pop(L, 1);
-    if (st != LE_OPT_OK)
-      return fail(ld, "key '%s%s': %s", prefix, name, why);
+    if (st != LE_OPT_OK) return fail(ld, "key '%s%s': %s", prefix, name, why);
   }
   return 0;
 }
@@ -306,16 +305,17 @@ static int get_listen(loader *ld, int idx, le_config *cfg) {
     single = field(L, idx, "address");
     lua_pop(L, single);
   } else if (!single) {
-    return wrong_type(ld, "listen", "address string or list of addresses",
-                      idx);
+    return wrong_type(ld, "listen", "address string or list of addresses", idx);
   }
   size_t n = single ? 1 : (size_t)lua_rawlen(L, idx);
   if (n == 0)
-    return fail(ld, "key 'listen': expected at least one address, got an "
-                    "empty list");
+    return fail(ld,
+                "key 'listen': expected at least one address, got an "
+                "empty list");
   if (!single && !is_sequence(L, idx, n))
-    return fail(ld, "key 'listen': expected a list of addresses (keys 1..n), "
-                    "got other keys");
+    return fail(ld,
+                "key 'listen': expected a list of addresses (keys 1..n), "
+                "got other keys");
   le_listener_conf *ls = calloc(n, sizeof *ls);
   if (ls == NULL) return out_of_memory(ld);
   for (size_t i = 0; i < n; i++) {
@@ -349,11 +349,13 @@ static int get_max_memory(loader *ld, int idx, size_t *out) {
     return 0;
   }
   int isint = 0;
-  lua_Integer v = lua_type(L, idx) == LUA_TNUMBER ? lua_tointegerx(L, idx, &isint)
-                                                  : 0;
+  lua_Integer v =
+      lua_type(L, idx) == LUA_TNUMBER ? lua_tointegerx(L, idx, &isint) : 0;
   if (!isint || v < LE_MIN_MAX_MEMORY)
-    return fail(ld, "key 'max_memory': expected a byte count >= %d (or false "
-                    "for no cap), got %s", LE_MIN_MAX_MEMORY,
+    return fail(ld,
+                "key 'max_memory': expected a byte count >= %d (or false "
+                "for no cap), got %s",
+                LE_MIN_MAX_MEMORY,
                 lua_type(L, idx) == LUA_TNUMBER ? luaL_tolstring(L, idx, NULL)
                                                 : luaL_typename(L, idx));
   *out = (size_t)v;
@@ -506,9 +508,9 @@ static int load_protected(lua_State *L) {
     a->r = out_of_memory(ld);
     return 0;
   }
-  int status = a->chunk ? le_sandbox_loadbuffer(L, a->chunk, strlen(a->chunk),
-                                                ld->name)
-                        : le_sandbox_loadfile(L, ld->name);
+  int status =
+      a->chunk ? le_sandbox_loadbuffer(L, a->chunk, strlen(a->chunk), ld->name)
+               : le_sandbox_loadfile(L, ld->name);
   if (status != LUA_OK) {
     le_sandbox_message(ld->err, ld->errlen, ld->name, lua_tostring(L, -1));
     a->r = -1;

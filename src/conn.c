@@ -76,7 +76,10 @@ static int is_closing(const le_conn *c) { return c->state >= LE_CONN_CLOSING; }
 
 static void unlink_conn(le_conn *c) {
   le_conn_ctx *ctx = c->ctx;
-  if (c->prev) c->prev->next = c->next; else ctx->head = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    ctx->head = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
 }
@@ -102,7 +105,8 @@ static void log_summary(le_conn *c) {
   le_logf(c->ctx->log, LE_LOG_INFO,
           "conn %llu %s: ended (%s) after %.3f s; in %llu bytes in %llu "
           "messages, out %llu bytes in %llu messages",
-          (unsigned long long)lc->id, le_lconn_format_peer(lc, peer, sizeof peer),
+          (unsigned long long)lc->id,
+          le_lconn_format_peer(lc, peer, sizeof peer),
           le_end_reason_name((le_end_reason)lc->end_reason),
           (double)(uv_now(c->ctx->loop) - lc->opened_at) / 1000.0,
           (unsigned long long)lc->bytes_in, (unsigned long long)lc->msgs_in,
@@ -117,7 +121,8 @@ static void free_conn(le_conn *c) {
   if (c->lc.opts.conn_summary) log_summary(c);
   add_counts(&ctx->stats, &c->lc);
   ctx->stats.closed++;
-  ctx->stats.ended[c->lc.end_reason <= LE_END_CONNECT_FAILED ? c->lc.end_reason : 0]++;
+  ctx->stats.ended[c->lc.end_reason <= LE_END_CONNECT_FAILED ? c->lc.end_reason
+                                                             : 0]++;
   if (c->origin != NULL) c->origin->open--;
   unlink_conn(c);
   le_lconn_release(&c->lc);
@@ -305,15 +310,17 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
   free(req);
   c->fin = LE_FIN_SENT;
   le_lconn_trace(&c->lc, status == UV_ECANCELED ? "FIN not sent: the socket "
-                                                "was closed first"
+                                                  "was closed first"
                          : status < 0 ? "FIN not sent: the socket failed"
                                       : "FIN sent (our side closed)");
   if (c->state != LE_CONN_DRAINING) return;
   if (c->peer_fin || status < 0) {
     le_conn_close(c);
   } else {
-    le_lconn_trace(&c->lc, "lingering: discarding input until the peer's "
-                   "FIN, for up to %d ms", LE_LINGER_MS);
+    le_lconn_trace(&c->lc,
+                   "lingering: discarding input until the peer's "
+                   "FIN, for up to %d ms",
+                   LE_LINGER_MS);
     start_timer(c, LE_LINGER_MS);
   }
 }
@@ -369,8 +376,7 @@ static void on_timer(uv_timer_t *timer) {
                                ? "closing: queued output not taken in time"
                                : "linger ended without the peer's FIN");
     le_conn_close(c);
-  }
-  else if (c->state == LE_CONN_OPEN)
+  } else if (c->state == LE_CONN_OPEN)
     le_lconn_on_timeout(&c->lc);
 }
 
@@ -401,8 +407,10 @@ static void trace_write(le_lconn *lc, const uv_buf_t *bufs, unsigned nbufs,
   else if ((size_t)n == total)
     le_lconn_trace(lc, "wrote %d bytes", n);
   else
-    le_lconn_trace(lc, "partial write: the kernel took %d of %zu bytes; %zu "
-                   "queued in luaecho", n, total, total - (size_t)n);
+    le_lconn_trace(lc,
+                   "partial write: the kernel took %d of %zu bytes; %zu "
+                   "queued in luaecho",
+                   n, total, total - (size_t)n);
 }
 
 static ssize_t io_try_write(le_lconn *lc, const uv_buf_t *bufs,
@@ -511,9 +519,10 @@ static void io_apply_sockopts(le_lconn *lc) {
 }
 
 static const char *tcp_state_name(unsigned state) {
-  static const char *const names[] = {
-      "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
-      "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"};
+  static const char *const names[] = {"?",         "ESTABLISHED", "SYN_SENT",
+                                      "SYN_RECV",  "FIN_WAIT1",   "FIN_WAIT2",
+                                      "TIME_WAIT", "CLOSE",       "CLOSE_WAIT",
+                                      "LAST_ACK",  "LISTEN",      "CLOSING"};
   return state < sizeof names / sizeof names[0] ? names[state] : "?";
 }
 
@@ -853,8 +862,7 @@ size_t le_conn_ctx_abort_admin(le_conn_ctx *ctx, int why) {
   size_t n = 0;
   for (le_conn *c = ctx->head, *next; c != NULL; c = next) {
     next = c->next;
-    if (c->origin == NULL || !c->origin->admin || !le_conn_is_open(c))
-      continue;
+    if (c->origin == NULL || !c->origin->admin || !le_conn_is_open(c)) continue;
     le_conn_abort(c, why);
     n++;
   }
@@ -892,8 +900,8 @@ int le_conn_ctx_init(le_conn_ctx *ctx, uv_loop_t *loop, lua_State *L,
   uv_timer_start(&ctx->sweep, on_sweep, LE_IDLE_SWEEP_MS, LE_IDLE_SWEEP_MS);
   uv_unref((uv_handle_t *)&ctx->sweep);
   if (ctx->read_buf == NULL) return UV_ENOMEM;
-  int r = le_preempt_start(&ctx->preempt, le_coro_preempt_hook,
-                           LE_PREEMPT_TICK_MS);
+  int r =
+      le_preempt_start(&ctx->preempt, le_coro_preempt_hook, LE_PREEMPT_TICK_MS);
   if (r == 0) ctx->sched.preempt = &ctx->preempt;
   return r;
 }

@@ -16,10 +16,10 @@ static const char sched_key = 0;
 /* The transitions coro.h allows: bit `to` of allowed[from]. */
 static const unsigned allowed[] = {
     [LE_CORO_DEAD] = 1u << LE_CORO_RUNNING,
-    [LE_CORO_RUNNING] = 1u << LE_CORO_WAITING | 1u << LE_CORO_READY |
-                        1u << LE_CORO_DEAD,
-    [LE_CORO_WAITING] = 1u << LE_CORO_RUNNING | 1u << LE_CORO_READY |
-                        1u << LE_CORO_DEAD,
+    [LE_CORO_RUNNING] =
+        1u << LE_CORO_WAITING | 1u << LE_CORO_READY | 1u << LE_CORO_DEAD,
+    [LE_CORO_WAITING] =
+        1u << LE_CORO_RUNNING | 1u << LE_CORO_READY | 1u << LE_CORO_DEAD,
     [LE_CORO_READY] = 1u << LE_CORO_RUNNING | 1u << LE_CORO_DEAD,
 };
 
@@ -33,9 +33,7 @@ static void set_owner(lua_State *co, le_coro *c) {
   *(le_coro **)lua_getextraspace(co) = c;
 }
 
-le_coro *le_coro_of(lua_State *L) {
-  return *(le_coro **)lua_getextraspace(L);
-}
+le_coro *le_coro_of(lua_State *L) { return *(le_coro **)lua_getextraspace(L); }
 
 const char *le_coro_waits_on(const le_coro *c) {
   switch (c->state) {
@@ -71,7 +69,10 @@ void le_coro_list_release(le_coro_list *list) {
 
 static void enqueue(le_coro **head, le_coro **tail, le_coro *c) {
   c->next_ready = NULL;
-  if (*tail) (*tail)->next_ready = c; else *head = c;
+  if (*tail)
+    (*tail)->next_ready = c;
+  else
+    *head = c;
   *tail = c;
 }
 
@@ -79,7 +80,10 @@ static int dequeue_from(le_coro **head, le_coro **tail, le_coro *c) {
   le_coro *prev = NULL;
   for (le_coro *p = *head; p != NULL; prev = p, p = p->next_ready) {
     if (p != c) continue;
-    if (prev) prev->next_ready = c->next_ready; else *head = c->next_ready;
+    if (prev)
+      prev->next_ready = c->next_ready;
+    else
+      *head = c->next_ready;
     if (*tail == c) *tail = prev;
     c->next_ready = NULL;
     return 1;
@@ -152,11 +156,14 @@ static const char *plain_message(le_coro *c, int status, char *buf,
   lua_State *co = c->co;
   if (c->over_limit) {
     uint64_t limit = c->sched->cpu_limit_ms ? c->sched->cpu_limit_ms(c) : 0;
-    snprintf(buf, len, "%s cpu_limit exceeded: computed for %.1f s without "
-             "waiting (cpu_limit = %g s)", c->sched->stop_where,
-             (double)c->cpu_ns / 1e9, (double)limit / 1000.0);
+    snprintf(buf, len,
+             "%s cpu_limit exceeded: computed for %.1f s without "
+             "waiting (cpu_limit = %g s)",
+             c->sched->stop_where, (double)c->cpu_ns / 1e9,
+             (double)limit / 1000.0);
   } else if (status == LUA_YIELD) {
-    snprintf(buf, len, "the handler yielded without waiting on luaecho "
+    snprintf(buf, len,
+             "the handler yielded without waiting on luaecho "
              "(a bare coroutine.yield() in a handler is not supported)");
   } else if (lua_type(co, -1) == LUA_TSTRING) {
     return lua_tostring(co, -1);
@@ -283,8 +290,9 @@ static int after_wait(lua_State *L, int status, lua_KContext kctx) {
   c->wait_obj = NULL;
   if (foreign) {
     c->state = LE_CORO_RUNNING;
-    return luaL_error(L, "a luaecho coroutine was resumed by other code; "
-                         "only luaecho may resume it");
+    return luaL_error(L,
+                      "a luaecho coroutine was resumed by other code; "
+                      "only luaecho may resume it");
   }
   return c->k(L, status, c->kctx);
 }
@@ -343,8 +351,10 @@ void le_coro_release(le_coro *c) {
 int le_coro_sched_run(le_coro_sched *s) {
   /* Those preempted on the last turn go behind everything woken since. */
   if (s->later != NULL) {
-    if (s->ready_tail) s->ready_tail->next_ready = s->later;
-    else s->ready = s->later;
+    if (s->ready_tail)
+      s->ready_tail->next_ready = s->later;
+    else
+      s->ready = s->later;
     s->ready_tail = s->later_tail;
     s->later = s->later_tail = NULL;
   }
@@ -391,9 +401,9 @@ static int charge(le_coro_sched *s, le_coro *c, uint64_t since_ns) {
 /* The thread the watchdog sees running: c's own, or one that
  * resume_watched runs. */
 static lua_State *watched_thread(le_coro_sched *s) {
-  return s->preempt == NULL ? NULL
-                            : atomic_load_explicit(&s->preempt->running,
-                                                   memory_order_relaxed);
+  return s->preempt == NULL
+             ? NULL
+             : atomic_load_explicit(&s->preempt->running, memory_order_relaxed);
 }
 
 /* Installed by the watchdog's signal on the thread that has run for a
@@ -528,8 +538,8 @@ static int guard_resume(lua_State *L) {
   luaL_argexpected(L, co != NULL, 1, "coroutine");
   if (le_coro_of(co) != NULL) {
     lua_pushboolean(L, 0);
-    lua_pushliteral(L, "cannot resume a " LUAECHO_CORO_MSG
-                       ": only luaecho resumes it");
+    lua_pushliteral(
+        L, "cannot resume a " LUAECHO_CORO_MSG ": only luaecho resumes it");
     return 2;
   }
   return resume_watched(L, AS_RESUME);
@@ -555,7 +565,6 @@ static int guard_wrap(lua_State *L) {
   lua_pushcclosure(L, wrap_call, 3);
   return 1;
 }
-
 
 /* Lua's auxiliary library makes the metatable of its buffer boxes
  * ("_UBOX*") the first time a buffer outgrows LUAL_BUFFERSIZE, in two

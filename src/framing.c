@@ -4,9 +4,8 @@
 #include <stdint.h>
 #include <string.h>
 
-static le_frame_status decode_length(size_t hlen, size_t max,
-                                     const char *data, size_t n,
-                                     le_frame *out) {
+static le_frame_status decode_length(size_t hlen, size_t max, const char *data,
+                                     size_t n, le_frame *out) {
   if (n < hlen) return LE_FRAME_MORE;
   uint64_t len = 0;
   for (size_t i = 0; i < hlen; i++) len = (len << 8) | (unsigned char)data[i];
@@ -40,10 +39,8 @@ le_frame_status le_frame_decode(le_packet mode, size_t max, const char *data,
   switch (mode) {
   case LE_PACKET_1:
   case LE_PACKET_2:
-  case LE_PACKET_4:
-    return decode_length((size_t)mode, max, data, n, out);
-  case LE_PACKET_LINE:
-    return decode_line(max, data, n, scanned, out);
+  case LE_PACKET_4: return decode_length((size_t)mode, max, data, n, out);
+  case LE_PACKET_LINE: return decode_line(max, data, n, scanned, out);
   case LE_PACKET_RAW:
   default:
     if (n == 0) return LE_FRAME_MORE;
@@ -71,9 +68,12 @@ int le_packet_parse(const char *text, long number, le_packet *out) {
     *out = (le_packet)number;
     return 0;
   }
-  if (strcmp(text, "raw") == 0) *out = LE_PACKET_RAW;
-  else if (strcmp(text, "line") == 0) *out = LE_PACKET_LINE;
-  else return -1;
+  if (strcmp(text, "raw") == 0)
+    *out = LE_PACKET_RAW;
+  else if (strcmp(text, "line") == 0)
+    *out = LE_PACKET_LINE;
+  else
+    return -1;
   return 0;
 }
 

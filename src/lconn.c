@@ -41,8 +41,7 @@ char *le_lconn_errname(int err, char *out, size_t len) {
   else /* the _r form: uv_err_name leaks a string for unknown codes */
     uv_err_name_r(err, out, len);
   /* libuv says "ECONNRESET"; Lua code sees the lower-case form. */
-  for (size_t i = 0; out[i]; i++)
-    out[i] = (char)tolower((unsigned char)out[i]);
+  for (size_t i = 0; out[i]; i++) out[i] = (char)tolower((unsigned char)out[i]);
   return out;
 }
 
@@ -109,7 +108,8 @@ void le_lconn_note_end(le_lconn *lc, le_end_reason why) {
 static le_end_reason reason_of(int err) {
   switch (err) {
   case UV_EOF: return LE_END_PEER_FIN;
-  case UV_ECONNRESET: case UV_EPIPE: return LE_END_RESET;
+  case UV_ECONNRESET:
+  case UV_EPIPE: return LE_END_RESET;
   case LE_EIDLE: return LE_END_IDLE;
   case LE_ESHUTDOWN: return LE_END_SHUTDOWN;
   case LE_EKILLED: return LE_END_KILLED;
@@ -195,8 +195,7 @@ typedef struct input {
 } input;
 
 static input current_input(const le_lconn *lc) {
-  if (lc->direct_len > 0)
-    return (input){lc->direct, lc->direct_len, 1};
+  if (lc->direct_len > 0) return (input){lc->direct, lc->direct_len, 1};
   return (input){le_buf_peek(&lc->in), le_buf_size(&lc->in), 0};
 }
 
@@ -252,8 +251,8 @@ static le_frame_status next_message(le_lconn *lc, const char *data, size_t n,
 
 /* Looks for the next message; line mode remembers how far the buffer is
  * known to hold no newline. */
-static le_frame_status find_message(le_lconn *lc, const input *in,
-                                    size_t want, le_frame *f) {
+static le_frame_status find_message(le_lconn *lc, const input *in, size_t want,
+                                    le_frame *f) {
   size_t scanned = in->direct ? 0 : lc->scanned;
   le_frame_status st = next_message(lc, in->data, in->len, want, &scanned, f);
   if (!in->direct) lc->scanned = (uint32_t)scanned; /* <= packet_size */
@@ -272,8 +271,10 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
      * failed recv it returns a partial result, "" here since nothing was
      * consumed (docs/api.md: partial is always a string). */
     if (!le_mem_fits(L, f.len)) {
-      le_lconn_trace(lc, "recv returned nil, \"enomem\": %zu bytes do not "
-                     "fit under max_memory", f.len);
+      le_lconn_trace(lc,
+                     "recv returned nil, \"enomem\": %zu bytes do not "
+                     "fit under max_memory",
+                     f.len);
       le_lconn_push_error(L, UV_ENOMEM);
       lua_pushliteral(L, "");
       return 3;
@@ -281,10 +282,10 @@ static int push_recv(lua_State *L, le_lconn *lc, size_t want) {
     lua_pushlstring(L, in.data + f.off, f.len);
     consume(lc, &in, f.used);
     lc->msgs_in++;
-    le_lconn_trace(lc, "recv returned %zu bytes (%s%s)", f.len,
-                   framed(lc) && lc->opts.packet != LE_PACKET_LINE ? "packet "
-                                                                   : "",
-                   le_packet_name(lc->opts.packet));
+    le_lconn_trace(
+        lc, "recv returned %zu bytes (%s%s)", f.len,
+        framed(lc) && lc->opts.packet != LE_PACKET_LINE ? "packet " : "",
+        le_packet_name(lc->opts.packet));
     return 1;
   }
   if (st == LE_FRAME_TOOBIG) {
@@ -435,8 +436,8 @@ static uint64_t deadline_after(le_lconn *lc, double seconds) {
  * call gets nil, `later` (set before anyone is woken), so a loop that
  * retries on "timeout" cannot spin. The socket closes at once. */
 static void end_with(le_lconn *lc, int read_err, int write_err, int later) {
-  le_lconn_note_end(lc, write_err == LE_TIMEOUT ? LE_END_SEND_TIMEOUT
-                                                : reason_of(later));
+  le_lconn_note_end(
+      lc, write_err == LE_TIMEOUT ? LE_END_SEND_TIMEOUT : reason_of(later));
   if (lc->state == LE_LCONN_OPEN) set_state(lc, LE_LCONN_ENDED);
   end_input(lc, later);
   end_output(lc, later);
@@ -497,8 +498,10 @@ le__conn_ud *le__lconn_to_ud(lua_State *L) {
    * library; the cookie, which only luaecho writes, cannot. A type error
    * would read "luaecho.conn expected, got luaecho.conn" here. */
   if (lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
-    luaL_argerror(L, 1, LE_LCONN_METATABLE " expected, got another userdata "
-                        "with its metatable");
+    luaL_argerror(L, 1,
+                  LE_LCONN_METATABLE
+                  " expected, got another userdata "
+                  "with its metatable");
   return ud;
 }
 
@@ -562,7 +565,8 @@ static void cancel_reader(le_coro *c, void *obj) {
   le__lconn_rearm(lc);
 }
 
-static const le_wait_ops recv_ops = {"conn:recv", arm_reader, cancel_reader, NULL};
+static const le_wait_ops recv_ops = {"conn:recv", arm_reader, cancel_reader,
+                                     NULL};
 
 static int recv_k(lua_State *L, int status, lua_KContext kctx);
 
@@ -661,7 +665,8 @@ static void cancel_writer(le_coro *c, void *obj) {
   le__lconn_rearm(lc);
 }
 
-static const le_wait_ops send_ops = {"conn:send", arm_writer, cancel_writer, NULL};
+static const le_wait_ops send_ops = {"conn:send", arm_writer, cancel_writer,
+                                     NULL};
 
 /* After the wait for queued output to drain. */
 static int send_k(lua_State *L, int status, lua_KContext kctx) {
@@ -714,8 +719,8 @@ static int conn_send(lua_State *L) {
  * and the socket closes (after flushing, unless `abort`). */
 static void close_by_handler(le_lconn *lc, int how) {
   if (lc->state != LE_LCONN_CLOSED) set_state(lc, LE_LCONN_CLOSED);
-  le_lconn_note_end(lc, how == LE_CLOSE_RESET ? LE_END_RESET_SENT
-                                              : LE_END_CLOSED);
+  le_lconn_note_end(lc,
+                    how == LE_CLOSE_RESET ? LE_END_RESET_SENT : LE_END_CLOSED);
   end_input(lc, UV_ECANCELED);
   end_output(lc, UV_ECANCELED);
   wake_reader(lc);
@@ -769,15 +774,12 @@ static int conn_shutdown(lua_State *L) {
 }
 
 const luaL_Reg le__lconn_io_methods[] = {
-    {"recv", conn_recv},   {"send", conn_send},
-    {"close", conn_close}, {"shutdown", conn_shutdown},
-    {"reset", conn_reset},
-    {NULL, NULL}};
+    {"recv", conn_recv},         {"send", conn_send},   {"close", conn_close},
+    {"shutdown", conn_shutdown}, {"reset", conn_reset}, {NULL, NULL}};
 
 /* ---- lifetime ---- */
 
-#define LCONN_OF_CORO(c) \
-  ((le_lconn *)((char *)(c) - offsetof(le_lconn, coro)))
+#define LCONN_OF_CORO(c) ((le_lconn *)((char *)(c)-offsetof(le_lconn, coro)))
 
 /* Ends what the handler's coroutines started: spawned coroutines and
  * outbound connections go with it. */
@@ -810,8 +812,7 @@ static void on_handler_done(le_coro *c, lua_State *co, int nres,
     le_lconn_format_peer(lc, peer, sizeof peer);
     le_logf(lc->log, LE_LOG_ERROR, "conn %llu %s: handler error: %s",
             (unsigned long long)lc->id, peer, error);
-    le_lconn_trace(lc, "handler error: %.*s", (int)strcspn(error, "\n"),
-                   error);
+    le_lconn_trace(lc, "handler error: %.*s", (int)strcspn(error, "\n"), error);
     le_lconn_note_end(lc, LE_END_HANDLER_ERROR);
   } else {
     le_lconn_trace(lc, "handler returned");
@@ -917,8 +918,10 @@ void le_lconn_adopt(le_lconn *lc, lua_State *L) {
 void le_lconn_orphan(le_lconn *lc) {
   le_lconn *parent = lc->parent;
   if (parent == NULL) return;
-  if (lc->prev_child) lc->prev_child->next_child = lc->next_child;
-  else parent->children = lc->next_child;
+  if (lc->prev_child)
+    lc->prev_child->next_child = lc->next_child;
+  else
+    parent->children = lc->next_child;
   if (lc->next_child) lc->next_child->prev_child = lc->prev_child;
   lc->parent = lc->next_child = lc->prev_child = NULL;
 }

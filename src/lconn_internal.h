@@ -40,6 +40,4 @@ void le__lconn_wake_writer(le_lconn *lc);
 void le__lconn_rearm(le_lconn *lc);
 void le__lconn_push_errname(lua_State *L, int err);
 
-
-
 #endif

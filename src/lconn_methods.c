@@ -18,13 +18,11 @@ void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa) {
     lc->peer.in = *(const struct sockaddr_in *)sa;
 }
 
-void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen,
-                   int *port) {
+void le_lconn_peer(le_lconn *lc, char *host, size_t hostlen, int *port) {
   *port = -1;
   host[0] = '\0';
   if (lc->peer.sa.sa_family == AF_INET || lc->peer.sa.sa_family == AF_INET6)
-    le_addr_split_sockaddr(&lc->peer.sa, sizeof lc->peer, host, hostlen,
-                           port);
+    le_addr_split_sockaddr(&lc->peer.sa, sizeof lc->peer, host, hostlen, port);
   else if (lc->io->peer_path != NULL)
     lc->io->peer_path(lc, host, hostlen);
 }
@@ -234,11 +232,13 @@ static int conn_stats(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg info_methods[] = {
-    {"trace", conn_trace}, {"stats", conn_stats},
-    {"peername", conn_peername}, {"sockname", conn_sockname},
-    {"setopts", conn_setopts},   {"getopts", conn_getopts},
-    {NULL, NULL}};
+static const luaL_Reg info_methods[] = {{"trace", conn_trace},
+                                        {"stats", conn_stats},
+                                        {"peername", conn_peername},
+                                        {"sockname", conn_sockname},
+                                        {"setopts", conn_setopts},
+                                        {"getopts", conn_getopts},
+                                        {NULL, NULL}};
 
 /* Sets mt[name] = fn with the metatable (on top) as its upvalue. */
 static void set_metamethod(lua_State *L, const char *name, lua_CFunction fn) {

@@ -15,21 +15,21 @@
 #define DEFAULT_CONNECT_TIMEOUT 10.0
 
 typedef struct connect_req {
-  uv_getaddrinfo_t gai;  /* name resolution, for host names */
+  uv_getaddrinfo_t gai; /* name resolution, for host names */
   le_conn_ctx *ctx;
-  le_coro *c;            /* the waiting coroutine, NULL once it is gone */
-  le_conn *conn;         /* the connection, once connecting */
+  le_coro *c;    /* the waiting coroutine, NULL once it is gone */
+  le_conn *conn; /* the connection, once connecting */
   le_opts opts;
   uint64_t timeout_ms;
   int port;
-  int status;            /* the outcome, for the continuation */
-  int resolving;         /* libuv holds gai until on_resolved */
+  int status;    /* the outcome, for the continuation */
+  int resolving; /* libuv holds gai until on_resolved */
 } connect_req;
 
 /* What luaecho.connect asks for, handed to arm_connect. */
 typedef struct connect_args {
-  const char *host;      /* NULL for a unix socket */
-  const char *path;      /* the unix socket's path */
+  const char *host; /* NULL for a unix socket */
+  const char *path; /* the unix socket's path */
   int port;
 } connect_args;
 
@@ -82,8 +82,8 @@ static int start_resolve(connect_req *r, const char *host) {
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   r->gai.data = r;
-  int err = uv_getaddrinfo(r->ctx->loop, &r->gai, on_resolved, host, NULL,
-                           &hints);
+  int err =
+      uv_getaddrinfo(r->ctx->loop, &r->gai, on_resolved, host, NULL, &hints);
   r->resolving = err == 0;
   return err;
 }
@@ -94,8 +94,7 @@ static int arm_connect(le_coro *c, void *obj, const void *arg) {
   struct sockaddr_storage ss;
   r->c = c;
   r->port = a->port;
-  if (a->host == NULL)
-    return start_connect(r, NULL, a->path);
+  if (a->host == NULL) return start_connect(r, NULL, a->path);
   if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)&ss) == 0 ||
       uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)&ss) == 0)
     return start_connect(r, (struct sockaddr *)&ss, NULL);
@@ -159,8 +158,9 @@ static void read_connect_opts(lua_State *L, int idx, connect_req *r,
       if (strcmp(name, "timeout") == 0) {
         timeout = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
         if (!(timeout > 0))
-          luaL_error(L, "luaecho.connect: option 'timeout': expected a "
-                        "number of seconds > 0");
+          luaL_error(L,
+                     "luaecho.connect: option 'timeout': expected a "
+                     "number of seconds > 0");
       } else {
         le_opt_status st = le_opts_set(&r->opts, name, L, -1, why, sizeof why);
         if (st == LE_OPT_UNKNOWN)

@@ -19,10 +19,10 @@
 
 /* The trace events of one subscribed connection. */
 typedef struct tap {
-  uint64_t id;          /* the connection */
-  int subs;             /* subscriptions open on it */
-  int was_traced;       /* its trace option before the first one */
-  uint64_t seq;         /* events recorded; event k is in slot k % RING */
+  uint64_t id;    /* the connection */
+  int subs;       /* subscriptions open on it */
+  int was_traced; /* its trace option before the first one */
+  uint64_t seq;   /* events recorded; event k is in slot k % RING */
   uint64_t us[LE_INSPECT_RING];
   char *event[LE_INSPECT_RING];
   struct tap *next;
@@ -73,7 +73,8 @@ static void set_local(lua_State *L, le_lconn *lc) {
   char host[LE_ADDR_HOST_MAX], text[LE_ADDR_TEXT_MAX];
   int port;
   if (lc->io->sockname(lc, host, sizeof host, &port) == 0)
-    set_str(L, "local", le_addr_format_host_port(host, port, text, sizeof text));
+    set_str(L, "local",
+            le_addr_format_host_port(host, port, text, sizeof text));
   else
     set_str(L, "local", "?");
 }
@@ -357,9 +358,10 @@ static const luaL_Reg sub_methods[] = {
     {"events", sub_events}, {"close", sub_close}, {NULL, NULL}};
 
 static const luaL_Reg module_fns[] = {
-    {"conns", l_conns},   {"conn", l_conn},         {"trace", l_trace},
-    {"kill", l_kill},     {"listeners", l_listeners},
-    {"reload", l_reload}, {"subscribe", l_subscribe}, {NULL, NULL}};
+    {"conns", l_conns},         {"conn", l_conn},
+    {"trace", l_trace},         {"kill", l_kill},
+    {"listeners", l_listeners}, {"reload", l_reload},
+    {"subscribe", l_subscribe}, {NULL, NULL}};
 
 static int open_module(lua_State *L) {
   luaL_newlibtable(L, module_fns);

@@ -14,8 +14,10 @@ le_conn_ctx *le__lmodule_ctx(lua_State *L) {
 le_coro *le__lmodule_current(lua_State *L, const char *fn) {
   le_coro *c = le_coro_of(L);
   if (c == NULL)
-    luaL_error(L, "%s must be called from a connection's handler or a "
-                  "coroutine it spawned", fn);
+    luaL_error(L,
+               "%s must be called from a connection's handler or a "
+               "coroutine it spawned",
+               fn);
   return c;
 }
 
@@ -28,8 +30,7 @@ static int l_now(lua_State *L) {
 /* luaecho.log(level, ...): one log record; the arguments are joined with
  * spaces, and a connection's coroutine gets "conn ID: " in front. */
 static int l_log(lua_State *L) {
-  static const char *const levels[] = {"debug", "info", "warn", "error",
-                                       NULL};
+  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
   int level = luaL_checkoption(L, 1, NULL, levels);
   int n = lua_gettop(L);
   luaL_Buffer b;
@@ -107,7 +108,8 @@ static int l_stats(lua_State *L) {
   set_count(L, "reloads", st.reloads);
   set_count(L, "reloads_rejected", st.reloads_rejected);
   le_mem *mem = le_mem_of(L);
-  set_count(L, "lua_memory", mem ? mem->used : (uint64_t)lua_gc(L, LUA_GCCOUNT) * 1024);
+  set_count(L, "lua_memory",
+            mem ? mem->used : (uint64_t)lua_gc(L, LUA_GCCOUNT) * 1024);
   set_count(L, "lua_memory_limit", mem ? mem->limit : 0);
   set_count(L, "trace_dropped", ctx->trace ? le_trace_dropped(ctx->trace) : 0);
   lua_createtable(L, 0, LE_END_CONNECT_FAILED);
@@ -117,16 +119,15 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg module_fns[] = {
-    {"stats", l_stats},
-    {"connect", le__lmodule_connect},
-    {"spawn", le__lmodule_spawn},
-    {"sleep", le__lmodule_sleep},
-    {"now", l_now},
-    {"log", l_log},
-    {"latest", l_latest},
-    {"version", l_version},
-    {NULL, NULL}};
+static const luaL_Reg module_fns[] = {{"stats", l_stats},
+                                      {"connect", le__lmodule_connect},
+                                      {"spawn", le__lmodule_spawn},
+                                      {"sleep", le__lmodule_sleep},
+                                      {"now", l_now},
+                                      {"log", l_log},
+                                      {"latest", l_latest},
+                                      {"version", l_version},
+                                      {NULL, NULL}};
 
 static int open_module(lua_State *L) {
   luaL_newlibtable(L, module_fns);

@@ -16,9 +16,7 @@ int le_log_enabled(const le_log *log, le_log_level level) {
   return log != NULL && level >= log->level;
 }
 
-const char *le_log_level_name(le_log_level level) {
-  return level_names[level];
-}
+const char *le_log_level_name(le_log_level level) { return level_names[level]; }
 
 int le_log_level_parse(const char *name, le_log_level *out) {
   for (int i = 0; i <= LE_LOG_ERROR; i++) {

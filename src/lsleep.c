@@ -54,8 +54,7 @@ static int sleep_k(lua_State *L, int status, lua_KContext kctx) {
 /* luaecho.sleep(seconds): suspends only the calling coroutine. */
 int le__lmodule_sleep(lua_State *L) {
   double seconds = (double)luaL_checknumber(L, 1);
-  luaL_argcheck(L, seconds >= 0 && !isnan(seconds), 1,
-                "seconds must be >= 0");
+  luaL_argcheck(L, seconds >= 0 && !isnan(seconds), 1, "seconds must be >= 0");
   le__lmodule_current(L, "luaecho.sleep");
   uint64_t ms = le_opts_ms(seconds);
   return le_coro_wait(L, &sleep_ops, le__lmodule_ctx(L), &ms, sleep_k, 0);

@@ -15,12 +15,12 @@ typedef enum { TASK_RUNNING, TASK_DONE, TASK_FAILED, TASK_KILLED } task_state;
 
 typedef struct task {
   le_coro coro;
-  const void *cookie;  /* &task_cookie: tells a task from a forged handle */
+  const void *cookie; /* &task_cookie: tells a task from a forged handle */
   task_state state;
-  int self_ref;        /* keeps the handle alive while running */
-  int results_ref;     /* results table, or the error message, or none
-                        * when there was no memory to keep them */
-  le_coro *joiner;     /* coroutine waiting in join, or NULL */
+  int self_ref;    /* keeps the handle alive while running */
+  int results_ref; /* results table, or the error message, or none
+                    * when there was no memory to keep them */
+  le_coro *joiner; /* coroutine waiting in join, or NULL */
 } task;
 
 static const char task_cookie = 0;
@@ -35,8 +35,10 @@ static task *task_of(le_coro *c) {
 static task *check_task(lua_State *L) {
   task *t = luaL_checkudata(L, 1, TASK_METATABLE);
   if (lua_rawlen(L, 1) != sizeof *t || t->cookie != &task_cookie)
-    luaL_argerror(L, 1, TASK_METATABLE " expected, got another userdata "
-                        "with its metatable");
+    luaL_argerror(L, 1,
+                  TASK_METATABLE
+                  " expected, got another userdata "
+                  "with its metatable");
   return t;
 }
 
@@ -46,8 +48,10 @@ static int push_outcome(lua_State *L, task *t) {
   if (t->state == TASK_KILLED) return le_lconn_push_error(L, UV_ECANCELED);
   if (t->state == TASK_FAILED) {
     lua_pushnil(L);
-    if (t->results_ref == LUA_NOREF) lua_pushliteral(L, "not enough memory");
-    else lua_rawgeti(L, LUA_REGISTRYINDEX, t->results_ref);
+    if (t->results_ref == LUA_NOREF)
+      lua_pushliteral(L, "not enough memory");
+    else
+      lua_rawgeti(L, LUA_REGISTRYINDEX, t->results_ref);
     return 2;
   }
   if (t->results_ref == LUA_NOREF) {
@@ -88,8 +92,7 @@ static int keep_outcome(lua_State *L) {
 
 /* The task returned or raised (a le_coro_done_cb: Lua allocations only
  * inside the protected call). */
-static void task_done(le_coro *c, lua_State *co, int nres,
-                      const char *error) {
+static void task_done(le_coro *c, lua_State *co, int nres, const char *error) {
   task *t = task_of(c);
   lua_State *L = c->L;
   if (error != NULL) {
@@ -134,8 +137,7 @@ static void cancel_join(le_coro *c, void *obj) {
   if (t->joiner == c) t->joiner = NULL;
 }
 
-static const le_wait_ops join_ops = {"task:join", arm_join, cancel_join,
-                                     NULL};
+static const le_wait_ops join_ops = {"task:join", arm_join, cancel_join, NULL};
 
 static int join_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;

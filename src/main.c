@@ -42,7 +42,8 @@ static const char usage_text[] =
     "  --version          print the version and exit\n"
     "  --help             print this help and exit\n"
     "\n"
-    "Example handlers: " LE_DATADIR "/examples\n"
+    "Example handlers: " LE_DATADIR
+    "/examples\n"
     "Documentation: man luaecho, " LE_DOCDIR "\n";
 
 typedef struct options {
@@ -53,12 +54,12 @@ typedef struct options {
   const char *log_level;
   le_log_level level; /* log_level parsed */
   int check;
-  int trace;          /* --trace: every connection is traced */
-  const char *connect; /* --connect: client mode, to this address */
-  const char *nclients; /* -c N */
+  int trace;                      /* --trace: every connection is traced */
+  const char *connect;            /* --connect: client mode, to this address */
+  const char *nclients;           /* -c N */
   const char *const *client_args; /* after the client script */
   int nclient_args;
-  int sandbox;        /* the sandbox setting the server started with */
+  int sandbox; /* the sandbox setting the server started with */
 } options;
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -71,8 +72,8 @@ static int usage_error(const char *fmt, const char *arg) {
 /* Returns the value of an option given as "--name VALUE" or "--name=VALUE",
  * advancing *i past it, or NULL when argv[*i] is not that option. Sets
  * *missing when the option is there without a value. */
-static const char *option_value(char **argv, int argc, int *i,
-                                const char *name, int *missing) {
+static const char *option_value(char **argv, int argc, int *i, const char *name,
+                                int *missing) {
   size_t n = strlen(name);
   if (strncmp(argv[*i], name, n) != 0) return NULL;
   if (argv[*i][n] == '=') return argv[*i] + n + 1;
@@ -88,8 +89,7 @@ static const char *option_value(char **argv, int argc, int *i,
 static size_t client_count(const char *text) {
   char *end;
   long n = strtol(text, &end, 10);
-  return *text != '\0' && *end == '\0' && n >= 1 && n <= 100000 ? (size_t)n
-                                                               : 0;
+  return *text != '\0' && *end == '\0' && n >= 1 && n <= 100000 ? (size_t)n : 0;
 }
 
 /* Parses argv into o. Returns -1 to go on, or an exit status. */
@@ -104,13 +104,20 @@ static int parse_args(int argc, char **argv, options *o) {
     for (; k < 5 && !v && !missing; k++)
       v = option_value(argv, argc, &i, valued[k], &missing);
     if (missing) return usage_error("option '%s' requires a value", a);
-    if (v && k == 1) o->listen[o->nlisten++] = v;
-    else if (v && k == 2) o->handler = v;
-    else if (v && k == 3) o->log_level = v;
-    else if (v && k == 4) o->connect = v;
-    else if (v) o->nclients = v;
-    else if (strcmp(a, "--check") == 0) o->check = 1;
-    else if (strcmp(a, "--trace") == 0) o->trace = 1;
+    if (v && k == 1)
+      o->listen[o->nlisten++] = v;
+    else if (v && k == 2)
+      o->handler = v;
+    else if (v && k == 3)
+      o->log_level = v;
+    else if (v && k == 4)
+      o->connect = v;
+    else if (v)
+      o->nclients = v;
+    else if (strcmp(a, "--check") == 0)
+      o->check = 1;
+    else if (strcmp(a, "--trace") == 0)
+      o->trace = 1;
     else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       fputs(usage_text, stdout);
       return 0;
@@ -132,8 +139,9 @@ static int parse_args(int argc, char **argv, options *o) {
       o->config = a;
   }
   if (o->connect != NULL && o->config == NULL)
-    return usage_error("%s", "--connect needs a client script: luaecho "
-                             "--connect ADDR client.lua [args...]");
+    return usage_error("%s",
+                       "--connect needs a client script: luaecho "
+                       "--connect ADDR client.lua [args...]");
   if (o->nclients != NULL && o->connect == NULL)
     return usage_error("%s", "-c goes with --connect");
   if (o->nclients != NULL && client_count(o->nclients) == 0)
@@ -180,8 +188,7 @@ static int configure(const options *o, le_config *cfg, char *err,
 /* le_config_loader for SIGHUP: the same file and options as at start. The
  * handlers' Lua state is made once, sandboxed or not, so a config that
  * changes `sandbox` cannot be applied while the server runs. */
-static int reload_config(void *arg, le_config *cfg, char *err,
-                         size_t errlen) {
+static int reload_config(void *arg, le_config *cfg, char *err, size_t errlen) {
   const options *o = arg;
   if (configure(o, cfg, err, errlen) != 0) return -1;
   if (cfg->sandbox == o->sandbox) return 0;
@@ -213,8 +220,7 @@ static int serve(le_config *cfg, options *o) {
       (o->connect != NULL
            ? le_server_connect(&server, o->connect, o->config,
                                o->nclients ? client_count(o->nclients) : 1,
-                               o->client_args, o->nclient_args, err,
-                               sizeof err)
+                               o->client_args, o->nclient_args, err, sizeof err)
            : le_server_listen(&server, err, sizeof err)) == 0) {
     server.reload_config = reload_config;
     server.reload_arg = o;
@@ -243,7 +249,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "luaecho: %s\n", cfg ? err : "out of memory");
     status = EXIT_CONFIG;
   } else if (o.check) {
-    status = le_server_check(cfg, stdout, err, sizeof err) == 0 ? 0 : EXIT_CONFIG;
+    status =
+        le_server_check(cfg, stdout, err, sizeof err) == 0 ? 0 : EXIT_CONFIG;
     if (status != 0) fprintf(stderr, "luaecho: %s\n", err);
   } else {
     o.sandbox = cfg->sandbox;

@@ -8,7 +8,7 @@
 
 /* Expands to offsetof(le_opts, f), and fails to compile unless field f has
  * type T: a row's kind and its field cannot disagree. */
-#define FIELD(T, f) _Generic(((le_opts *)0)->f, T: offsetof(le_opts, f))
+#define FIELD(T, f) _Generic(((le_opts *)0)->f, T : offsetof(le_opts, f))
 
 /* The kind and field of a row, checked together. */
 #define PACKET_AT(f) .kind = LE_OPTK_PACKET, .offset = FIELD(uint8_t, f)
@@ -22,88 +22,137 @@
  * `meaning` are that table's columns word for word (tests/test_opts.c
  * compares them, and the defaults, with it and with docs/api.md). */
 static const le_opt_def table[] = {
-    {.name = "packet", PACKET_AT(packet), .def = LE_PACKET_RAW,
+    {.name = "packet",
+     PACKET_AT(packet),
+     .def = LE_PACKET_RAW,
      .type = "`\"raw\"` (or `0`), `1`, `2`, `4`, `\"line\"`",
      .meaning = "framing: `\"raw\"` bytes as they come; `1`, `2`, `4` a "
                 "big-endian length header of that many bytes before each "
                 "message; `\"line\"` one line per `recv`, ending with "
                 "`\"\\n\"`"},
-    {.name = "packet_size", SIZE_AT(packet_size), .min = 1,
-     .max = LE_MAX_SIZE_OPT, .def = 1024 * 1024,
+    {.name = "packet_size",
+     SIZE_AT(packet_size),
+     .min = 1,
+     .max = LE_MAX_SIZE_OPT,
+     .def = 1024 * 1024,
      .type = "integer 1..1073741824",
      .meaning = "the largest message `recv` accepts in framed modes "
                 "(payload for 1/2/4, the line with its `\"\\n\"`); a longer "
                 "one ends the input with `\"emsgsize\"`"},
-    {.name = "recv_buffer", SIZE_AT(recv_buffer), .min = 1,
-     .max = LE_MAX_SIZE_OPT, .def = 256 * 1024,
+    {.name = "recv_buffer",
+     SIZE_AT(recv_buffer),
+     .min = 1,
+     .max = LE_MAX_SIZE_OPT,
+     .def = 256 * 1024,
      .type = "integer 1..1073741824",
      .meaning = "input buffered for a handler that is not in `recv`; then "
                 "reading pauses and TCP pushes back on the client"},
-    {.name = "send_buffer", SIZE_AT(send_buffer), .min = 1,
-     .max = LE_MAX_SIZE_OPT, .def = 256 * 1024,
+    {.name = "send_buffer",
+     SIZE_AT(send_buffer),
+     .min = 1,
+     .max = LE_MAX_SIZE_OPT,
+     .def = 256 * 1024,
      .type = "integer 1..1073741824",
      .meaning = "queued output above which `send` waits until the client "
                 "reads"},
-    {.name = "recv_timeout", SECONDS_AT(recv_timeout), .def = -1,
+    {.name = "recv_timeout",
+     SECONDS_AT(recv_timeout),
+     .def = -1,
      .type = "seconds > 0, or `false`",
      .meaning = "how long a `recv` called without a timeout waits before it "
                 "returns `nil, \"timeout\"`"},
-    {.name = "send_timeout", SECONDS_AT(send_timeout), .def = 60,
+    {.name = "send_timeout",
+     SECONDS_AT(send_timeout),
+     .def = 60,
      .type = "seconds > 0, or `false`",
      .meaning = "how long a `send` may wait for the client to read before it "
                 "returns `nil, \"timeout\"`; also the flush deadline at close "
                 "(below)"},
-    {.name = "send_timeout_close", BOOL_AT(send_timeout_close), .def = 1,
+    {.name = "send_timeout_close",
+     BOOL_AT(send_timeout_close),
+     .def = 1,
      .type = "boolean",
      .meaning = "after a send timeout, close the connection (`true`) or "
                 "leave it open with the data still queued (`false`)"},
-    {.name = "idle_timeout", SECONDS_AT(idle_timeout), .def = 300,
+    {.name = "idle_timeout",
+     SECONDS_AT(idle_timeout),
+     .def = 300,
      .type = "seconds > 0, or `false`",
      .meaning = "close a connection that moved no bytes either way for this "
                 "long"},
-    {.name = "nodelay", BOOL_AT(nodelay), .def = 1, .flags = LE_OPTF_SOCKET,
+    {.name = "nodelay",
+     BOOL_AT(nodelay),
+     .def = 1,
+     .flags = LE_OPTF_SOCKET,
      .type = "boolean",
      .meaning = "`TCP_NODELAY`: small writes go out at once instead of "
                 "waiting for Nagle's algorithm"},
-    {.name = "keepalive", DELAY_AT(keepalive), .min = 1, .max = 86400,
-     .def = 0, .on = 60, .flags = LE_OPTF_SOCKET,
+    {.name = "keepalive",
+     DELAY_AT(keepalive),
+     .min = 1,
+     .max = 86400,
+     .def = 0,
+     .on = 60,
+     .flags = LE_OPTF_SOCKET,
      .type = "`false`, `true` (60 s), or seconds 1..86400",
      .meaning = "TCP keepalive: probe a connection idle for this long, so "
                 "dead peers are noticed (`recv` then fails with "
                 "`\"etimedout\"`)"},
-    {.name = "cpu_limit", SECONDS_AT(cpu_limit), .def = 5,
+    {.name = "cpu_limit",
+     SECONDS_AT(cpu_limit),
+     .def = 5,
      .type = "seconds > 0, or `false`",
      .meaning = "how long a handler may compute without waiting on I/O, a "
                 "timer or a task before it is stopped with a "
                 "`cpu_limit exceeded` error (see docs/operations.md)"},
-    {.name = "sndbuf", BYTES_AT(sndbuf), .min = 1, .max = LE_MAX_SIZE_OPT,
-     .def = 0, .flags = LE_OPTF_SOCKET,
+    {.name = "sndbuf",
+     BYTES_AT(sndbuf),
+     .min = 1,
+     .max = LE_MAX_SIZE_OPT,
+     .def = 0,
+     .flags = LE_OPTF_SOCKET,
      .type = "integer 1..1073741824, or `false`",
      .meaning = "`SO_SNDBUF`: the kernel's send buffer (`false`: the "
                 "kernel's default); `getopts` reports what the kernel set, "
                 "which on Linux is twice the request"},
-    {.name = "rcvbuf", BYTES_AT(rcvbuf), .min = 1, .max = LE_MAX_SIZE_OPT,
-     .def = 0, .flags = LE_OPTF_SOCKET,
+    {.name = "rcvbuf",
+     BYTES_AT(rcvbuf),
+     .min = 1,
+     .max = LE_MAX_SIZE_OPT,
+     .def = 0,
+     .flags = LE_OPTF_SOCKET,
      .type = "integer 1..1073741824, or `false`",
      .meaning = "`SO_RCVBUF`: the kernel's receive buffer (`false`: the "
                 "kernel's default), reported like `sndbuf`"},
-    {.name = "read_size", SIZE_AT(read_size), .min = 1, .max = 65536,
+    {.name = "read_size",
+     SIZE_AT(read_size),
+     .min = 1,
+     .max = 65536,
      .def = 65536,
      .type = "integer 1..65536",
      .meaning = "the most bytes taken from the kernel by one read, so "
                 "partial reads can be made to happen"},
-    {.name = "trace", BOOL_AT(trace), .def = 0,
+    {.name = "trace",
+     BOOL_AT(trace),
+     .def = 0,
      .type = "boolean",
      .meaning = "write a trace line for every socket event of the "
                 "connection (see docs/observability.md)"},
-    {.name = "trace_bytes", SIZE_AT(trace_bytes), .min = 0, .max = 4096,
+    {.name = "trace_bytes",
+     SIZE_AT(trace_bytes),
+     .min = 0,
+     .max = 4096,
      .def = 32,
      .type = "integer 0..4096",
      .meaning = "how many bytes of each read a trace line shows (`0`: none)"},
-    {.name = "trace_hex", BOOL_AT(trace_hex), .def = 0,
+    {.name = "trace_hex",
+     BOOL_AT(trace_hex),
+     .def = 0,
      .type = "boolean",
      .meaning = "show those bytes as hex instead of an escaped string"},
-    {.name = "conn_summary", BOOL_AT(conn_summary), .def = 0,
+    {.name = "conn_summary",
+     BOOL_AT(conn_summary),
+     .def = 0,
      .type = "boolean",
      .meaning = "log one line when the connection ends: how long it lasted, "
                 "bytes and messages each way, and why it ended"},
@@ -145,9 +194,9 @@ static size_t field_size(const le_opt_def *d);
 static void store(le_opts *o, const le_opt_def *d, double v) {
   void *p = field_of(o, d);
   switch (field_size(d)) {
-    case sizeof(double): *(double *)p = v; break;
-    case sizeof(uint32_t): *(uint32_t *)p = (uint32_t)v; break;
-    default: *(uint8_t *)p = (uint8_t)v; break;
+  case sizeof(double): *(double *)p = v; break;
+  case sizeof(uint32_t): *(uint32_t *)p = (uint32_t)v; break;
+  default: *(uint8_t *)p = (uint8_t)v; break;
   }
 }
 
@@ -155,9 +204,9 @@ static void store(le_opts *o, const le_opt_def *d, double v) {
 static double load(const le_opts *o, const le_opt_def *d) {
   const void *p = cfield_of(o, d);
   switch (field_size(d)) {
-    case sizeof(double): return *(const double *)p;
-    case sizeof(uint32_t): return *(const uint32_t *)p;
-    default: return *(const uint8_t *)p;
+  case sizeof(double): return *(const double *)p;
+  case sizeof(uint32_t): return *(const uint32_t *)p;
+  default: return *(const uint8_t *)p;
   }
 }
 
@@ -178,8 +227,8 @@ int le_opts_differ(const le_opts *a, const le_opts *b, unsigned flags) {
 
 /* Writes "expected <what>, got <the value>" into err: numbers and booleans
  * as Lua prints them, strings in quotes, other values by type. */
-static le_opt_status invalid(lua_State *L, int idx, const char *what,
-                             char *err, size_t errlen) {
+static le_opt_status invalid(lua_State *L, int idx, const char *what, char *err,
+                             size_t errlen) {
   int t = lua_type(L, idx);
   if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) {
     snprintf(err, errlen, "expected %s, got %s", what,
@@ -225,8 +274,7 @@ static const char *parse_packet(const le_opt_def *d, lua_State *L, int idx,
 }
 
 /* Reads an integer in d->min..d->max into *v; returns 1, or 0. */
-static int get_in_range(const le_opt_def *d, lua_State *L, int idx,
-                        double *v) {
+static int get_in_range(const le_opt_def *d, lua_State *L, int idx, double *v) {
   lua_Integer n;
   if (!get_int(L, idx, &n) || n < d->min || n > d->max) return 0;
   *v = (double)n;
@@ -353,15 +401,15 @@ static const struct {
 
 static size_t field_size(const le_opt_def *d) { return kinds[d->kind].size; }
 
-le_opt_status le_opts_set(le_opts *o, const char *name, lua_State *L,
-                          int idx, char *err, size_t errlen) {
+le_opt_status le_opts_set(le_opts *o, const char *name, lua_State *L, int idx,
+                          char *err, size_t errlen) {
   const le_opt_def *d = le_opts_find(name);
   if (d == NULL) return LE_OPT_UNKNOWN;
   idx = lua_absindex(L, idx);
   char words[96];
   double v = 0;
-  const char *expected = kinds[d->kind].parse(d, L, idx, &v, words,
-                                               sizeof words);
+  const char *expected =
+      kinds[d->kind].parse(d, L, idx, &v, words, sizeof words);
   if (expected != NULL) return invalid(L, idx, expected, err, errlen);
   store(o, d, v);
   return LE_OPT_OK;

@@ -325,8 +325,7 @@ static int guard_io_lines(lua_State *L) {
 /* file:read and file:lines: refused on the standard input, however the
  * handle was obtained (io.stdin, io.input()). Upvalue 2 is the name. */
 static int guard_method(lua_State *L) {
-  if (is_stdin(L, 1))
-    return no_stdin(L, lua_tostring(L, lua_upvalueindex(2)));
+  if (is_stdin(L, 1)) return no_stdin(L, lua_tostring(L, lua_upvalueindex(2)));
   return call_original(L, 1);
 }
 

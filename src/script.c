@@ -77,10 +77,10 @@ static void forget_local_modules(lua_State *L, const char *path) {
       if (found) {
         lua_pushvalue(L, -2);
         lua_insert(L, -2);
-        lua_rawset(L, -8);    /* saved[name] = module */
+        lua_rawset(L, -8); /* saved[name] = module */
         lua_pushvalue(L, -1);
         lua_pushnil(L);
-        lua_rawset(L, -6);    /* loaded[name] = nil, allowed mid-traversal */
+        lua_rawset(L, -6); /* loaded[name] = nil, allowed mid-traversal */
         continue;
       }
     }

@@ -105,7 +105,10 @@ static int load_handlers(le_server *s, char *err, size_t errlen) {
 static void reload_script(le_server *s, le_script *sc) {
   char err[1024];
   int ok = le_script_reload(sc, err, sizeof err) == 0;
-  if (ok) s->conns.stats.reloads++; else s->conns.stats.reloads_rejected++;
+  if (ok)
+    s->conns.stats.reloads++;
+  else
+    s->conns.stats.reloads_rejected++;
   if (ok)
     le_logf(&s->log, LE_LOG_INFO, "reloaded %s (version %u)",
             le_script_name(sc->path), sc->version);
@@ -163,8 +166,8 @@ static void start_watches(le_server *s) {
     for (le_watch *w = s->watches; w != NULL && !seen; w = w->next)
       seen = strcmp(w->dir, dir) == 0;
     int err = 0;
-    le_watch *w = seen ? NULL : le_watch_start(&s->loop, dir, on_dir_change,
-                                               s, &err);
+    le_watch *w =
+        seen ? NULL : le_watch_start(&s->loop, dir, on_dir_change, s, &err);
     if (w != NULL) {
       w->next = s->watches;
       s->watches = w;
@@ -215,8 +218,7 @@ static int has_room(const le_listener *l) {
   if (l->admin) return 1;
   size_t global = le_config_max_connections(s->cfg, s->fd_limit);
   size_t own = (size_t)l->conf->max_connections;
-  return (global == 0 || s->accepted < global) &&
-         (own == 0 || l->nconns < own);
+  return (global == 0 || s->accepted < global) && (own == 0 || l->nconns < own);
 }
 
 static void on_acceptable(uv_poll_t *p, int status, int events);
@@ -254,7 +256,8 @@ static void update_listeners(le_server *s) {
 
 /* Opens the reserve descriptor unless it is held. Returns 1 when held. */
 static int hold_reserve(le_server *s) {
-  if (s->reserve_fd < 0) s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (s->reserve_fd < 0)
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   return s->reserve_fd >= 0;
 }
 
@@ -293,8 +296,7 @@ static void on_shed_timer(uv_timer_t *t) {
 static void pace_report(le_server *s) {
   if (uv_is_active((uv_handle_t *)&s->shed_timer)) return;
   report_shed(s);
-  uv_timer_start(&s->shed_timer, on_shed_timer, SHED_REPORT_MS,
-                 SHED_REPORT_MS);
+  uv_timer_start(&s->shed_timer, on_shed_timer, SHED_REPORT_MS, SHED_REPORT_MS);
 }
 
 /* Accepting failed for want of descriptors (err is UV_EMFILE or
@@ -330,8 +332,8 @@ static void shed(le_listener *l, int err) {
  * else. */
 static void admit(le_listener *l, int fd) {
   le_server *s = l->server;
-  le_conn *c = le_conn_accept(&s->conns, fd, l->type, &l->conf->opts,
-                              l->script, l);
+  le_conn *c =
+      le_conn_accept(&s->conns, fd, l->type, &l->conf->opts, l->script, l);
   if (c == NULL) return;
   le_conn_set_origin(c, l->origin);
   l->nconns++;
@@ -491,7 +493,7 @@ static int clear_stale_socket(const char *path, le_log *log, char *why,
  * report only ENOENT or EACCES, which does not say what is missing.
  * Returns 0, or -1 with the reason in why. */
 static int check_socket_dir(const char *path, char *why, size_t whylen) {
-  char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
+  char dir[sizeof((struct sockaddr_un *)0)->sun_path];
   size_t n = le_addr_dir_len(path);
   if (n == 0) return 0;
   if (n >= sizeof dir) return 0; /* too long: bind says so */
@@ -518,8 +520,7 @@ static int listen_unix(le_listener *l, char *why, size_t whylen) {
   un.sun_family = AF_UNIX;
   memcpy(un.sun_path, path, strlen(path)); /* its length was checked */
   int r = open_socket(l, AF_UNIX);
-  if (r == 0 && bind(l->fd, (struct sockaddr *)&un, sizeof un) != 0)
-    r = -errno;
+  if (r == 0 && bind(l->fd, (struct sockaddr *)&un, sizeof un) != 0) r = -errno;
   if (r == 0) {
     l->unlink_path = 1;
     r = start_listening(l);
@@ -697,7 +698,8 @@ static void check_admin_change(le_server *s, const le_config *cfg) {
   if (!same_path(was, now))
     le_logf(&s->log, LE_LOG_WARN,
             "admin: a change of address takes effect at the next start; "
-            "keeping %s", was ? was : "none");
+            "keeping %s",
+            was ? was : "none");
 }
 
 int le_server_listen(le_server *s, char *err, size_t errlen) {
@@ -750,12 +752,13 @@ static le_listener *find_listener(le_server *s, const char *address) {
 static int apply_config(le_server *s, le_config *cfg, char *err,
                         size_t errlen) {
   size_t n = cfg->nlisteners;
-  le_listener **same = calloc(n, sizeof *same), **fresh = calloc(n, sizeof *fresh);
+  le_listener **same = calloc(n, sizeof *same),
+              **fresh = calloc(n, sizeof *fresh);
   int r = same && fresh ? 0 : -1;
   if (r != 0) snprintf(err, errlen, "out of memory");
   for (size_t i = 0; r == 0 && i < n; i++)
-    if (load_script(s, le_config_listener_handler(cfg, &cfg->listeners[i]),
-                    err, errlen) == NULL)
+    if (load_script(s, le_config_listener_handler(cfg, &cfg->listeners[i]), err,
+                    errlen) == NULL)
       r = -1;
   for (size_t i = 0; r == 0 && i < n; i++) {
     const le_listener_conf *conf = &cfg->listeners[i];
@@ -813,8 +816,7 @@ int le_server_reload(le_server *s) {
   if (r != 0) {
     s->conns.stats.reloads_rejected++;
     le_logf(&s->log, LE_LOG_ERROR,
-            "config reload failed: %s; keeping the running configuration",
-            err);
+            "config reload failed: %s; keeping the running configuration", err);
     if (cfg) le_config_free(cfg);
     free(cfg);
     return -1;
@@ -900,15 +902,16 @@ static void on_conn_freed(le_conn_ctx *ctx, void *owner, int exit_status) {
 
 void le_server_stop(le_server *s, const char *why) {
   if (s->stopping) {
-    le_logf(&s->log, LE_LOG_WARN, "%s again: closing %zu connection%s now",
-            why, s->conns.count, plural(s->conns.count));
+    le_logf(&s->log, LE_LOG_WARN, "%s again: closing %zu connection%s now", why,
+            s->conns.count, plural(s->conns.count));
     le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
     return;
   }
   s->stopping = 1;
   close_listeners(s);
   stop_watches(s);
-  size_t left = s->conns.count - le_conn_ctx_abort_admin(&s->conns, LE_ESHUTDOWN);
+  size_t left =
+      s->conns.count - le_conn_ctx_abort_admin(&s->conns, LE_ESHUTDOWN);
   le_logf(&s->log, LE_LOG_INFO,
           "shutting down on %s: %zu connection%s to drain (up to %gs)", why,
           left, plural(left), s->cfg->shutdown_timeout);
@@ -944,8 +947,7 @@ static int start_signals(le_server *s) {
 
 int le_server_run(le_server *s) {
   uv_run(&s->loop, UV_RUN_DEFAULT);
-  if (s->clients.script == NULL)
-    le_logf(&s->log, LE_LOG_INFO, "stopped");
+  if (s->clients.script == NULL) le_logf(&s->log, LE_LOG_INFO, "stopped");
   return s->clients.status;
 }
 
@@ -1002,11 +1004,10 @@ int le_server_connect(le_server *s, const char *address, const char *path,
   for (size_t i = 0; i < n; i++) {
     int r = 0;
     cl->left++;
-    if (le_conn_connect(&s->conns,
-                        a.kind == LE_ADDR_TCP ? (struct sockaddr *)&ss : NULL,
-                        a.kind == LE_ADDR_UNIX ? a.path : NULL,
-                        &s->cfg->opts, LE_CLIENT_CONNECT_TIMEOUT_MS,
-                        on_client_connected, s, &r) == NULL) {
+    if (le_conn_connect(
+            &s->conns, a.kind == LE_ADDR_TCP ? (struct sockaddr *)&ss : NULL,
+            a.kind == LE_ADDR_UNIX ? a.path : NULL, &s->cfg->opts,
+            LE_CLIENT_CONNECT_TIMEOUT_MS, on_client_connected, s, &r) == NULL) {
       snprintf(err, errlen, "cannot connect to %s: %s", cl->address,
                uv_strerror(r));
       return -1;
@@ -1025,8 +1026,8 @@ static int open_trace(le_server *s, char *err, size_t errlen) {
     le_trace_init(&s->trace, fileno(stderr), 1);
     return 0;
   }
-  s->trace_fd = open(s->cfg->trace_file, O_WRONLY | O_CREAT | O_APPEND |
-                     O_CLOEXEC, 0644);
+  s->trace_fd =
+      open(s->cfg->trace_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (s->trace_fd < 0) {
     snprintf(err, errlen, "cannot open trace_file %s: %s", s->cfg->trace_file,
              strerror(errno));
@@ -1120,12 +1121,12 @@ static int check_address(const le_listener_conf *conf, char *err,
   int r = conf->addr.kind == LE_ADDR_UNIX
               ? check_socket_dir(conf->addr.path, why, sizeof why)
               : resolve(&conf->addr, &ss, why, sizeof why);
-  if (r != 0) snprintf(err, errlen, "cannot listen on %s: %s", conf->address, why);
+  if (r != 0)
+    snprintf(err, errlen, "cannot listen on %s: %s", conf->address, why);
   return r;
 }
 
-int le_server_check(const le_config *cfg, FILE *out, char *err,
-                    size_t errlen) {
+int le_server_check(const le_config *cfg, FILE *out, char *err, size_t errlen) {
   /* Handlers are loaded exactly as the server would, luaecho module
    * included, in a loop that never runs. */
   uv_loop_t loop;

@@ -25,9 +25,9 @@ struct le__trace_ring {
   pthread_cond_t more;    /* the writer has lines to write, or must stop */
   pthread_cond_t drained; /* the buffer became empty */
   pthread_t writer;
-  int writing;            /* the writer holds bytes taken, not yet written */
-  int stop;               /* the writer ends once the ring is empty */
-  int abandoned;          /* nobody waits for the writer: it frees the ring */
+  int writing;   /* the writer holds bytes taken, not yet written */
+  int stop;      /* the writer ends once the ring is empty */
+  int abandoned; /* nobody waits for the writer: it frees the ring */
 };
 
 static void write_all(int fd, const char *p, size_t n) {

@@ -103,7 +103,8 @@ lua_State *luaL_newstate(void) {
  * finds them; calling one raises. */
 static const char disable_outside[] =
     "local function disabled(name)\n"
-    "  return function() error('fuzz_config: ' .. name .. ' is disabled', 2) end\n"
+    "  return function() error('fuzz_config: ' .. name .. ' is disabled', 2) "
+    "end\n"
     "end\n"
     "local function disable(t, prefix, names)\n"
     "  for _, n in ipairs(names) do t[n] = disabled(prefix .. n) end\n"
@@ -125,13 +126,17 @@ static const char disable_outside[] =
 /* Replaces liblua's luaL_openlibs for the loader: the same libraries, as
  * linit.c opens them, then disable_outside. */
 void luaL_openlibs(lua_State *L) {
-  static const luaL_Reg libs[] = {
-      {LUA_GNAME, luaopen_base},        {LUA_LOADLIBNAME, luaopen_package},
-      {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
-      {LUA_IOLIBNAME, luaopen_io},      {LUA_OSLIBNAME, luaopen_os},
-      {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
-      {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_DBLIBNAME, luaopen_debug},
-      {NULL, NULL}};
+  static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
+                                  {LUA_LOADLIBNAME, luaopen_package},
+                                  {LUA_COLIBNAME, luaopen_coroutine},
+                                  {LUA_TABLIBNAME, luaopen_table},
+                                  {LUA_IOLIBNAME, luaopen_io},
+                                  {LUA_OSLIBNAME, luaopen_os},
+                                  {LUA_STRLIBNAME, luaopen_string},
+                                  {LUA_MATHLIBNAME, luaopen_math},
+                                  {LUA_UTF8LIBNAME, luaopen_utf8},
+                                  {LUA_DBLIBNAME, luaopen_debug},
+                                  {NULL, NULL}};
   for (const luaL_Reg *lib = libs; lib->func; lib++) {
     luaL_requiref(L, lib->name, lib->func, 1);
     lua_pop(L, 1);
@@ -143,9 +148,7 @@ static void check_path(const char *path) {
   if (path != NULL) CHECK(path[0] == '/');
 }
 
-static void check_size(uint32_t n) {
-  CHECK(n >= 1 && n <= LE_MAX_SIZE_OPT);
-}
+static void check_size(uint32_t n) { CHECK(n >= 1 && n <= LE_MAX_SIZE_OPT); }
 
 static void check_opts(const le_opts *o) {
   CHECK(o->packet == LE_PACKET_RAW || o->packet == LE_PACKET_1 ||

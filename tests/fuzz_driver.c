@@ -30,17 +30,28 @@ static uint32_t below(uint32_t n) { return n ? rnd() % n : 0; }
 /* Picks max: mostly small so that TOOBIG is common, sometimes no limit. */
 static size_t pick_max(uint8_t *b1, uint8_t *b2) {
   switch (below(4)) {
-  case 0: *b1 = 0; *b2 = (uint8_t)below(8); break;
-  case 1: *b1 = 0; *b2 = (uint8_t)rnd(); break;
-  case 2: *b1 = (uint8_t)below(0xff); *b2 = (uint8_t)rnd(); break;
-  default: *b1 = 0xff; *b2 = (uint8_t)rnd(); return SIZE_MAX;
+  case 0:
+    *b1 = 0;
+    *b2 = (uint8_t)below(8);
+    break;
+  case 1:
+    *b1 = 0;
+    *b2 = (uint8_t)rnd();
+    break;
+  case 2:
+    *b1 = (uint8_t)below(0xff);
+    *b2 = (uint8_t)rnd();
+    break;
+  default:
+    *b1 = 0xff;
+    *b2 = (uint8_t)rnd();
+    return SIZE_MAX;
   }
   return (size_t)*b1 << 8 | *b2;
 }
 
 /* Appends one frame for the mode (index into raw, 1, 2, 4, line) to buf. */
-static size_t put_frame(uint8_t *buf, size_t room, unsigned mode,
-                        size_t max) {
+static size_t put_frame(uint8_t *buf, size_t room, unsigned mode, size_t max) {
   size_t limit = max < 300 ? max + 2 : 300;
   size_t len = below((uint32_t)limit + 1);
   static const size_t hlen[] = {0, 1, 2, 4, 0};

@@ -79,17 +79,16 @@ typedef struct decoder {
   size_t scanned;
   unsigned char *buf; /* unconsumed input, allocated to exactly n bytes */
   size_t n;
-  size_t consumed;    /* stream bytes used by the messages so far */
+  size_t consumed;     /* stream bytes used by the messages so far */
   le_frame_status end; /* LE_FRAME_TOOBIG once the stream failed */
-  unsigned char *out; /* payloads of the messages, back to back */
+  unsigned char *out;  /* payloads of the messages, back to back */
   size_t out_n;
   size_t *lens; /* length of each message */
   size_t count;
 } decoder;
 
 static void decoder_init(decoder *d, le_packet mode, size_t max,
-                         const uint8_t *stream, size_t total,
-                         int use_scanned) {
+                         const uint8_t *stream, size_t total, int use_scanned) {
   memset(d, 0, sizeof *d);
   d->mode = mode;
   d->max = max;
@@ -149,15 +148,13 @@ static void drain(decoder *d) {
     size_t *scanned = d->use_scanned ? &d->scanned : NULL;
     le_frame f, want;
     memset(&f, 0xAA, sizeof f);
-    le_frame_status st =
-        le_frame_decode(d->mode, d->max, (const char *)d->buf, d->n, scanned,
-                        &f);
+    le_frame_status st = le_frame_decode(d->mode, d->max, (const char *)d->buf,
+                                         d->n, scanned, &f);
     le_frame_status ref = reference(d->mode, d->max, d->buf, d->n, &want);
     if (st != ref) {
       fprintf(stderr,
               "mode %s max %zu n %zu scanned %zu: status %d, expected %d\n",
-              le_packet_name(d->mode), d->max, d->n, before, (int)st,
-              (int)ref);
+              le_packet_name(d->mode), d->max, d->n, before, (int)st, (int)ref);
       abort();
     }
     if (st == LE_FRAME_TOOBIG) {

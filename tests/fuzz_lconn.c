@@ -83,8 +83,8 @@ typedef struct fake {
   FILE *log_file;
   char *log_text;
   size_t log_len;
-  size_t accept;    /* bytes one try_write takes; SIZE_MAX: all */
-  le_buf out;       /* bytes written, in order */
+  size_t accept; /* bytes one try_write takes; SIZE_MAX: all */
+  le_buf out;    /* bytes written, in order */
   pending queue[MAX_PENDING];
   size_t head, tail;
   int reading;
@@ -138,7 +138,10 @@ static int io_queue_write(le_lconn *lc, const char *hdr, size_t hlen,
 
 static void io_set_reading(le_lconn *lc, int on) { fake_of(lc)->reading = on; }
 static void io_set_timer(le_lconn *lc, int64_t ms) { (void)lc, (void)ms; }
-static uint64_t io_now(le_lconn *lc) { (void)lc; return 1000000; }
+static uint64_t io_now(le_lconn *lc) {
+  (void)lc;
+  return 1000000;
+}
 static void io_shutdown_write(le_lconn *lc) { (void)lc; }
 static void io_apply_sockopts(le_lconn *lc) { (void)lc; }
 
@@ -246,8 +249,8 @@ typedef enum { WHOLE, SHORT, OVERSIZED } found;
 
 /* Finds the message a step reads at the front of p[0..n): its payload
  * offset, length and the bytes it uses. */
-static found next_message(const step *s, size_t max, const uint8_t *p,
-                          size_t n, size_t *off, size_t *len, size_t *used) {
+static found next_message(const step *s, size_t max, const uint8_t *p, size_t n,
+                          size_t *off, size_t *len, size_t *used) {
   *off = 0;
   if (s->packet == LE_PACKET_RAW) {
     size_t want = s->n ? s->n : 1;
@@ -286,10 +289,9 @@ static void append_header(le_buf *b, le_packet p, size_t len) {
 
 /* Checks what the handler saw against the delivered bytes and builds the
  * output it should have written in `expected`. */
-static void check_handler(fake *f, const step *plan, size_t nplan,
-                          size_t max, const uint8_t *stream,
-                          size_t delivered, int ended_by_error,
-                          le_buf *expected) {
+static void check_handler(fake *f, const step *plan, size_t nplan, size_t max,
+                          const uint8_t *stream, size_t delivered,
+                          int ended_by_error, le_buf *expected) {
   lua_State *L = f->L;
   size_t pos = 0, k = 0;
   lua_getglobal(L, "GOT");
@@ -315,8 +317,8 @@ static void check_handler(fake *f, const step *plan, size_t nplan,
 
   const step *s = &plan[k % nplan];
   size_t off, len, used;
-  found next = next_message(s, max, stream + pos, delivered - pos, &off,
-                            &len, &used);
+  found next =
+      next_message(s, max, stream + pos, delivered - pos, &off, &len, &used);
   lua_getglobal(L, "END_ERR");
   lua_getglobal(L, "END_PARTIAL");
   const char *err = lua_tostring(L, -2);
@@ -361,8 +363,8 @@ static void deliver(fake *f, const uint8_t *p, size_t n) {
 
 static void start_handler(fake *f) {
   lua_State *L = f->L;
-  if (luaL_loadbufferx(L, handler_src, sizeof handler_src - 1, "=fuzz",
-                       "t") != LUA_OK ||
+  if (luaL_loadbufferx(L, handler_src, sizeof handler_src - 1, "=fuzz", "t") !=
+          LUA_OK ||
       lua_pcall(L, 0, 1, 0) != LUA_OK) {
     fprintf(stderr, "%s\n", lua_tostring(L, -1));
     abort();
@@ -461,8 +463,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(got <= want);
   else
     CHECK(got == want);
-  CHECK(got == 0 || memcmp(le_buf_peek(&f.out), le_buf_peek(&expected),
-                           got) == 0);
+  CHECK(got == 0 ||
+        memcmp(le_buf_peek(&f.out), le_buf_peek(&expected), got) == 0);
   le_buf_free(&expected);
   teardown(&f);
   current = NULL;

@@ -22,9 +22,9 @@ static inline void fuzz_check_failed(const char *file, int line,
   abort();
 }
 
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) fuzz_check_failed(__FILE__, __LINE__, #cond);              \
+#define CHECK(cond)                                            \
+  do {                                                         \
+    if (!(cond)) fuzz_check_failed(__FILE__, __LINE__, #cond); \
   } while (0)
 
 /* Bytes of the length header in a framing mode: 1, 2, 4, else 0. */

@@ -188,8 +188,7 @@ static socklen_t make_unix(struct sockaddr_storage *ss, const char *path) {
   return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
 }
 
-static const char *format_sa(const struct sockaddr_storage *ss,
-                             socklen_t len) {
+static const char *format_sa(const struct sockaddr_storage *ss, socklen_t len) {
   static char out[300];
   return le_addr_format_sockaddr((const struct sockaddr *)ss, len, out,
                                  sizeof out);
@@ -199,8 +198,8 @@ static void assert_split(const struct sockaddr_storage *ss, socklen_t len,
                          const char *host, int port) {
   char got[LE_ADDR_HOST_MAX] = "unset";
   int got_port = 12345;
-  assert_int_equal(le_addr_split_sockaddr((const struct sockaddr *)ss, len,
-                                          got, sizeof got, &got_port),
+  assert_int_equal(le_addr_split_sockaddr((const struct sockaddr *)ss, len, got,
+                                          sizeof got, &got_port),
                    0);
   assert_string_equal(got, host);
   assert_int_equal(got_port, port);
@@ -250,9 +249,8 @@ static void test_sockaddr_unix_path_without_nul(void **state) {
   memset(un->sun_path, 'p', sizeof un->sun_path);
   char host[LE_ADDR_HOST_MAX];
   int port;
-  assert_int_equal(le_addr_split_sockaddr((struct sockaddr *)&ss,
-                                          sizeof *un, host, sizeof host,
-                                          &port),
+  assert_int_equal(le_addr_split_sockaddr((struct sockaddr *)&ss, sizeof *un,
+                                          host, sizeof host, &port),
                    0);
   assert_int_equal(strlen(host), sizeof un->sun_path);
   assert_null(strchr(host, 'z'));
@@ -269,8 +267,7 @@ static void test_sockaddr_unknown_family(void **state) {
                                           host, sizeof host, &port),
                    -1);
   char expected[64];
-  snprintf(expected, sizeof expected, "(unknown address family %d)",
-           AF_UNSPEC);
+  snprintf(expected, sizeof expected, "(unknown address family %d)", AF_UNSPEC);
   assert_string_equal(format_sa(&ss, sizeof ss), expected);
 }
 

@@ -52,12 +52,12 @@ static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 static int on_panic(lua_State *L) {
   void *frames[32];
   int n = backtrace(frames, 32);
-  fprintf(stderr, "Lua panic with allocations failing from #%ld:\n",
-          current_n);
+  fprintf(stderr, "Lua panic with allocations failing from #%ld:\n", current_n);
   backtrace_symbols_fd(frames, n, STDERR_FILENO);
-  fail_msg("PANIC: unprotected error in call to Lua API (%s), allocations "
-           "failing from #%ld",
-           lua_tostring(L, -1), current_n);
+  fail_msg(
+      "PANIC: unprotected error in call to Lua API (%s), allocations "
+      "failing from #%ld",
+      lua_tostring(L, -1), current_n);
   return 0;
 }
 
@@ -88,7 +88,8 @@ static const char *handler_fmt =
     "  local t = L.spawn(function() L.sleep(0.001) error('task failed') end)\n"
     "  local _, task_err = t:join()\n"
     "  local _, e = conn:recv(0, 0.001)\n"
-    "  conn:send(first .. ':' .. tostring(e) .. ':' .. tostring(task_err ~= nil))\n"
+    "  conn:send(first .. ':' .. tostring(e) .. ':' .. tostring(task_err ~= "
+    "nil))\n"
     "  conn:send(string.rep('x', 256 << 10))\n"
     "  conn:recv()\n"
     "  conn:close()\n"
@@ -240,8 +241,10 @@ static void check_consistent(char *buf) {
    * every task with it: no task handle is left in the registry. */
   RUN_UNTIL(&H, H.ctx.count == 0);
   if (registry_tasks() != 0)
-    fail_msg("allocations failing from #%ld: %d task handles left in the "
-             "registry", current_n, registry_tasks());
+    fail_msg(
+        "allocations failing from #%ld: %d task handles left in the "
+        "registry",
+        current_n, registry_tasks());
   /* Nor any other ref (written strings, threads, results), once the
    * collector has run the finalizers of what the handlers dropped. */
   lua_gc(H.L, LUA_GCCOLLECT);
@@ -256,9 +259,10 @@ static void check_consistent(char *buf) {
   int end;
   size_t got = h_client_recv(&H, c, buf, REPLY_LEN, &end);
   if (got != REPLY_LEN)
-    fail_msg("after allocations failing from #%ld: got %zu bytes, end %d; "
-             "log:\n%s",
-             current_n, got, end, h_log(&H));
+    fail_msg(
+        "after allocations failing from #%ld: got %zu bytes, end %d; "
+        "log:\n%s",
+        current_n, got, end, h_log(&H));
   assert_memory_equal(buf, REPLY, sizeof REPLY - 1);
   close(c);
   assert_int_equal(lua_gettop(H.L), 0);
@@ -348,10 +352,11 @@ static long reload_with_failures_from(long n, int sandbox_module) {
     snprintf(mod, sizeof mod, "%s/helper.lua", H.dir);
     write_file(mod, "return {answer = 42}\n");
   }
-  h_handler(&H, "local ok, m = pcall(require, 'helper')\n"
-                "local t = {}\n"
-                "for i = 1, 50 do t[i] = string.rep('v', i) end\n"
-                "return function(conn) conn:send(table.concat(t)) end\n");
+  h_handler(&H,
+            "local ok, m = pcall(require, 'helper')\n"
+            "local t = {}\n"
+            "for i = 1, 50 do t[i] = string.rep('v', i) end\n"
+            "return function(conn) conn:send(table.concat(t)) end\n");
   /* h_handler unlinks the file; put it back for the reload. */
   char path[128], err[512];
   snprintf(path, sizeof path, "%s/handler.lua", H.dir);
@@ -364,8 +369,10 @@ static long reload_with_failures_from(long n, int sandbox_module) {
   int r = le_script_reload(H.script, err, sizeof err);
   F.fail_from = 0;
   assert_int_equal(lua_gettop(H.L), 0);
-  if (r == 0) assert_int_equal(H.script->version, 2);
-  else assert_int_equal(H.script->version, 1);
+  if (r == 0)
+    assert_int_equal(H.script->version, 2);
+  else
+    assert_int_equal(H.script->version, 1);
   if (r != 0) assert_contains(err, "handler.lua");
   long refused = n == 0 ? F.count : F.failures;
   /* With memory back, a reload works. */
@@ -395,16 +402,19 @@ static long new_script_with_failures_from(long n) {
   lua_atpanic(H.L, on_panic);
   char path[128], err[512];
   snprintf(path, sizeof path, "%s/new.lua", H.dir);
-  write_file(path, "local t = {}\n"
-                   "for i = 1, 20 do t[i] = tostring(i) end\n"
-                   "return function(conn) conn:send(table.concat(t)) end\n");
+  write_file(path,
+             "local t = {}\n"
+             "for i = 1, 20 do t[i] = tostring(i) end\n"
+             "return function(conn) conn:send(table.concat(t)) end\n");
   F.count = 0;
   F.fail_from = n;
   le_script *sc = le_script_new(H.L, path, err, sizeof err);
   F.fail_from = 0;
   assert_int_equal(lua_gettop(H.L), 0);
-  if (sc == NULL) assert_contains(err, "new.lua");
-  else le_script_unref(sc);
+  if (sc == NULL)
+    assert_contains(err, "new.lua");
+  else
+    le_script_unref(sc);
   long refused = n == 0 ? F.count : F.failures;
   unlink(path);
   h_close(&H);

@@ -37,15 +37,15 @@ static int load(fixture *f, const char *chunk) {
                                sizeof f->err);
 }
 
-#define assert_loads(f, chunk)                        \
-  do {                                                \
+#define assert_loads(f, chunk)                             \
+  do {                                                     \
     if (load((f), (chunk)) != 0) fail_msg("%s", (f)->err); \
   } while (0)
 
-#define assert_load_error(f, chunk, message)    \
-  do {                                          \
-    assert_int_equal(load((f), (chunk)), -1);   \
-    assert_string_equal((f)->err, (message));   \
+#define assert_load_error(f, chunk, message)  \
+  do {                                        \
+    assert_int_equal(load((f), (chunk)), -1); \
+    assert_string_equal((f)->err, (message)); \
   } while (0)
 
 static const le_listener_conf *listener(const fixture *f, size_t i) {
@@ -97,11 +97,12 @@ static void test_empty_file_keeps_defaults(void **state) {
 
 static void test_every_key(void **state) {
   fixture *f = *state;
-  assert_loads(f, "listen = 'unix:/tmp/le.sock'\n"
-                  "handler = 'h.lua'\n"
-                  "backlog = 64\n"
-                  "shutdown_timeout = 2.5\n"
-                  "log_level = 'debug'\n");
+  assert_loads(f,
+               "listen = 'unix:/tmp/le.sock'\n"
+               "handler = 'h.lua'\n"
+               "backlog = 64\n"
+               "shutdown_timeout = 2.5\n"
+               "log_level = 'debug'\n");
   assert_int_equal(f->cfg.nlisteners, 1);
   assert_listener(f, 0, "unix:/tmp/le.sock", NULL, 64);
   assert_int_equal(listener(f, 0)->addr.kind, LE_ADDR_UNIX);
@@ -147,8 +148,9 @@ static void test_shutdown_timeout_zero_and_integer(void **state) {
 
 static void test_shutdown_timeout_rejected(void **state) {
   fixture *f = *state;
-  const char *range = "c.lua: key 'shutdown_timeout': expected a finite "
-                      "number of seconds >= 0, got ";
+  const char *range =
+      "c.lua: key 'shutdown_timeout': expected a finite "
+      "number of seconds >= 0, got ";
   char expected[256];
   snprintf(expected, sizeof expected, "%s-1", range);
   assert_load_error(f, "shutdown_timeout = -1", expected);
@@ -177,8 +179,9 @@ static void test_backlog_rejected(void **state) {
   fixture *f = *state;
   assert_load_error(f, "backlog = '5'",
                     "c.lua: key 'backlog': expected integer, got string");
-  assert_load_error(f, "backlog = 0",
-                    "c.lua: key 'backlog': expected integer in 1..65535, got 0");
+  assert_load_error(
+      f, "backlog = 0",
+      "c.lua: key 'backlog': expected integer in 1..65535, got 0");
   assert_load_error(
       f, "backlog = 65536",
       "c.lua: key 'backlog': expected integer in 1..65535, got 65536");
@@ -201,9 +204,10 @@ static void test_global_helper_is_an_unknown_key(void **state) {
 
 static void test_local_helpers_are_not_keys(void **state) {
   fixture *f = *state;
-  assert_loads(f, "local base = 7000\n"
-                  "local function addr(p) return '127.0.0.1:' .. p end\n"
-                  "listen = { addr(base), addr(base + 1) }\n");
+  assert_loads(f,
+               "local base = 7000\n"
+               "local function addr(p) return '127.0.0.1:' .. p end\n"
+               "listen = { addr(base), addr(base + 1) }\n");
   assert_int_equal(f->cfg.nlisteners, 2);
   assert_listener(f, 0, "127.0.0.1:7000", NULL, 511);
   assert_listener(f, 1, "127.0.0.1:7001", NULL, 511);
@@ -212,9 +216,10 @@ static void test_local_helpers_are_not_keys(void **state) {
 static void test_computed_values(void **state) {
   fixture *f = *state;
   assert_int_equal(setenv("LE_TEST_PORT", "7123", 1), 0);
-  assert_loads(f, "listen = string.format('[::1]:%d', "
-                  "tonumber(os.getenv('LE_TEST_PORT')))\n"
-                  "backlog = 2 * 50\n");
+  assert_loads(f,
+               "listen = string.format('[::1]:%d', "
+               "tonumber(os.getenv('LE_TEST_PORT')))\n"
+               "backlog = 2 * 50\n");
   assert_listener(f, 0, "[::1]:7123", NULL, 100);
   assert_string_equal(listener(f, 0)->addr.host, "::1");
   assert_int_equal(listener(f, 0)->addr.port, 7123);
@@ -308,20 +313,22 @@ static void test_listen_single_address(void **state) {
 
 static void test_listen_single_listener_table(void **state) {
   fixture *f = *state;
-  assert_loads(f, "listen = { address = '127.0.0.1:0', handler = 'h.lua', "
-                  "backlog = 7 }");
+  assert_loads(f,
+               "listen = { address = '127.0.0.1:0', handler = 'h.lua', "
+               "backlog = 7 }");
   assert_int_equal(f->cfg.nlisteners, 1);
   assert_listener(f, 0, "127.0.0.1:0", "h.lua", 7);
 }
 
 static void test_listen_list_mixing_strings_and_tables(void **state) {
   fixture *f = *state;
-  assert_loads(f, "listen = {\n"
-                  "  '127.0.0.1:7000',\n"
-                  "  { address = '127.0.0.1:7001', handler = 'upper.lua', "
-                  "backlog = 64 },\n"
-                  "  { address = 'unix:/tmp/le.sock' },\n"
-                  "}\n");
+  assert_loads(f,
+               "listen = {\n"
+               "  '127.0.0.1:7000',\n"
+               "  { address = '127.0.0.1:7001', handler = 'upper.lua', "
+               "backlog = 64 },\n"
+               "  { address = 'unix:/tmp/le.sock' },\n"
+               "}\n");
   assert_int_equal(f->cfg.nlisteners, 3);
   assert_listener(f, 0, "127.0.0.1:7000", NULL, 511);
   assert_listener(f, 1, "127.0.0.1:7001", "upper.lua", 64);
@@ -379,8 +386,7 @@ static void test_listener_keys_rejected(void **state) {
                     "c.lua: unknown key 'listen[1].port'");
   assert_load_error(f, "listen = { address = '127.0.0.1:2', port = 2 }",
                     "c.lua: unknown key 'listen.port'");
-  assert_load_error(f,
-                    "listen = { { address = '127.0.0.1:2', handler = 5 } }",
+  assert_load_error(f, "listen = { { address = '127.0.0.1:2', handler = 5 } }",
                     "c.lua: key 'listen[1].handler': expected string (a file "
                     "path), got number");
   assert_load_error(
@@ -398,9 +404,10 @@ static void test_listener_missing_address(void **state) {
 
 static void test_top_level_backlog_inherited(void **state) {
   fixture *f = *state;
-  assert_loads(f, "listen = { '127.0.0.1:1', { address = '127.0.0.1:2', "
-                  "backlog = 64 } }\n"
-                  "backlog = 100\n");
+  assert_loads(f,
+               "listen = { '127.0.0.1:1', { address = '127.0.0.1:2', "
+               "backlog = 64 } }\n"
+               "backlog = 100\n");
   assert_int_equal(f->cfg.backlog, 100);
   assert_listener(f, 0, "127.0.0.1:1", NULL, 100);
   assert_listener(f, 1, "127.0.0.1:2", NULL, 64);
@@ -417,8 +424,9 @@ static void test_backlog_alone_applies_to_existing_listeners(void **state) {
  * `listen` nor `backlog` leaves the listeners exactly as they were. */
 static void test_second_load_keeps_earlier_values(void **state) {
   fixture *f = *state;
-  assert_loads(f, "listen = { '127.0.0.1:1', { address = '127.0.0.1:2', "
-                  "handler = 'own.lua', backlog = 64 } }");
+  assert_loads(f,
+               "listen = { '127.0.0.1:1', { address = '127.0.0.1:2', "
+               "handler = 'own.lua', backlog = 64 } }");
   assert_loads(f, "log_level = 'warn'");
   assert_int_equal(f->cfg.log_level, LE_LOG_WARN);
   assert_int_equal(f->cfg.nlisteners, 2);
@@ -430,10 +438,12 @@ static void test_second_load_keeps_earlier_values(void **state) {
 
 static void test_connection_options(void **state) {
   fixture *f = *state;
-  assert_loads(f, "recv_timeout = 5\n"
-                  "packet = 'line'\n"
-                  "listen = { '127.0.0.1:1',\n"
-                  "  { address = '127.0.0.1:2', packet = 2, recv_buffer = 4096 } }");
+  assert_loads(
+      f,
+      "recv_timeout = 5\n"
+      "packet = 'line'\n"
+      "listen = { '127.0.0.1:1',\n"
+      "  { address = '127.0.0.1:2', packet = 2, recv_buffer = 4096 } }");
   assert_true(f->cfg.opts.recv_timeout == 5.0);
   assert_int_equal(f->cfg.opts.packet, LE_PACKET_LINE);
   const le_listener_conf *inherits = listener(f, 0), *own = listener(f, 1);
@@ -464,9 +474,8 @@ static void test_connection_options_inherited(void **state) {
   const char *addrs[] = {"127.0.0.1:9"};
   assert_loads(f, "send_buffer = 1000");
   assert_int_equal(listener(f, 0)->opts.send_buffer, 1000);
-  assert_int_equal(le_config_set_listen(&f->cfg, addrs, 1, f->err,
-                                        sizeof f->err),
-                   0);
+  assert_int_equal(
+      le_config_set_listen(&f->cfg, addrs, 1, f->err, sizeof f->err), 0);
   assert_int_equal(listener(f, 0)->opts.send_buffer, 1000);
 }
 
@@ -485,7 +494,8 @@ static void test_handler_rejected(void **state) {
   assert_load_error(f, "handler = true",
                     "c.lua: key 'handler': expected string (a file path), got "
                     "boolean");
-  assert_load_error(f, "handler = ''", "c.lua: key 'handler': the path is empty");
+  assert_load_error(f, "handler = ''",
+                    "c.lua: key 'handler': the path is empty");
   assert_null(f->cfg.handler);
 }
 
@@ -507,16 +517,17 @@ static void test_handler_paths_resolved_against_dir(void **state) {
 
 static void test_handler_paths_with_dot_dir_kept(void **state) {
   fixture *f = *state;
-  assert_int_equal(le_config_load_string(&f->cfg, "handler = 'h.lua'",
-                                         "c.lua", ".", f->err, sizeof f->err),
+  assert_int_equal(le_config_load_string(&f->cfg, "handler = 'h.lua'", "c.lua",
+                                         ".", f->err, sizeof f->err),
                    0);
   assert_string_equal(f->cfg.handler, "h.lua");
 }
 
 static void test_listener_handler(void **state) {
   fixture *f = *state;
-  assert_loads(f, "listen = { '127.0.0.1:1', { address = '127.0.0.1:2', "
-                  "handler = 'own.lua' } }");
+  assert_loads(f,
+               "listen = { '127.0.0.1:1', { address = '127.0.0.1:2', "
+               "handler = 'own.lua' } }");
   assert_null(le_config_listener_handler(&f->cfg, listener(f, 0)));
   assert_string_equal(le_config_listener_handler(&f->cfg, listener(f, 1)),
                       "own.lua");
@@ -535,11 +546,11 @@ static void test_listener_handler(void **state) {
 static void test_set_listen(void **state) {
   fixture *f = *state;
   const char *addrs[] = {"[::1]:9000", "unix:/tmp/s.sock"};
-  assert_loads(f, "backlog = 50\nlisten = { { address = '127.0.0.1:1', "
-                  "handler = 'own.lua' } }");
-  assert_int_equal(le_config_set_listen(&f->cfg, addrs, 2, f->err,
-                                        sizeof f->err),
-                   0);
+  assert_loads(f,
+               "backlog = 50\nlisten = { { address = '127.0.0.1:1', "
+               "handler = 'own.lua' } }");
+  assert_int_equal(
+      le_config_set_listen(&f->cfg, addrs, 2, f->err, sizeof f->err), 0);
   assert_int_equal(f->cfg.nlisteners, 2);
   assert_listener(f, 0, "[::1]:9000", NULL, 50);
   assert_string_equal(listener(f, 0)->addr.host, "::1");
@@ -550,9 +561,8 @@ static void test_set_listen(void **state) {
 static void test_set_listen_rejected(void **state) {
   fixture *f = *state;
   const char *addrs[] = {"127.0.0.1:1", "foo"};
-  assert_int_equal(le_config_set_listen(&f->cfg, addrs, 2, f->err,
-                                        sizeof f->err),
-                   -1);
+  assert_int_equal(
+      le_config_set_listen(&f->cfg, addrs, 2, f->err, sizeof f->err), -1);
   assert_string_equal(f->err, "--listen: invalid address 'foo': " USAGE);
   assert_int_equal(f->cfg.nlisteners, 1);
   assert_listener(f, 0, "127.0.0.1:7000", NULL, 511);
@@ -562,9 +572,9 @@ static void test_set_listen_rejected(void **state) {
 
 static void test_load_missing_file(void **state) {
   fixture *f = *state;
-  assert_int_equal(le_config_load_file(&f->cfg, "/nonexistent/c.lua", f->err,
-                                       sizeof f->err),
-                   -1);
+  assert_int_equal(
+      le_config_load_file(&f->cfg, "/nonexistent/c.lua", f->err, sizeof f->err),
+      -1);
   assert_string_equal(f->err,
                       "cannot open /nonexistent/c.lua: No such file or "
                       "directory");
@@ -577,9 +587,10 @@ static void test_load_real_file(void **state) {
   char path[64], expected[96];
   assert_non_null(mkdtemp(dir));
   snprintf(path, sizeof path, "%s/c.lua", dir);
-  write_file(path, "listen = { { address = '127.0.0.1:0', handler = 'h.lua' } }\n"
-                   "backlog = 9\n"
-                   "backlog = backlog + 1\n");
+  write_file(path,
+             "listen = { { address = '127.0.0.1:0', handler = 'h.lua' } }\n"
+             "backlog = 9\n"
+             "backlog = backlog + 1\n");
   int r = le_config_load_file(&f->cfg, path, f->err, sizeof f->err);
   unlink(path);
   rmdir(dir);
@@ -674,10 +685,11 @@ static void test_max_connections_accepted(void **state) {
  * each listener, which has none unless its table sets one. */
 static void test_max_connections_per_listener(void **state) {
   fixture *f = *state;
-  assert_loads(f, "max_connections = 50\n"
-                  "listen = { { address = '127.0.0.1:1', max_connections = 3 },"
-                  " '127.0.0.1:2',"
-                  " { address = '127.0.0.1:3', max_connections = false } }");
+  assert_loads(f,
+               "max_connections = 50\n"
+               "listen = { { address = '127.0.0.1:1', max_connections = 3 },"
+               " '127.0.0.1:2',"
+               " { address = '127.0.0.1:3', max_connections = false } }");
   assert_int_equal(f->cfg.max_connections, 50);
   assert_int_equal(listener(f, 0)->max_connections, 3);
   assert_int_equal(listener(f, 1)->max_connections, 0);

@@ -53,8 +53,9 @@ static void test_accept_runs_handler_and_frees_once(void **state) {
 
 static void test_handler_error_is_logged_and_aborts(void **state) {
   (void)state;
-  h_handler(&H, "return function(conn)\n  conn:recv()\n"
-                "  error('bad input')\nend\n");
+  h_handler(&H,
+            "return function(conn)\n  conn:recv()\n"
+            "  error('bad input')\nend\n");
   int fd = h_client(&H);
   h_client_send(&H, fd, "x", 1);
   RUN_UNTIL(&H, H.freed == 1);
@@ -76,11 +77,12 @@ static void test_graceful_close_flushes_then_lingers(void **state) {
   (void)state;
   enum { SIZE = 8 << 20 };
   H.opts.send_buffer = 64u << 20; /* send queues without waiting */
-  h_handler(&H, "return function(conn)\n"
-                "  conn:send(string.rep('x', 8 << 20))\n"
-                "  conn:close()\n"
-                "  closed_it = true\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  conn:send(string.rep('x', 8 << 20))\n"
+            "  conn:close()\n"
+            "  closed_it = true\n"
+            "end\n");
   int fd = h_client(&H);
   le_conn *c = H.accepted[0];
   RUN_UNTIL(&H, c->handler_done);
@@ -113,11 +115,12 @@ static void test_graceful_close_flushes_then_lingers(void **state) {
 static void test_lingering_close_discards_input(void **state) {
   (void)state;
   enum { FLOOD = 1 << 20 };
-  h_handler(&H, "return function(conn)\n"
-                "  conn:recv(1)\n"
-                "  conn:send('bye')\n"
-                "  conn:close()\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  conn:recv(1)\n"
+            "  conn:send('bye')\n"
+            "  conn:close()\n"
+            "end\n");
   int fd = h_client(&H);
   char *flood = malloc(FLOOD);
   assert_non_null(flood);
@@ -162,9 +165,10 @@ static void test_flush_deadline_when_peer_never_reads(void **state) {
   (void)state;
   H.opts.send_timeout = 0.1;
   H.opts.send_buffer = 64u << 20;
-  h_handler(&H, "return function(conn)\n"
-                "  conn:send(string.rep('z', 8 << 20))\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  conn:send(string.rep('z', 8 << 20))\n"
+            "end\n");
   int fd = h_client(&H);
   le_conn *c = H.accepted[0];
   RUN_UNTIL(&H, c->handler_done);
@@ -178,13 +182,14 @@ static void test_flush_deadline_when_peer_never_reads(void **state) {
  * the handler ends, no second FIN is needed. */
 static void test_half_close(void **state) {
   (void)state;
-  h_handler(&H, "return function(conn)\n"
-                "  conn:send('half')\n"
-                "  conn:shutdown('write')\n"
-                "  local ok, err = conn:send('more')\n"
-                "  send_after = tostring(ok) .. ',' .. tostring(err)\n"
-                "  got = conn:recv(5)\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  conn:send('half')\n"
+            "  conn:shutdown('write')\n"
+            "  local ok, err = conn:send('more')\n"
+            "  send_after = tostring(ok) .. ',' .. tostring(err)\n"
+            "  got = conn:recv(5)\n"
+            "end\n");
   int fd = h_client(&H);
   char buf[16];
   int end;
@@ -220,16 +225,17 @@ static void test_peer_reset(void **state) {
  * handler could not be preempted (the loop's cached clock is behind). */
 static void test_recv_timeout_counts_from_now(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  table.sort({1, 2}, function(a, b)\n"
-                "    local c = os.clock() while os.clock() - c < 0.2 do end\n"
-                "    return a < b end)\n"
-                "  local t0 = L.now()\n"
-                "  local d, err = conn:recv(0, 0.1)\n"
-                "  waited = L.now() - t0\n"
-                "  ended = err\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  table.sort({1, 2}, function(a, b)\n"
+            "    local c = os.clock() while os.clock() - c < 0.2 do end\n"
+            "    return a < b end)\n"
+            "  local t0 = L.now()\n"
+            "  local d, err = conn:recv(0, 0.1)\n"
+            "  waited = L.now() - t0\n"
+            "  ended = err\n"
+            "end\n");
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "ended"));
   assert_string_equal(h_global(&H, "ended"), "timeout");
@@ -263,10 +269,11 @@ static void test_abort_ends_waiting_handler(void **state) {
 
 static void test_abort_all_shutdown(void **state) {
   (void)state;
-  h_handler(&H, "return function(conn)\n"
-                "  local d, err = conn:recv()\n"
-                "  results = (results or '') .. tostring(d) .. ',' .. err .. ';'\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  local d, err = conn:recv()\n"
+            "  results = (results or '') .. tostring(d) .. ',' .. err .. ';'\n"
+            "end\n");
   int a = h_client(&H);
   int b = h_client(&H);
   assert_int_equal(H.ctx.count, 2);
@@ -280,12 +287,13 @@ static void test_abort_all_shutdown(void **state) {
 
 static void test_abort_ends_handler_waiting_elsewhere(void **state) {
   (void)state;
-  h_handler(&H, "return function(conn)\n"
-                "  local x <close> = setmetatable({}, {__close = function()"
-                "    tbc_ran = true end})\n"
-                "  require('luaecho').sleep(60)\n"
-                "  woke = true\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  local x <close> = setmetatable({}, {__close = function()"
+            "    tbc_ran = true end})\n"
+            "  require('luaecho').sleep(60)\n"
+            "  woke = true\n"
+            "end\n");
   int fd = h_client(&H);
   le_conn *c = H.accepted[0];
   assert_string_equal(le_coro_waits_on(&c->lc.coro), "luaecho.sleep");
@@ -399,8 +407,8 @@ static void test_connect_unix_missing_path(void **state) {
   int err = 0;
   char path[128];
   snprintf(path, sizeof path, "%s/nobody.sock", H.dir);
-  le_conn *c = le_conn_connect(&H.ctx, NULL, path, &H.opts, 1000, on_connect,
-                               &r, &err);
+  le_conn *c =
+      le_conn_connect(&H.ctx, NULL, path, &H.opts, 1000, on_connect, &r, &err);
   assert_non_null(c);
   RUN_UNTIL(&H, r.calls == 1);
   assert_int_equal(r.status, UV_ENOENT);

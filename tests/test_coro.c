@@ -23,7 +23,7 @@
 typedef struct waitable {
   le_coro *waiter; /* set by arm, cleared by the waker or by cancel */
   int arms, cancels, drops;
-  int arm_error;   /* < 0: arm fails with it */
+  int arm_error;     /* < 0: arm fails with it */
   lua_Integer value; /* what the continuation returns after a wake */
 } waitable;
 
@@ -35,8 +35,8 @@ typedef struct fixture {
   uint64_t cpu_limit_ms;
   le_coro coros[NCORO];
   waitable w[NCORO];
-  int done[NCORO];      /* done callbacks per coroutine */
-  int killed[NCORO];    /* killed callbacks per coroutine */
+  int done[NCORO];   /* done callbacks per coroutine */
+  int killed[NCORO]; /* killed callbacks per coroutine */
   int nres[NCORO];
   char result[NCORO][128]; /* first result, when a string */
   char error[NCORO][2048];
@@ -226,8 +226,9 @@ static int teardown(void **state) {
 
 static void test_start_wait_wake_continuation(void **state) {
   (void)state;
-  le_coro *c = start(0, "trace('a'); local r, v = wait(1); "
-                        "trace('b:' .. r .. v); return 'ret', 2");
+  le_coro *c = start(0,
+                     "trace('a'); local r, v = wait(1); "
+                     "trace('b:' .. r .. v); return 'ret', 2");
   assert_int_equal(c->state, LE_CORO_WAITING);
   assert_string_equal(le_coro_waits_on(c), "test.wait");
   assert_true(le_coro_alive(c));
@@ -259,9 +260,10 @@ static void test_start_wait_wake_continuation(void **state) {
 
 static void test_wait_many_times(void **state) {
   (void)state;
-  le_coro *c = start(0, "local s = 0; for i = 1, 3 do "
-                        "local _, v = wait(1); s = s + v end; "
-                        "return tostring(s)");
+  le_coro *c = start(0,
+                     "local s = 0; for i = 1, 3 do "
+                     "local _, v = wait(1); s = s + v end; "
+                     "return tostring(s)");
   for (int i = 1; i <= 3; i++) {
     assert_int_equal(c->state, LE_CORO_WAITING);
     wake(&F.w[0], i * 10);
@@ -349,8 +351,9 @@ static void test_release_ready_runs_drop_once(void **state) {
 
 static void test_release_runs_to_be_closed(void **state) {
   (void)state;
-  le_coro *c = start(0, "local x <close> = setmetatable({}, {__close = "
-                        "function() trace('closed') end}); wait(1)");
+  le_coro *c = start(0,
+                     "local x <close> = setmetatable({}, {__close = "
+                     "function() trace('closed') end}); wait(1)");
   assert_string_equal(traced(), "");
   le_coro_release(c);
   assert_string_equal(traced(), "closed");
@@ -380,14 +383,16 @@ static void test_list_release_ends_all(void **state) {
 
 static void test_close_and_resume_refused_wait_intact(void **state) {
   (void)state;
-  le_coro *c = start(0, "me = coroutine.running(); local r, v = wait(1); "
-                        "return r .. v");
-  run_main("local ok, err = pcall(coroutine.close, me)\n"
-           "assert(not ok)\n"
-           "close_err = err\n"
-           "local ok2, err2 = coroutine.resume(me, 'x')\n"
-           "assert(ok2 == false)\n"
-           "resume_err = err2\n");
+  le_coro *c = start(0,
+                     "me = coroutine.running(); local r, v = wait(1); "
+                     "return r .. v");
+  run_main(
+      "local ok, err = pcall(coroutine.close, me)\n"
+      "assert(not ok)\n"
+      "close_err = err\n"
+      "local ok2, err2 = coroutine.resume(me, 'x')\n"
+      "assert(ok2 == false)\n"
+      "resume_err = err2\n");
   lua_getglobal(F.L, "close_err");
   assert_contains(lua_tostring(F.L, -1),
                   "coroutine.close: cannot close a coroutine run by luaecho");
@@ -408,8 +413,9 @@ static void test_close_and_resume_refused_wait_intact(void **state) {
 static void test_close_refused_from_another_luaecho_coroutine(void **state) {
   (void)state;
   le_coro *c = start(0, "me = coroutine.running(); wait(1)");
-  start(1, "local ok, err = pcall(coroutine.close, me); "
-           "trace(tostring(ok)); trace(err)");
+  start(1,
+        "local ok, err = pcall(coroutine.close, me); "
+        "trace(tostring(ok)); trace(err)");
   assert_contains(traced(), "false,");
   assert_contains(traced(), "cannot close a coroutine run by luaecho");
   assert_int_equal(c->state, LE_CORO_WAITING);
@@ -419,30 +425,31 @@ static void test_close_refused_from_another_luaecho_coroutine(void **state) {
 
 static void test_user_coroutines_still_work(void **state) {
   (void)state;
-  start(0,
-        "local gen = coroutine.wrap(function(a) local b = coroutine.yield(a + 1)"
-        "  return b * 2 end)\n"
-        "assert(gen(1) == 2 and gen(5) == 10)\n"
-        "local co = coroutine.create(function(a)\n"
-        "  local b = coroutine.yield(a, 'y'); error('bad ' .. b) end)\n"
-        "local ok, x, y = coroutine.resume(co, 3)\n"
-        "assert(ok and x == 3 and y == 'y', tostring(x))\n"
-        "local ok2, e = coroutine.resume(co, 'b')\n"
-        "assert(not ok2 and e:find('handler.lua:4: bad b', 1, true), e)\n"
-        "assert(coroutine.status(co) == 'dead')\n"
-        "assert(coroutine.close(co) == false)\n"
-        "local closed = false\n"
-        "local f = coroutine.wrap(function()\n"
-        "  local x <close> = setmetatable({}, {__close = function()"
-        "    closed = true end})\n"
-        "  error('boom') end)\n"
-        "local ok3, e3 = pcall(f)\n"
-        "assert(not ok3 and e3:find('handler.lua:14: boom', 1, true), e3)\n"
-        "assert(closed, 'wrap closes the coroutine on error')\n"
-        "local w = coroutine.wrap(function() error({}) end)\n"
-        "local ok4, e4 = pcall(w)\n"
-        "assert(not ok4 and type(e4) == 'table')\n"
-        "return 'ok'");
+  start(
+      0,
+      "local gen = coroutine.wrap(function(a) local b = coroutine.yield(a + 1)"
+      "  return b * 2 end)\n"
+      "assert(gen(1) == 2 and gen(5) == 10)\n"
+      "local co = coroutine.create(function(a)\n"
+      "  local b = coroutine.yield(a, 'y'); error('bad ' .. b) end)\n"
+      "local ok, x, y = coroutine.resume(co, 3)\n"
+      "assert(ok and x == 3 and y == 'y', tostring(x))\n"
+      "local ok2, e = coroutine.resume(co, 'b')\n"
+      "assert(not ok2 and e:find('handler.lua:4: bad b', 1, true), e)\n"
+      "assert(coroutine.status(co) == 'dead')\n"
+      "assert(coroutine.close(co) == false)\n"
+      "local closed = false\n"
+      "local f = coroutine.wrap(function()\n"
+      "  local x <close> = setmetatable({}, {__close = function()"
+      "    closed = true end})\n"
+      "  error('boom') end)\n"
+      "local ok3, e3 = pcall(f)\n"
+      "assert(not ok3 and e3:find('handler.lua:14: boom', 1, true), e3)\n"
+      "assert(closed, 'wrap closes the coroutine on error')\n"
+      "local w = coroutine.wrap(function() error({}) end)\n"
+      "local ok4, e4 = pcall(w)\n"
+      "assert(not ok4 and type(e4) == 'table')\n"
+      "return 'ok'");
   assert_string_equal(F.error[0], "");
   assert_string_equal(F.result[0], "ok");
 }
@@ -498,8 +505,9 @@ static void test_wait_in_sort_comparator_raises_and_drops(void **state) {
 static void test_arm_error_runs_continuation_at_once(void **state) {
   (void)state;
   F.w[0].arm_error = -12;
-  le_coro *c = start(0, "local r, st = wait(1); "
-                        "return tostring(r) .. ':' .. st");
+  le_coro *c = start(0,
+                     "local r, st = wait(1); "
+                     "return tostring(r) .. ':' .. st");
   assert_int_equal(F.done[0], 1);
   assert_string_equal(F.result[0], "nil:-12");
   assert_int_equal(F.w[0].arms, 1);
@@ -528,8 +536,9 @@ static void run_until_done(int i) {
 
 static void test_spin_is_preempted_then_stopped(void **state) {
   (void)state;
-  le_coro *c = start_named(0, "=spin.lua", "local n = 0\nwhile true do "
-                                           "n = n + 1 end");
+  le_coro *c = start_named(0, "=spin.lua",
+                           "local n = 0\nwhile true do "
+                           "n = n + 1 end");
   /* It computed for a tick and was put behind a turn of the loop. */
   assert_int_equal(c->state, LE_CORO_READY);
   assert_true(F.sched.preempted >= 1);
@@ -610,9 +619,10 @@ static void test_waiting_resets_the_cpu_account(void **state) {
 
 static void test_release_preempted_coroutine(void **state) {
   (void)state;
-  le_coro *c = start(0, "local x <close> = setmetatable({}, {__close = "
-                        "function() trace('closed') end})\n"
-                        "while true do end");
+  le_coro *c = start(0,
+                     "local x <close> = setmetatable({}, {__close = "
+                     "function() trace('closed') end})\n"
+                     "while true do end");
   assert_int_equal(c->state, LE_CORO_READY);
   le_coro_release(c);
   assert_int_equal(F.killed[0], 1);
@@ -625,8 +635,7 @@ static void test_release_preempted_coroutine(void **state) {
  * error message (valid until the stack is cleared). */
 static const char *preempt_pcall(const char *code) {
   lua_State *L = F.L;
-  assert_int_equal(luaL_loadbuffer(L, code, strlen(code), "=main.lua"),
-                   LUA_OK);
+  assert_int_equal(luaL_loadbuffer(L, code, strlen(code), "=main.lua"), LUA_OK);
   int status = le_preempt_pcall(L, 0, 0, 0.2);
   assert_int_equal(status, LUA_ERRRUN);
   assert_int_equal(lua_gettop(L), 1);

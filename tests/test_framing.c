@@ -58,13 +58,12 @@ static size_t build(le_packet mode, const void *payload, size_t len,
 /* Feeds a frame one more byte at a time, with and without `scanned`: every
  * proper prefix needs more, the whole frame is one message. */
 static void check_every_prefix(le_packet mode, size_t max,
-                               const unsigned char *frame, size_t n,
-                               size_t off, size_t len) {
+                               const unsigned char *frame, size_t n, size_t off,
+                               size_t len) {
   le_frame f;
   size_t scanned = 0;
   for (size_t k = 0; k < n; k++) {
-    assert_int_equal(decode(mode, max, frame, k, &scanned, &f),
-                     LE_FRAME_MORE);
+    assert_int_equal(decode(mode, max, frame, k, &scanned, &f), LE_FRAME_MORE);
     assert_int_equal(decode(mode, max, frame, k, NULL, &f), LE_FRAME_MORE);
     assert_true(scanned <= k);
   }
@@ -260,8 +259,7 @@ static void check_packet_max(le_packet mode, size_t max) {
   n = build(mode, payload, max + 1, frame);
   assert_int_equal(decode(mode, max, frame, h - 1, NULL, &f), LE_FRAME_MORE);
   assert_int_equal(decode(mode, max, frame, h, NULL, &f), LE_FRAME_TOOBIG);
-  assert_int_equal(decode(mode, max, frame, h + 1, NULL, &f),
-                   LE_FRAME_TOOBIG);
+  assert_int_equal(decode(mode, max, frame, h + 1, NULL, &f), LE_FRAME_TOOBIG);
   assert_int_equal(decode(mode, max, frame, n, NULL, &f), LE_FRAME_TOOBIG);
   free(payload);
   free(frame);
@@ -287,11 +285,9 @@ static void test_packet_max_beyond_header_range(void **state) {
   le_frame f;
   unsigned char frame[256] = {0xff};
   memset(frame + 1, 'p', 255);
-  assert_int_equal(decode(LE_PACKET_1, 255, frame, 256, NULL, &f),
-                   LE_FRAME_OK);
+  assert_int_equal(decode(LE_PACKET_1, 255, frame, 256, NULL, &f), LE_FRAME_OK);
   assert_frame(&f, 1, 255, 256);
-  assert_int_equal(decode(LE_PACKET_1, MIB, frame, 1, NULL, &f),
-                   LE_FRAME_MORE);
+  assert_int_equal(decode(LE_PACKET_1, MIB, frame, 1, NULL, &f), LE_FRAME_MORE);
   static const unsigned char hdr2[2] = {0xff, 0xff};
   assert_int_equal(decode(LE_PACKET_2, 65535, hdr2, 2, NULL, &f),
                    LE_FRAME_MORE);
@@ -308,24 +304,22 @@ static void test_packet_garbage_header(void **state) {
                    LE_FRAME_MORE);
   assert_int_equal(decode(LE_PACKET_4, MIB, garbage, 4, NULL, &f),
                    LE_FRAME_TOOBIG);
-  assert_int_equal(decode(LE_PACKET_4, MIB, garbage, sizeof garbage, NULL,
-                          &f),
+  assert_int_equal(decode(LE_PACKET_4, MIB, garbage, sizeof garbage, NULL, &f),
                    LE_FRAME_TOOBIG);
   assert_int_equal(decode(LE_PACKET_2, 1000, garbage, 2, NULL, &f),
                    LE_FRAME_TOOBIG);
   assert_int_equal(decode(LE_PACKET_1, 254, garbage, 1, NULL, &f),
                    LE_FRAME_TOOBIG);
   /* Only max decides: with no limit the decoder waits, without overflow. */
-  assert_int_equal(decode(LE_PACKET_4, SIZE_MAX, garbage, sizeof garbage,
-                          NULL, &f),
-                   LE_FRAME_MORE);
+  assert_int_equal(
+      decode(LE_PACKET_4, SIZE_MAX, garbage, sizeof garbage, NULL, &f),
+      LE_FRAME_MORE);
   /* Big-endian: 00 10 00 01 is 1 MiB + 1, 01 00 10 00 would be 16 MiB. */
   static const unsigned char over[4] = {0x00, 0x10, 0x00, 0x01};
   assert_int_equal(decode(LE_PACKET_4, MIB, over, 4, NULL, &f),
                    LE_FRAME_TOOBIG);
   static const unsigned char exact[4] = {0x00, 0x10, 0x00, 0x00};
-  assert_int_equal(decode(LE_PACKET_4, MIB, exact, 4, NULL, &f),
-                   LE_FRAME_MORE);
+  assert_int_equal(decode(LE_PACKET_4, MIB, exact, 4, NULL, &f), LE_FRAME_MORE);
 }
 
 /* Big-endian headers: the first byte is the most significant. */
@@ -420,7 +414,7 @@ static void test_line_scanned_same_results(void **state) {
   for (size_t max = 1; max <= n + 1; max++) {
     for (size_t s = 0; s <= n; s++) {
       size_t scanned = 0;
-      size_t pos[2] = {0, 0};                     /* consumed so far */
+      size_t pos[2] = {0, 0}; /* consumed so far */
       le_frame_status end[2] = {LE_FRAME_MORE, LE_FRAME_MORE};
       size_t got[2][8], count[2] = {0, 0};
       for (int with = 0; with <= 1; with++) {
@@ -428,10 +422,9 @@ static void test_line_scanned_same_results(void **state) {
         for (int step = 0; step < 2 && end[with] != LE_FRAME_TOOBIG; step++) {
           for (;;) {
             le_frame f;
-            le_frame_status st =
-                decode(LE_PACKET_LINE, max, stream + pos[with],
-                       avail_steps[step] - pos[with], with ? &scanned : NULL,
-                       &f);
+            le_frame_status st = decode(LE_PACKET_LINE, max, stream + pos[with],
+                                        avail_steps[step] - pos[with],
+                                        with ? &scanned : NULL, &f);
             if (st == LE_FRAME_MORE) break;
             end[with] = st;
             if (st == LE_FRAME_TOOBIG) break;
@@ -454,8 +447,7 @@ static void test_line_scanned_same_results(void **state) {
 static void test_raw(void **state) {
   (void)state;
   le_frame f;
-  assert_int_equal(decode(LE_PACKET_RAW, MIB, "abc", 3, NULL, &f),
-                   LE_FRAME_OK);
+  assert_int_equal(decode(LE_PACKET_RAW, MIB, "abc", 3, NULL, &f), LE_FRAME_OK);
   assert_frame(&f, 0, 3, 3);
   assert_int_equal(decode(LE_PACKET_RAW, MIB, "a\nb\n", 4, NULL, &f),
                    LE_FRAME_OK);
@@ -463,8 +455,7 @@ static void test_raw(void **state) {
   assert_int_equal(decode(LE_PACKET_RAW, 4, "0123456789", 10, NULL, &f),
                    LE_FRAME_OK);
   assert_frame(&f, 0, 10, 10);
-  assert_int_equal(decode(LE_PACKET_RAW, MIB, "", 0, NULL, &f),
-                   LE_FRAME_MORE);
+  assert_int_equal(decode(LE_PACKET_RAW, MIB, "", 0, NULL, &f), LE_FRAME_MORE);
 }
 
 /* Calls le_frame_header on a poisoned buffer and checks its result and
@@ -535,17 +526,16 @@ static void test_header_decodes_back(void **state) {
       if (h < 0) continue;
       assert_int_equal(h, header_size(modes[m]));
       le_frame f;
-      le_frame_status st = decode(modes[m], SIZE_MAX, hdr, (size_t)h, NULL,
-                                  &f);
+      le_frame_status st = decode(modes[m], SIZE_MAX, hdr, (size_t)h, NULL, &f);
       if (lens[i] == 0) {
         assert_int_equal(st, LE_FRAME_OK);
         assert_frame(&f, (size_t)h, 0, (size_t)h);
       } else {
         assert_int_equal(st, LE_FRAME_MORE);
         /* One byte short of max proves the header said exactly lens[i]. */
-        assert_int_equal(decode(modes[m], lens[i] - 1, hdr, (size_t)h, NULL,
-                                &f),
-                         LE_FRAME_TOOBIG);
+        assert_int_equal(
+            decode(modes[m], lens[i] - 1, hdr, (size_t)h, NULL, &f),
+            LE_FRAME_TOOBIG);
       }
     }
   }

@@ -24,9 +24,9 @@
 
 /* One io->queue_write call. */
 typedef struct queued_write {
-  char hdr[4];         /* the header bytes, which queue_write must copy */
+  char hdr[4]; /* the header bytes, which queue_write must copy */
   size_t hlen;
-  const char *data;    /* points into a Lua string kept alive by ref */
+  const char *data; /* points into a Lua string kept alive by ref */
   size_t len;
   int ref;
 } queued_write;
@@ -36,33 +36,33 @@ typedef struct fake {
   le_lconn lc;
   lua_State *L;
   le_log log;
-  FILE *log_file;      /* an open_memstream behind `log` */
+  FILE *log_file; /* an open_memstream behind `log` */
   char *log_text;
   size_t log_len;
-  char shown[2048];    /* show()'s result */
-  uint64_t now;        /* the loop clock io->now reports, in ms */
+  char shown[2048]; /* show()'s result */
+  uint64_t now;     /* the loop clock io->now reports, in ms */
   /* try_write */
-  ssize_t accept;      /* bytes each try_write takes; -1: all */
-  int write_error;     /* < 0: try_write fails with it */
-  int try_writes;      /* try_write calls */
-  le_buf written;      /* bytes try_write took */
+  ssize_t accept;  /* bytes each try_write takes; -1: all */
+  int write_error; /* < 0: try_write fails with it */
+  int try_writes;  /* try_write calls */
+  le_buf written;  /* bytes try_write took */
   /* queue_write */
-  int queue_error;     /* < 0: queue_write fails with it */
+  int queue_error; /* < 0: queue_write fails with it */
   queued_write writes[MAX_WRITES];
-  size_t nwrites;      /* queue_write calls that succeeded */
-  size_t ncompleted;   /* of those, reported back with on_written */
+  size_t nwrites;    /* queue_write calls that succeeded */
+  size_t ncompleted; /* of those, reported back with on_written */
   /* set_reading, set_timer */
-  int reading;         /* last set_reading */
+  int reading;          /* last set_reading */
   char reading_log[64]; /* '1' or '0' per set_reading call */
-  int64_t timer_ms;    /* last set_timer; -1: disarmed */
-  uint64_t timer_at;   /* clock time the armed timer fires */
-  int timer_sets;      /* set_timer calls */
+  int64_t timer_ms;     /* last set_timer; -1: disarmed */
+  uint64_t timer_at;    /* clock time the armed timer fires */
+  int timer_sets;       /* set_timer calls */
   /* the rest */
-  int shutdowns;       /* shutdown_write calls */
-  int sockopts;        /* apply_sockopts calls */
-  int closes;          /* close calls (more than one is allowed) */
-  int aborts;          /* close calls with abort set */
-  int done;            /* handler_done calls */
+  int shutdowns; /* shutdown_write calls */
+  int sockopts;  /* apply_sockopts calls */
+  int closes;    /* close calls (more than one is allowed) */
+  int aborts;    /* close calls with abort set */
+  int done;      /* handler_done calls */
 } fake;
 
 /* Gives lc a TCP peer address, as the server does at accept. */
@@ -268,7 +268,8 @@ static void append_value(lua_State *L, int i, char *out, size_t len) {
   else if (lua_type(L, i) == LUA_TNUMBER)
     snprintf(out + used, len - used, "%g", (double)lua_tonumber(L, i));
   else if (lua_isboolean(L, i))
-    snprintf(out + used, len - used, "%s", lua_toboolean(L, i) ? "true" : "false");
+    snprintf(out + used, len - used, "%s",
+             lua_toboolean(L, i) ? "true" : "false");
   else
     snprintf(out + used, len - used, "%s", luaL_typename(L, i));
 }
@@ -300,11 +301,11 @@ static const char *show(fake *f, const char *exprs) {
 /* The handler ended and the connection was closed: gracefully (abort 0:
  * no close call asked for an abort) or at once (abort 1: one did; io->close
  * may be called again, and an abort cuts a flush short). */
-#define assert_ended(f, abort)                     \
-  do {                                             \
-    assert_int_equal((f)->done, 1);                \
-    assert_true((f)->closes >= 1);                 \
-    assert_int_equal((f)->aborts > 0, (abort));    \
+#define assert_ended(f, abort)                  \
+  do {                                          \
+    assert_int_equal((f)->done, 1);             \
+    assert_true((f)->closes >= 1);              \
+    assert_int_equal((f)->aborts > 0, (abort)); \
   } while (0)
 
 static void assert_written_bytes(const fake *f, const char *expected,
@@ -339,10 +340,11 @@ static void test_recv_returns_what_arrives(void **state) {
 
 static void test_recv_n_waits_for_exactly_n(void **state) {
   fake *f = *state;
-  start(f, "a = conn:recv(5)\n"
-           "b = conn:recv(3)\n"
-           "c = conn:recv()\n"
-           "conn:recv()");
+  start(f,
+        "a = conn:recv(5)\n"
+        "b = conn:recv(3)\n"
+        "c = conn:recv()\n"
+        "conn:recv()");
   deliver(f, "ab");
   deliver(f, "cd");
   assert_lua(f, "a", "nil");
@@ -354,9 +356,10 @@ static void test_recv_n_waits_for_exactly_n(void **state) {
 
 static void test_recv_n_leaves_the_rest_buffered(void **state) {
   fake *f = *state;
-  start(f, "a = conn:recv(2)\n"
-           "conn:send('x')\n" /* waits, so the rest stays buffered */
-           "b = conn:recv()");
+  start(f,
+        "a = conn:recv(2)\n"
+        "conn:send('x')\n" /* waits, so the rest stays buffered */
+        "b = conn:recv()");
   block_sends(f);
   deliver(f, "abcdef");
   assert_lua(f, "a, b", "'ab', nil");
@@ -368,10 +371,11 @@ static void test_recv_n_leaves_the_rest_buffered(void **state) {
 /* One read can answer several recv calls in a row. */
 static void test_one_delivery_answers_successive_recvs(void **state) {
   fake *f = *state;
-  start(f, "a = conn:recv(2)\n"
-           "b = conn:recv(2)\n"
-           "c = conn:recv(2)\n"
-           "conn:recv()");
+  start(f,
+        "a = conn:recv(2)\n"
+        "b = conn:recv(2)\n"
+        "c = conn:recv(2)\n"
+        "conn:recv()");
   deliver(f, "abcdef");
   assert_lua(f, "a, b, c", "'ab', 'cd', 'ef'");
   assert_int_equal(le_buf_size(&f->lc.in), 0);
@@ -411,8 +415,9 @@ static void test_early_timer_does_not_time_out_recv(void **state) {
 
 static void test_recv_in_time_disarms_timer(void **state) {
   fake *f = *state;
-  start(f, "data = conn:recv(3, 5)\n"
-           "conn:recv()");
+  start(f,
+        "data = conn:recv(3, 5)\n"
+        "conn:recv()");
   assert_int_equal(f->timer_ms, 5000);
   deliver(f, "abc");
   assert_lua(f, "data", "'abc'");
@@ -432,9 +437,10 @@ static void test_recv_without_timeout_arms_no_timer(void **state) {
 
 static void test_recv_timeout_option_is_the_default(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{recv_timeout = 2}\n"
-           "a, ae = conn:recv()\n"
-           "b, be = conn:recv(nil, 0.5)");
+  start(f,
+        "conn:setopts{recv_timeout = 2}\n"
+        "a, ae = conn:recv()\n"
+        "b, be = conn:recv(nil, 0.5)");
   assert_int_equal(f->timer_ms, 2000);
   fire_timer(f);
   assert_int_equal(f->timer_ms, 500);
@@ -444,8 +450,9 @@ static void test_recv_timeout_option_is_the_default(void **state) {
 
 static void test_recv_poll_with_nothing_buffered(void **state) {
   fake *f = *state;
-  start(f, "a, ae, ap = conn:recv(0, 0)\n"
-           "b, be, bp = conn:recv(4, 0)");
+  start(f,
+        "a, ae, ap = conn:recv(0, 0)\n"
+        "b, be, bp = conn:recv(4, 0)");
   assert_lua(f, "a, ae, ap", "nil, 'timeout', ''");
   assert_lua(f, "b, be, bp", "nil, 'timeout', ''");
   assert_ended(f, 0); /* it never waited */
@@ -455,11 +462,12 @@ static void test_recv_poll_with_nothing_buffered(void **state) {
 static void test_recv_poll_with_bytes_buffered(void **state) {
   fake *f = *state;
   block_sends(f);
-  start(f, "conn:send('1')\n"
-           "a = conn:recv(1)\n"
-           "any = conn:recv(0, 0)\n"
-           "conn:send('2')\n"
-           "d, e, p = conn:recv(5, 0)");
+  start(f,
+        "conn:send('1')\n"
+        "a = conn:recv(1)\n"
+        "any = conn:recv(0, 0)\n"
+        "conn:send('2')\n"
+        "d, e, p = conn:recv(5, 0)");
   deliver(f, "xyz");
   complete_write(f, 0);
   assert_lua(f, "a, any", "'x', 'yz'");
@@ -473,17 +481,19 @@ static void test_recv_poll_with_bytes_buffered(void **state) {
  * been received: a poll right after sees them. */
 static void test_poll_sees_rest_of_same_read(void **state) {
   fake *f = *state;
-  start(f, "first = conn:recv(1)\n"
-           "rest, e = conn:recv(0, 0)\n"
-           "conn:recv()");
+  start(f,
+        "first = conn:recv(1)\n"
+        "rest, e = conn:recv(0, 0)\n"
+        "conn:recv()");
   deliver(f, "xyz");
   assert_lua(f, "first, rest, e", "'x', 'yz', nil");
 }
 
 static void test_eof_wakes_recv_with_partial(void **state) {
   fake *f = *state;
-  start(f, "d, e, p = conn:recv(10)\n"
-           "d2, e2, p2 = conn:recv()");
+  start(f,
+        "d, e, p = conn:recv(10)\n"
+        "d2, e2, p2 = conn:recv()");
   deliver(f, "abc");
   le_lconn_on_eof(&f->lc);
   assert_lua(f, "d, e, p", "nil, 'closed', 'abc'");
@@ -495,9 +505,10 @@ static void test_eof_wakes_recv_with_partial(void **state) {
 static void test_eof_after_buffered_bytes(void **state) {
   fake *f = *state;
   block_sends(f);
-  start(f, "conn:send('x')\n"
-           "a = conn:recv(2)\n"
-           "b, e, p = conn:recv(5)");
+  start(f,
+        "conn:send('x')\n"
+        "a = conn:recv(2)\n"
+        "b, e, p = conn:recv(5)");
   deliver(f, "abcd");
   le_lconn_on_eof(&f->lc);
   complete_write(f, 0);
@@ -506,8 +517,9 @@ static void test_eof_after_buffered_bytes(void **state) {
 
 static void test_reset_wakes_recv(void **state) {
   fake *f = *state;
-  start(f, "d, e, p = conn:recv()\n"
-           "s, se = conn:send('x')");
+  start(f,
+        "d, e, p = conn:recv()\n"
+        "s, se = conn:send('x')");
   le_lconn_on_error(&f->lc, UV_ECONNRESET);
   assert_lua(f, "d, e, p", "nil, 'econnreset', ''");
   assert_lua(f, "s, se", "nil, 'econnreset'");
@@ -525,11 +537,13 @@ static void test_recv_inside_pcall(void **state) {
 
 static void test_recv_bad_arguments_raise(void **state) {
   fake *f = *state;
-  start(f, "_, e1 = pcall(function() return conn:recv(-1) end)\n"
-           "_, e2 = pcall(function() return conn:recv(1, -1) end)\n"
-           "_, e3 = pcall(function() return conn:send({}) end)");
-  assert_contains(show(f, "e1"),
-                  "bad argument #1 to 'recv' (byte count must be 0..1073741824)");
+  start(f,
+        "_, e1 = pcall(function() return conn:recv(-1) end)\n"
+        "_, e2 = pcall(function() return conn:recv(1, -1) end)\n"
+        "_, e3 = pcall(function() return conn:send({}) end)");
+  assert_contains(
+      show(f, "e1"),
+      "bad argument #1 to 'recv' (byte count must be 0..1073741824)");
   assert_contains(show(f, "e2"),
                   "bad argument #2 to 'recv' (timeout must be >= 0 seconds)");
   assert_contains(show(f, "e3"), "bad argument #1 to 'send'");
@@ -540,8 +554,9 @@ static void test_recv_bad_arguments_raise(void **state) {
 
 static void test_send_written_at_once(void **state) {
   fake *f = *state;
-  start(f, "ok = conn:send('hello')\n"
-           "empty = conn:send('')");
+  start(f,
+        "ok = conn:send('hello')\n"
+        "empty = conn:send('')");
   assert_lua(f, "ok, empty", "true, true");
   assert_written(f, "hello");
   assert_int_equal(f->nwrites, 0);
@@ -552,9 +567,10 @@ static void test_send_written_at_once(void **state) {
 static void test_partial_write_queues_the_rest(void **state) {
   fake *f = *state;
   f->accept = 2;
-  start(f, "a = conn:send('hello')\n"
-           "b = conn:send('!')\n"
-           "conn:recv()");
+  start(f,
+        "a = conn:send('hello')\n"
+        "b = conn:send('!')\n"
+        "conn:recv()");
   assert_lua(f, "a, b", "true, true");
   assert_written(f, "he");
   assert_int_equal(f->try_writes, 1);
@@ -573,9 +589,10 @@ static void test_send_waits_only_above_send_buffer(void **state) {
   /* Each queued write also counts 320 bytes of bookkeeping, so this buffer
    * holds two queued writes of 4 bytes in all. */
   f->lc.opts.send_buffer = 4 + 2 * 320;
-  start(f, "a = conn:send('abcd')\n" /* 4 + 320 queued: no wait */
-           "b = conn:send('e')\n"    /* 5 + 640 queued: above, waits */
-           "c = conn:send('f')");    /* 2 + 640 after 'abcd': no wait */
+  start(f,
+        "a = conn:send('abcd')\n" /* 4 + 320 queued: no wait */
+        "b = conn:send('e')\n"    /* 5 + 640 queued: above, waits */
+        "c = conn:send('f')");    /* 2 + 640 after 'abcd': no wait */
   assert_lua(f, "a, b", "true, nil");
   assert_waiting(f);
   complete_write(f, 0); /* 'abcd' written, 1 byte (+320) left */
@@ -586,8 +603,9 @@ static void test_send_waits_only_above_send_buffer(void **state) {
 static void test_write_error_fails_send(void **state) {
   fake *f = *state;
   f->write_error = UV_EPIPE;
-  start(f, "a, e = conn:send('x')\n"
-           "b, e2 = conn:send('y')");
+  start(f,
+        "a, e = conn:send('x')\n"
+        "b, e2 = conn:send('y')");
   assert_lua(f, "a, e, b, e2", "nil, 'epipe', nil, 'epipe'");
   assert_int_equal(f->try_writes, 1);
 }
@@ -604,8 +622,9 @@ static void test_queue_error_fails_send(void **state) {
 static void test_failed_write_wakes_sender(void **state) {
   fake *f = *state;
   block_sends(f);
-  start(f, "a, e = conn:send('x')\n"
-           "b, e2 = conn:send('y')");
+  start(f,
+        "a, e = conn:send('x')\n"
+        "b, e2 = conn:send('y')");
   assert_waiting(f);
   complete_write(f, UV_ECONNRESET);
   assert_lua(f, "a, e, b, e2", "nil, 'econnreset', nil, 'econnreset'");
@@ -624,8 +643,9 @@ static void test_reset_wakes_sender(void **state) {
 static void test_queued_string_kept_until_written(void **state) {
   fake *f = *state;
   f->accept = 4;
-  start(f, "conn:send(string.rep('x', 100) .. 'tail')\n"
-           "conn:recv()");
+  start(f,
+        "conn:send(string.rep('x', 100) .. 'tail')\n"
+        "conn:recv()");
   lua_gc(f->L, LUA_GCCOLLECT);
   queued_write w = f->writes[0];
   assert_int_equal(w.len, 100);
@@ -640,8 +660,9 @@ static void test_queued_string_kept_until_written(void **state) {
 
 static void test_send_after_peer_fin(void **state) {
   fake *f = *state;
-  start(f, "d, e = conn:recv()\n"
-           "ok = conn:send('bye')");
+  start(f,
+        "d, e = conn:recv()\n"
+        "ok = conn:send('bye')");
   le_lconn_on_eof(&f->lc);
   assert_lua(f, "d, e, ok", "nil, 'closed', true");
   assert_written(f, "bye");
@@ -653,9 +674,10 @@ static void test_reading_pauses_when_recv_buffer_full(void **state) {
   fake *f = *state;
   block_sends(f);
   f->lc.opts.recv_buffer = 8;
-  start(f, "conn:send('x')\n"
-           "data = conn:recv()\n"
-           "conn:recv()");
+  start(f,
+        "conn:send('x')\n"
+        "data = conn:recv()\n"
+        "conn:recv()");
   assert_string_equal(f->reading_log, "1");
   deliver(f, "1234");
   assert_int_equal(f->reading, 1);
@@ -682,9 +704,10 @@ static void test_poll_that_drains_buffer_resumes_reading(void **state) {
   fake *f = *state;
   block_sends(f);
   f->lc.opts.recv_buffer = 4;
-  start(f, "conn:send('x')\n"
-           "d, e, p = conn:recv(10, 0)\n"
-           "conn:send('y')");
+  start(f,
+        "conn:send('x')\n"
+        "d, e, p = conn:recv(10, 0)\n"
+        "conn:send('y')");
   deliver(f, "123456");
   assert_int_equal(f->reading, 0);
   complete_write(f, 0);
@@ -712,8 +735,9 @@ static void test_send_timeout_without_close(void **state) {
   block_sends(f);
   f->lc.opts.send_timeout = 2;
   f->lc.opts.send_timeout_close = 0;
-  start(f, "a, e = conn:send('x')\n"
-           "b = conn:send('y')");
+  start(f,
+        "a, e = conn:send('x')\n"
+        "b = conn:send('y')");
   fire_timer(f);
   assert_lua(f, "a, e", "nil, 'timeout'");
   assert_int_equal(f->closes, 0);
@@ -724,8 +748,9 @@ static void test_send_timeout_without_close(void **state) {
 static void test_idle_timeout_ends_connection(void **state) {
   fake *f = *state;
   f->lc.opts.idle_timeout = 10;
-  start(f, "d, e = conn:recv()\n"
-           "d2, e2 = conn:recv(); s, e3 = conn:send('x')");
+  start(f,
+        "d, e = conn:recv()\n"
+        "d2, e2 = conn:recv(); s, e3 = conn:send('x')");
   assert_int_equal(f->timer_ms, -1); /* the loop's sweep handles idleness */
   sweep_idle(f, 9999);
   assert_waiting(f);
@@ -757,18 +782,21 @@ static void test_traffic_postpones_idle_timeout(void **state) {
  *   repeat d, e = conn:recv(nil, 5) until e ~= "timeout"
  * would then spin without ever yielding, and freeze the whole server.
  * RETRY runs `call` up to 1000 times while it fails with "timeout". */
-#define RETRY(call)                                  \
-  "for i = 1, 1000 do\n"                             \
-  "  local ok, e = " call "\n"                       \
-  "  if e ~= 'timeout' then last = e break end\n"    \
-  "  timeouts = i\n"                                 \
+#define RETRY(call)                               \
+  "for i = 1, 1000 do\n"                          \
+  "  local ok, e = " call                         \
+  "\n"                                            \
+  "  if e ~= 'timeout' then last = e break end\n" \
+  "  timeouts = i\n"                              \
   "end"
 
 static void assert_no_timeout_spin(fake *f) {
   int n = atoi(show(f, "timeouts or 0"));
   if (n > 1)
-    fail_msg("the handler got \"timeout\" %d times in a row without "
-             "waiting (last error: %s)", n, show(f, "last"));
+    fail_msg(
+        "the handler got \"timeout\" %d times in a row without "
+        "waiting (last error: %s)",
+        n, show(f, "last"));
   assert_int_equal(f->done, 1);
 }
 
@@ -800,10 +828,11 @@ static void test_retry_after_send_timeout_close(void **state) {
 
 static void test_packet_2_recv_and_send(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{packet = 2}\n"
-           "a = conn:recv()\n"
-           "b = conn:recv(100)\n" /* n is ignored when framed */
-           "conn:send('hi')");
+  start(f,
+        "conn:setopts{packet = 2}\n"
+        "a = conn:recv()\n"
+        "b = conn:recv(100)\n" /* n is ignored when framed */
+        "conn:send('hi')");
   deliver_bytes(f, "\0\3a", 3);
   assert_lua(f, "a", "nil");
   deliver_bytes(f, "bc\0\2de", 6);
@@ -814,9 +843,10 @@ static void test_packet_2_recv_and_send(void **state) {
 static void test_packet_header_queued_with_partial_write(void **state) {
   fake *f = *state;
   f->accept = 1;
-  start(f, "conn:setopts{packet = 4}\n"
-           "ok = conn:send('hi')\n"
-           "conn:recv()");
+  start(f,
+        "conn:setopts{packet = 4}\n"
+        "ok = conn:send('hi')\n"
+        "conn:recv()");
   assert_lua(f, "ok", "true");
   assert_written_bytes(f, "\0", 1);
   assert_int_equal(f->nwrites, 1);
@@ -831,10 +861,11 @@ static void test_packet_header_queued_with_partial_write(void **state) {
 
 static void test_line_mode(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{packet = 'line'}\n"
-           "a = conn:recv()\n"
-           "b = conn:recv()\n"
-           "c, e, p = conn:recv()");
+  start(f,
+        "conn:setopts{packet = 'line'}\n"
+        "a = conn:recv()\n"
+        "b = conn:recv()\n"
+        "c, e, p = conn:recv()");
   deliver(f, "ab");
   deliver(f, "c\nde\nf");
   assert_lua(f, "a, b", "'abc\n', 'de\n'");
@@ -846,9 +877,10 @@ static void test_line_mode(void **state) {
  * the stream stays in step. */
 static void test_framed_timeout_keeps_partial_message(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{packet = 2}\n"
-           "a, e, p = conn:recv(nil, 1)\n"
-           "b = conn:recv()");
+  start(f,
+        "conn:setopts{packet = 2}\n"
+        "a, e, p = conn:recv(nil, 1)\n"
+        "b = conn:recv()");
   deliver_bytes(f, "\0\5ab", 4);
   fire_timer(f);
   assert_lua(f, "a, e, p", "nil, 'timeout', ''");
@@ -859,9 +891,10 @@ static void test_framed_timeout_keeps_partial_message(void **state) {
 
 static void test_framed_message_too_big(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{packet = 'line', packet_size = 4}\n"
-           "a, e, p = conn:recv()\n"
-           "b, e2 = conn:recv()");
+  start(f,
+        "conn:setopts{packet = 'line', packet_size = 4}\n"
+        "a, e, p = conn:recv()\n"
+        "b, e2 = conn:recv()");
   deliver(f, "abcdef");
   assert_lua(f, "a, e, p, b, e2", "nil, 'emsgsize', '', nil, 'emsgsize'");
   assert_int_equal(f->reading, 0);
@@ -869,9 +902,10 @@ static void test_framed_message_too_big(void **state) {
 
 static void test_send_too_big_for_header(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{packet = 1}\n"
-           "a, e = conn:send(string.rep('x', 256))\n"
-           "b = conn:send(string.rep('y', 255))");
+  start(f,
+        "conn:setopts{packet = 1}\n"
+        "a, e = conn:send(string.rep('x', 256))\n"
+        "b = conn:send(string.rep('y', 255))");
   assert_lua(f, "a, e, b", "nil, 'emsgsize', true");
   assert_int_equal(le_buf_size(&f->written), 256);
 }
@@ -887,13 +921,15 @@ static void test_handler_return_closes_gracefully(void **state) {
 
 static void test_handler_error_is_logged_and_aborts(void **state) {
   fake *f = *state;
-  start(f, "conn:recv()\n"
-           "error('boom')");
+  start(f,
+        "conn:recv()\n"
+        "error('boom')");
   deliver(f, "x");
   assert_ended(f, 1);
   assert_int_equal(f->reading, 0);
-  assert_contains(f->log_text, "[error] conn 7 127.0.0.1:5555: handler error: "
-                               "handler:2: boom\n");
+  assert_contains(f->log_text,
+                  "[error] conn 7 127.0.0.1:5555: handler error: "
+                  "handler:2: boom\n");
   assert_contains(f->log_text, "stack traceback:");
   assert_contains(f->log_text, "in function 'error'");
 }
@@ -931,11 +967,12 @@ static void test_builtin_echo_handler(void **state) {
 
 static void test_conn_id_and_addresses(void **state) {
   fake *f = *state;
-  start(f, "id = conn.id\n"
-           "host, port = conn:peername()\n"
-           "lhost, lport = conn:sockname()\n"
-           "name = tostring(conn)\n"
-           "other = conn.nosuchfield");
+  start(f,
+        "id = conn.id\n"
+        "host, port = conn:peername()\n"
+        "lhost, lport = conn:sockname()\n"
+        "name = tostring(conn)\n"
+        "other = conn.nosuchfield");
   assert_lua(f, "id, host, port, lhost, lport, other",
              "7, '127.0.0.1', 5555, '127.0.0.1', 7000, nil");
   assert_lua(f, "name", "'conn 7 (127.0.0.1:5555 -> 127.0.0.1:7000)'");
@@ -951,28 +988,30 @@ static void test_tostring_of_ipv6_peer(void **state) {
 static void test_peername_of_unix_peer(void **state) {
   fake *f = *state;
   le_lconn_set_peer(&f->lc, NULL);
-  start(f, "host, port = conn:peername()\n"
-           "name = tostring(conn)");
+  start(f,
+        "host, port = conn:peername()\n"
+        "name = tostring(conn)");
   assert_lua(f, "host, port, name",
              "'', nil, 'conn 7 (unix -> 127.0.0.1:7000)'");
 }
 
 static void test_use_after_close_raises(void **state) {
   fake *f = *state;
-  start(f, "first = conn:close()\n"
-           "second = conn:close()\n"
-           "errors = {}\n"
-           "for _, call in ipairs{\n"
-           "    function() return conn:recv() end,\n"
-           "    function() return conn:send('x') end,\n"
-           "    function() return conn:peername() end,\n"
-           "    function() return conn:sockname() end,\n"
-           "    function() return conn:shutdown('write') end,\n"
-           "    function() return conn:setopts{} end,\n"
-           "    function() return conn:getopts() end } do\n"
-           "  errors[#errors + 1] = select(2, pcall(call))\n"
-           "end\n"
-           "name = tostring(conn)");
+  start(f,
+        "first = conn:close()\n"
+        "second = conn:close()\n"
+        "errors = {}\n"
+        "for _, call in ipairs{\n"
+        "    function() return conn:recv() end,\n"
+        "    function() return conn:send('x') end,\n"
+        "    function() return conn:peername() end,\n"
+        "    function() return conn:sockname() end,\n"
+        "    function() return conn:shutdown('write') end,\n"
+        "    function() return conn:setopts{} end,\n"
+        "    function() return conn:getopts() end } do\n"
+        "  errors[#errors + 1] = select(2, pcall(call))\n"
+        "end\n"
+        "name = tostring(conn)");
   assert_lua(f, "first, second, #errors", "true, true, 7");
   for (int i = 1; i <= 7; i++) {
     char expr[32];
@@ -987,9 +1026,10 @@ static void test_use_after_close_raises(void **state) {
 static void test_close_with_output_queued_is_graceful(void **state) {
   fake *f = *state;
   f->accept = 0;
-  start(f, "conn:send('bye')\n"
-           "conn:close()\n"
-           "after = true");
+  start(f,
+        "conn:send('bye')\n"
+        "conn:close()\n"
+        "after = true");
   assert_lua(f, "after", "true");
   assert_ended(f, 0);
   assert_int_equal(f->lc.queued, 3);
@@ -997,8 +1037,9 @@ static void test_close_with_output_queued_is_graceful(void **state) {
 
 static void test_to_be_closed_conn(void **state) {
   fake *f = *state;
-  start(f, "do local c <close> = conn end\n"
-           "ok, err = pcall(conn.recv, conn)");
+  start(f,
+        "do local c <close> = conn end\n"
+        "ok, err = pcall(conn.recv, conn)");
   assert_lua(f, "ok", "false");
   assert_contains(show(f, "err"), "attempt to use a closed connection");
   assert_ended(f, 0);
@@ -1008,8 +1049,9 @@ static void test_to_be_closed_conn(void **state) {
  * wakes the handler waiting in recv with nil, "closed". */
 static void test_close_from_elsewhere_wakes_recv(void **state) {
   fake *f = *state;
-  start(f, "saved = conn\n"
-           "d, e, p = conn:recv(5)");
+  start(f,
+        "saved = conn\n"
+        "d, e, p = conn:recv(5)");
   deliver(f, "ab");
   run(f, "saved:close()");
   assert_lua(f, "d, e, p", "nil, 'closed', 'ab'");
@@ -1019,12 +1061,13 @@ static void test_close_from_elsewhere_wakes_recv(void **state) {
 
 static void test_recv_from_foreign_coroutine_raises(void **state) {
   fake *f = *state;
-  start(f, "local co = coroutine.create(function() return conn:recv() end)\n"
-           "rok, rerr = coroutine.resume(co)\n"
-           "co = coroutine.create(function() return conn:send('x') end)\n"
-           "sok, serr = coroutine.resume(co)\n"
-           "saved = conn\n"
-           "data = conn:recv()");
+  start(f,
+        "local co = coroutine.create(function() return conn:recv() end)\n"
+        "rok, rerr = coroutine.resume(co)\n"
+        "co = coroutine.create(function() return conn:send('x') end)\n"
+        "sok, serr = coroutine.resume(co)\n"
+        "saved = conn\n"
+        "data = conn:recv()");
   assert_lua(f, "rok, sok", "false, false");
   assert_contains(show(f, "rerr"),
                   "conn:recv() called from a coroutine that does not own "
@@ -1044,9 +1087,10 @@ static void test_recv_from_foreign_coroutine_raises(void **state) {
  * may catch that, and the connection must still work afterwards. */
 static void test_recv_after_yield_across_c_boundary(void **state) {
   fake *f = *state;
-  start(f, "ok, err = pcall(table.sort, {3, 1, 2},\n"
-           "  function(a, b) conn:recv() return a < b end)\n"
-           "data, e = conn:recv()");
+  start(f,
+        "ok, err = pcall(table.sort, {3, 1, 2},\n"
+        "  function(a, b) conn:recv() return a < b end)\n"
+        "data, e = conn:recv()");
   assert_lua(f, "ok", "false");
   assert_contains(show(f, "err"), "attempt to yield across a C-call boundary");
   assert_waiting(f);
@@ -1059,9 +1103,10 @@ static void test_recv_after_yield_across_c_boundary(void **state) {
 static void test_send_after_yield_across_c_boundary(void **state) {
   fake *f = *state;
   block_sends(f);
-  start(f, "ok, err = pcall(table.sort, {3, 1, 2},\n"
-           "  function(a, b) assert(conn:send('x')) return a < b end)\n"
-           "sent, e = conn:send('y')");
+  start(f,
+        "ok, err = pcall(table.sort, {3, 1, 2},\n"
+        "  function(a, b) assert(conn:send('x')) return a < b end)\n"
+        "sent, e = conn:send('y')");
   assert_lua(f, "ok, err", "true, nil");
   assert_true(f->nwrites >= 2);
   assert_waiting(f); /* in send('y'), behind what is queued */
@@ -1075,11 +1120,13 @@ static void test_send_after_yield_across_c_boundary(void **state) {
 static void test_handler_end_leaves_no_waiter(void **state) {
   fake *f = *state;
   block_sends(f);
-  start(f, "local function sort_with(call)\n"
-           "  pcall(table.sort, {3, 1, 2}, function(a, b) call() return a < b end)\n"
-           "end\n"
-           "sort_with(function() conn:recv(1, 5) end)\n"
-           "sort_with(function() conn:send('x') end)");
+  start(
+      f,
+      "local function sort_with(call)\n"
+      "  pcall(table.sort, {3, 1, 2}, function(a, b) call() return a < b end)\n"
+      "end\n"
+      "sort_with(function() conn:recv(1, 5) end)\n"
+      "sort_with(function() conn:send('x') end)");
   assert_int_equal(f->done, 1);
   assert_null(f->lc.reader);
   assert_null(f->lc.writer);
@@ -1090,9 +1137,10 @@ static void test_handler_end_leaves_no_waiter(void **state) {
 
 static void test_shutdown_write(void **state) {
   fake *f = *state;
-  start(f, "conn:shutdown('write')\n"
-           "a, e = conn:send('x')\n"
-           "d = conn:recv()");
+  start(f,
+        "conn:shutdown('write')\n"
+        "a, e = conn:send('x')\n"
+        "d = conn:recv()");
   assert_int_equal(f->shutdowns, 1);
   assert_lua(f, "a, e", "nil, 'closed'");
   deliver(f, "still reading");
@@ -1102,10 +1150,11 @@ static void test_shutdown_write(void **state) {
 
 static void test_shutdown_read(void **state) {
   fake *f = *state;
-  start(f, "first = conn:recv(1)\n"
-           "conn:shutdown('read')\n"
-           "d, e, p = conn:recv()\n"
-           "ok = conn:send('reply')");
+  start(f,
+        "first = conn:recv(1)\n"
+        "conn:shutdown('read')\n"
+        "d, e, p = conn:recv()\n"
+        "ok = conn:send('reply')");
   deliver(f, "abc");
   assert_lua(f, "first, d, e, p, ok", "'a', nil, 'closed', '', true");
   assert_int_equal(f->shutdowns, 0);
@@ -1115,10 +1164,11 @@ static void test_shutdown_read(void **state) {
 
 static void test_shutdown_both_and_bad_option(void **state) {
   fake *f = *state;
-  start(f, "_, bad = pcall(function() return conn:shutdown('sideways') end)\n"
-           "conn:shutdown('both')\n"
-           "d, e = conn:recv()\n"
-           "s, se = conn:send('x')");
+  start(f,
+        "_, bad = pcall(function() return conn:shutdown('sideways') end)\n"
+        "conn:shutdown('both')\n"
+        "d, e = conn:recv()\n"
+        "s, se = conn:send('x')");
   assert_contains(show(f, "bad"), "invalid option 'sideways'");
   assert_lua(f, "d, e, s, se", "nil, 'closed', nil, 'closed'");
   assert_int_equal(f->shutdowns, 1);
@@ -1128,10 +1178,11 @@ static void test_shutdown_both_and_bad_option(void **state) {
 
 static void test_getopts(void **state) {
   fake *f = *state;
-  start(f, "a, b, c, d = conn:getopts('packet', 'recv_buffer', "
-           "'recv_timeout', 'nodelay')\n"
-           "all = conn:getopts()\n"
-           "_, bad = pcall(conn.getopts, conn, 'colour')");
+  start(f,
+        "a, b, c, d = conn:getopts('packet', 'recv_buffer', "
+        "'recv_timeout', 'nodelay')\n"
+        "all = conn:getopts()\n"
+        "_, bad = pcall(conn.getopts, conn, 'colour')");
   assert_lua(f, "a, b, c, d", "'raw', 262144, false, true");
   assert_lua(f, "all.packet_size, all.send_buffer, all.keepalive",
              "1048576, 262144, false");
@@ -1140,10 +1191,11 @@ static void test_getopts(void **state) {
 
 static void test_setopts_applies(void **state) {
   fake *f = *state;
-  start(f, "ok = conn:setopts{packet = 'line', recv_buffer = 1024,\n"
-           "                  recv_timeout = 1.5, keepalive = true}\n"
-           "a, b, c, d = conn:getopts('packet', 'recv_buffer', "
-           "'recv_timeout', 'keepalive')");
+  start(f,
+        "ok = conn:setopts{packet = 'line', recv_buffer = 1024,\n"
+        "                  recv_timeout = 1.5, keepalive = true}\n"
+        "a, b, c, d = conn:getopts('packet', 'recv_buffer', "
+        "'recv_timeout', 'keepalive')");
   assert_lua(f, "ok, a, b, c, d", "true, 'line', 1024, 1.5, 60");
   assert_int_equal(f->lc.opts.packet, LE_PACKET_LINE);
   assert_int_equal(f->lc.opts.recv_buffer, 1024);
@@ -1153,9 +1205,10 @@ static void test_setopts_applies(void **state) {
 /* All options are checked before any is applied. */
 static void test_setopts_all_or_nothing(void **state) {
   fake *f = *state;
-  start(f, "_, err = pcall(conn.setopts, conn,\n"
-           "                 {recv_buffer = 2048, send_buffer = 0})\n"
-           "_, unknown = pcall(conn.setopts, conn, {colour = 'red'})");
+  start(f,
+        "_, err = pcall(conn.setopts, conn,\n"
+        "                 {recv_buffer = 2048, send_buffer = 0})\n"
+        "_, unknown = pcall(conn.setopts, conn, {colour = 'red'})");
   assert_contains(show(f, "err"),
                   "conn:setopts: option 'send_buffer': expected an integer "
                   "byte count in 1..1073741824, got 0");
@@ -1166,9 +1219,10 @@ static void test_setopts_all_or_nothing(void **state) {
 /* Only nodelay and keepalive reach the socket, and only when they change. */
 static void test_setopts_socket_options(void **state) {
   fake *f = *state;
-  start(f, "conn:setopts{recv_buffer = 10}\n"
-           "conn:setopts{nodelay = false}\n"
-           "conn:setopts{nodelay = false}");
+  start(f,
+        "conn:setopts{recv_buffer = 10}\n"
+        "conn:setopts{nodelay = false}\n"
+        "conn:setopts{nodelay = false}");
   assert_int_equal(f->sockopts, 1);
   assert_int_equal(f->lc.opts.nodelay, 0);
 }
@@ -1177,8 +1231,9 @@ static void test_setopts_socket_options(void **state) {
 
 static void test_abort_wakes_waiting_recv(void **state) {
   fake *f = *state;
-  start(f, "d, e, p = conn:recv(10, 5)\n"
-           "s, se = conn:send('x')");
+  start(f,
+        "d, e, p = conn:recv(10, 5)\n"
+        "s, se = conn:send('x')");
   deliver(f, "ab");
   le_lconn_abort(&f->lc, UV_ECANCELED);
   assert_lua(f, "d, e, p, s, se", "nil, 'closed', 'ab', nil, 'closed'");
@@ -1205,10 +1260,11 @@ static void test_abort_closes_at_once(void **state) {
 
 static void test_release_ends_suspended_handler(void **state) {
   fake *f = *state;
-  start(f, "saved = conn\n"
-           "local guard <close> = setmetatable({}, {\n"
-           "  __close = function() guard_closed = true end })\n"
-           "conn:recv(10)");
+  start(f,
+        "saved = conn\n"
+        "local guard <close> = setmetatable({}, {\n"
+        "  __close = function() guard_closed = true end })\n"
+        "conn:recv(10)");
   deliver(f, "abc");
   assert_non_null(f->lc.in.data);
   le_lconn_release(&f->lc);

@@ -34,22 +34,23 @@ static const char *main_error(const char *code) {
 
 static void test_sleep_wakes_after_the_time(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  -- Computing first (where it cannot be preempted) leaves\n"
-                "  -- the loop's cached clock behind; the sleep must still\n"
-                "  -- last its whole time.\n"
-                "  table.sort({1, 2}, function(a, b)\n"
-                "    local c = os.clock()\n"
-                "    while os.clock() - c < 0.1 do end\n"
-                "    return a < b\n"
-                "  end)\n"
-                "  local t0 = L.now()\n"
-                "  L.sleep(0.05)\n"
-                "  slept = L.now() - t0\n"
-                "  L.sleep(0)\n"
-                "  conn:send('ok')\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  -- Computing first (where it cannot be preempted) leaves\n"
+            "  -- the loop's cached clock behind; the sleep must still\n"
+            "  -- last its whole time.\n"
+            "  table.sort({1, 2}, function(a, b)\n"
+            "    local c = os.clock()\n"
+            "    while os.clock() - c < 0.1 do end\n"
+            "    return a < b\n"
+            "  end)\n"
+            "  local t0 = L.now()\n"
+            "  L.sleep(0.05)\n"
+            "  slept = L.now() - t0\n"
+            "  L.sleep(0)\n"
+            "  conn:send('ok')\n"
+            "end\n");
   int fd = h_client(&H);
   char buf[4];
   int end;
@@ -66,10 +67,11 @@ static void test_sleep_misuse_raises(void **state) {
   (void)state;
   assert_contains(main_error("require('luaecho').sleep(1)"),
                   "luaecho.sleep must be called from a connection's handler");
-  h_handler(&H, "return function(conn)\n"
-                "  local ok, err = pcall(require('luaecho').sleep, -1)\n"
-                "  bad = err\n"
-                "end\n");
+  h_handler(&H,
+            "return function(conn)\n"
+            "  local ok, err = pcall(require('luaecho').sleep, -1)\n"
+            "  bad = err\n"
+            "end\n");
   int fd = h_client(&H);
   assert_contains(h_global(&H, "bad"), "seconds must be >= 0");
   close(fd);
@@ -90,11 +92,12 @@ static void test_sleep_ended_by_abort(void **state) {
  * (le_coro_release cancels the sleep). */
 static void test_sleeping_task_ended_with_handler(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  task = L.spawn(function() L.sleep(60) woke = true end)\n"
-                "  conn:recv()\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  task = L.spawn(function() L.sleep(60) woke = true end)\n"
+            "  conn:recv()\n"
+            "end\n");
   int fd = h_client(&H);
   assert_string_equal(h_global(&H, "task"), "luaecho.task (running)");
   shutdown(fd, SHUT_WR);
@@ -108,18 +111,19 @@ static void test_sleeping_task_ended_with_handler(void **state) {
 
 static void test_spawn_join_results(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  local t = L.spawn(function(a, b)\n"
-                "    L.sleep(0.01) return a + b, nil, 'x' end, 1, 2)\n"
-                "  before = tostring(t)\n"
-                "  local r = table.pack(t:join())\n"
-                "  results = r.n .. ':' .. r[1] .. ',' .. tostring(r[2])"
-                "    .. ',' .. r[3]\n"
-                "  after = tostring(t)\n"
-                "  local quick = L.spawn(function() return 'now' end)\n"
-                "  again = quick:join() .. quick:join()\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  local t = L.spawn(function(a, b)\n"
+            "    L.sleep(0.01) return a + b, nil, 'x' end, 1, 2)\n"
+            "  before = tostring(t)\n"
+            "  local r = table.pack(t:join())\n"
+            "  results = r.n .. ':' .. r[1] .. ',' .. tostring(r[2])"
+            "    .. ',' .. r[3]\n"
+            "  after = tostring(t)\n"
+            "  local quick = L.spawn(function() return 'now' end)\n"
+            "  again = quick:join() .. quick:join()\n"
+            "end\n");
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "again"));
   assert_string_equal(h_global(&H, "before"), "luaecho.task (running)");
@@ -131,13 +135,14 @@ static void test_spawn_join_results(void **state) {
 
 static void test_join_of_failed_task(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  local t = L.spawn(function() L.sleep(0.01) error('boom') end)\n"
-                "  local r, err = t:join()\n"
-                "  joined = tostring(r) .. ' ' .. err\n"
-                "  state = tostring(t)\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  local t = L.spawn(function() L.sleep(0.01) error('boom') end)\n"
+            "  local r, err = t:join()\n"
+            "  joined = tostring(r) .. ' ' .. err\n"
+            "  state = tostring(t)\n"
+            "end\n");
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "state"));
   assert_contains(h_global(&H, "joined"), "nil ");
@@ -151,18 +156,20 @@ static void test_join_of_failed_task(void **state) {
 
 static void test_join_busy_and_self(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  local t = L.spawn(function() L.sleep(0.02) return 1 end)\n"
-                "  local j = L.spawn(function() return t:join() end)\n"
-                "  local r, err = t:join()\n"
-                "  busy = tostring(r) .. ',' .. err\n"
-                "  joined = j:join()\n"
-                "  local me\n"
-                "  me = L.spawn(function() L.sleep(0) return pcall(me.join, me) end)\n"
-                "  local _, e = me:join()\n"
-                "  self_err = e\n"
-                "end\n");
+  h_handler(
+      &H,
+      "local L = require 'luaecho'\n"
+      "return function(conn)\n"
+      "  local t = L.spawn(function() L.sleep(0.02) return 1 end)\n"
+      "  local j = L.spawn(function() return t:join() end)\n"
+      "  local r, err = t:join()\n"
+      "  busy = tostring(r) .. ',' .. err\n"
+      "  joined = j:join()\n"
+      "  local me\n"
+      "  me = L.spawn(function() L.sleep(0) return pcall(me.join, me) end)\n"
+      "  local _, e = me:join()\n"
+      "  self_err = e\n"
+      "end\n");
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "self_err"));
   assert_string_equal(h_global(&H, "busy"), "nil,busy");
@@ -173,16 +180,17 @@ static void test_join_busy_and_self(void **state) {
 
 static void test_join_from_another_connection_raises(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  if not shared then\n"
-                "    shared = L.spawn(function() L.sleep(60) end)\n"
-                "    conn:recv()\n"
-                "  else\n"
-                "    local ok, err = pcall(shared.join, shared)\n"
-                "    other = err\n"
-                "  end\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  if not shared then\n"
+            "    shared = L.spawn(function() L.sleep(60) end)\n"
+            "    conn:recv()\n"
+            "  else\n"
+            "    local ok, err = pcall(shared.join, shared)\n"
+            "    other = err\n"
+            "  end\n"
+            "end\n");
   int a = h_client(&H);
   int b = h_client(&H);
   shutdown(b, SHUT_WR);
@@ -212,15 +220,16 @@ static void test_log_now_latest_version(void **state) {
                                  "L.log('warn', 'from main', 1, nil)\n"),
                       "");
   assert_contains(h_log(&H), "[warn] from main 1 nil\n");
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  L.log('info', 'hello', 42)\n"
-                "  local ok, err = pcall(L.log, 'loud', 'x')\n"
-                "  bad_level = err\n"
-                "  local v, newest = L.version()\n"
-                "  local fn, n = L.latest()\n"
-                "  versions = v .. ',' .. newest .. ',' .. n .. ',' .. type(fn)\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  L.log('info', 'hello', 42)\n"
+            "  local ok, err = pcall(L.log, 'loud', 'x')\n"
+            "  bad_level = err\n"
+            "  local v, newest = L.version()\n"
+            "  local fn, n = L.latest()\n"
+            "  versions = v .. ',' .. newest .. ',' .. n .. ',' .. type(fn)\n"
+            "end\n");
   int fd = h_client(&H);
   assert_contains(h_log(&H), "[info] conn 1: hello 42\n");
   assert_contains(h_global(&H, "bad_level"), "invalid option 'loud'");
@@ -293,13 +302,14 @@ static void test_connect_misuse_raises(void **state) {
   (void)state;
   assert_contains(main_error("require('luaecho').connect('127.0.0.1', 1)"),
                   "luaecho.connect must be called from a connection's handler");
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "return function(conn)\n"
-                "  local _, e1 = pcall(L.connect, '127.0.0.1', 0)\n"
-                "  local _, e2 = pcall(L.connect, '127.0.0.1', 1, {bogus = 1})\n"
-                "  local _, e3 = pcall(L.connect, '127.0.0.1', 1, {timeout = 0})\n"
-                "  errs = e1 .. '|' .. e2 .. '|' .. e3\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "return function(conn)\n"
+            "  local _, e1 = pcall(L.connect, '127.0.0.1', 0)\n"
+            "  local _, e2 = pcall(L.connect, '127.0.0.1', 1, {bogus = 1})\n"
+            "  local _, e3 = pcall(L.connect, '127.0.0.1', 1, {timeout = 0})\n"
+            "  errs = e1 .. '|' .. e2 .. '|' .. e3\n"
+            "end\n");
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "errs"));
   const char *errs = h_global(&H, "errs");
@@ -351,20 +361,21 @@ static void test_connect_timeout(void **state) {
  * and frees what it prepared (connect's request: valgrind checks). */
 static void test_waits_refused_in_sort_comparator(void **state) {
   (void)state;
-  h_handler(&H, "local L = require 'luaecho'\n"
-                "local function in_sort(f)\n"
-                "  local ok, err = pcall(table.sort, {1, 2}, function(a, b)\n"
-                "    f() return a < b end)\n"
-                "  return err\n"
-                "end\n"
-                "return function(conn)\n"
-                "  local t = L.spawn(function() L.sleep(0.01) end)\n"
-                "  errs = in_sort(function() L.sleep(0.01) end) .. '|' ..\n"
-                "    in_sort(function() L.connect('127.0.0.1', 1) end) .. '|' ..\n"
-                "    in_sort(function() t:join() end) .. '|' ..\n"
-                "    in_sort(function() conn:recv() end)\n"
-                "  joined = t:join() == nil\n"
-                "end\n");
+  h_handler(&H,
+            "local L = require 'luaecho'\n"
+            "local function in_sort(f)\n"
+            "  local ok, err = pcall(table.sort, {1, 2}, function(a, b)\n"
+            "    f() return a < b end)\n"
+            "  return err\n"
+            "end\n"
+            "return function(conn)\n"
+            "  local t = L.spawn(function() L.sleep(0.01) end)\n"
+            "  errs = in_sort(function() L.sleep(0.01) end) .. '|' ..\n"
+            "    in_sort(function() L.connect('127.0.0.1', 1) end) .. '|' ..\n"
+            "    in_sort(function() t:join() end) .. '|' ..\n"
+            "    in_sort(function() conn:recv() end)\n"
+            "  joined = t:join() == nil\n"
+            "end\n");
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "joined"));
   const char *errs = h_global(&H, "errs");

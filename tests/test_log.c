@@ -94,8 +94,8 @@ static void test_long_message_kept_whole(void **state) {
   const char *text = sink_text(&s);
   assert_contains(text, "[error] start yyy");
   assert_contains(text, "yyy end\n");
-  assert_int_equal(strlen(text), 24 + strlen("[error] start ") + 4999 +
-                                     strlen(" end\n"));
+  assert_int_equal(strlen(text),
+                   24 + strlen("[error] start ") + 4999 + strlen(" end\n"));
   close_sink(&s);
 }
 

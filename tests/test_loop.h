@@ -35,20 +35,20 @@ typedef struct harness {
   lua_State *L;
   le_mem mem;
   le_log log;
-  FILE *log_file;        /* an open_memstream behind log */
+  FILE *log_file; /* an open_memstream behind log */
   char *log_text;
   size_t log_len;
   le_conn_ctx ctx;
-  uv_tcp_t server;       /* the listener, on 127.0.0.1 */
+  uv_tcp_t server; /* the listener, on 127.0.0.1 */
   int port;
-  uv_timer_t tick;       /* bounds every turn of RUN_UNTIL */
-  le_script *script;     /* what accepted connections run */
-  le_opts opts;          /* their options */
+  uv_timer_t tick;   /* bounds every turn of RUN_UNTIL */
+  le_script *script; /* what accepted connections run */
+  le_opts opts;      /* their options */
   le_conn *accepted[H_MAX_ACCEPTED];
   int naccepted;
-  int accept_failed;     /* le_conn_accept returned NULL */
-  int freed;             /* on_freed calls */
-  char dir[64];          /* a temporary directory for handler files */
+  int accept_failed; /* le_conn_accept returned NULL */
+  int freed;         /* on_freed calls */
+  char dir[64];      /* a temporary directory for handler files */
 } harness;
 
 static inline harness *h_of_ctx(le_conn_ctx *ctx) {
@@ -89,13 +89,13 @@ static inline void h_on_connection(uv_stream_t *server, int status) {
 static inline void h_on_tick(uv_timer_t *t) { (void)t; }
 
 /* Runs the loop until `cond` holds, for at most 10 s. */
-#define RUN_UNTIL(h, cond)                                               \
-  do {                                                                   \
-    uint64_t give_up_ = uv_hrtime() + 10000000000u;                      \
-    while (!(cond)) {                                                    \
+#define RUN_UNTIL(h, cond)                                                  \
+  do {                                                                      \
+    uint64_t give_up_ = uv_hrtime() + 10000000000u;                         \
+    while (!(cond)) {                                                       \
       if (uv_hrtime() > give_up_) fail_msg("timed out waiting: %s", #cond); \
-      uv_run(&(h)->loop, UV_RUN_ONCE);                                   \
-    }                                                                    \
+      uv_run(&(h)->loop, UV_RUN_ONCE);                                      \
+    }                                                                       \
   } while (0)
 
 /* Prepares h with a Lua state whose allocator is `alloc` (NULL: le_mem's,
@@ -122,8 +122,8 @@ static inline void h_init_with(harness *h, lua_Alloc alloc, void *ud) {
   assert_int_equal(uv_listen((uv_stream_t *)&h->server, 16, h_on_connection),
                    0);
   int len = sizeof sa;
-  assert_int_equal(
-      uv_tcp_getsockname(&h->server, (struct sockaddr *)&sa, &len), 0);
+  assert_int_equal(uv_tcp_getsockname(&h->server, (struct sockaddr *)&sa, &len),
+                   0);
   h->port = ntohs(sa.sin_port);
   uv_timer_init(&h->loop, &h->tick);
   uv_timer_start(&h->tick, h_on_tick, 5, 5);

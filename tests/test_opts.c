@@ -54,17 +54,17 @@ static void push_expr(lua_State *L, const char *expr) {
 static le_opt_status set(fixture *f, const char *name, const char *expr) {
   push_expr(f->L, expr);
   f->err[0] = '\0';
-  le_opt_status st = le_opts_set(&f->opts, name, f->L, -1, f->err,
-                                 sizeof f->err);
+  le_opt_status st =
+      le_opts_set(&f->opts, name, f->L, -1, f->err, sizeof f->err);
   assert_int_equal(lua_gettop(f->L), 1);
   lua_settop(f->L, 0);
   return st;
 }
 
-#define assert_sets(f, name, expr)                                     \
-  do {                                                                 \
-    if (set((f), (name), (expr)) != LE_OPT_OK)                         \
-      fail_msg("%s = %s rejected: %s", (name), (expr), (f)->err);      \
+#define assert_sets(f, name, expr)                                \
+  do {                                                            \
+    if (set((f), (name), (expr)) != LE_OPT_OK)                    \
+      fail_msg("%s = %s rejected: %s", (name), (expr), (f)->err); \
   } while (0)
 
 /* `name = expr` is rejected with "expected <words>, got <got>" and leaves
@@ -193,10 +193,10 @@ static void test_packet(void **state) {
   static const value_case ok[] = {{"'line'", "'line'"}, {"1", "1"},
                                   {"4.0", "4"},         {"'raw'", "'raw'"},
                                   {"0", "'raw'"},       {"2", "2"}};
-  static const value_case bad[] = {
-      {"3", "3"},           {"-1", "-1"},         {"8", "8"},
-      {"2.5", "2.5"},       {"'RAW'", "\"RAW\""}, {"'2'", "\"2\""},
-      {"true", "true"},     {"{}", "table"}};
+  static const value_case bad[] = {{"3", "3"},           {"-1", "-1"},
+                                   {"8", "8"},           {"2.5", "2.5"},
+                                   {"'RAW'", "\"RAW\""}, {"'2'", "\"2\""},
+                                   {"true", "true"},     {"{}", "table"}};
   check_values(f, "packet", ok, N(ok), bad, N(bad), PACKET_WORDS);
   assert_int_equal(f->opts.packet, LE_PACKET_2);
   assert_sets(f, "packet", "'line'");
@@ -210,8 +210,8 @@ static void test_sizes(void **state) {
                                   {"2^20", "1048576"}, /* integral float */
                                   {"64 * 1024", "65536"}};
   static const value_case bad[] = {
-      {"0", "0"},         {"-1", "-1"},         {"1073741825", "1073741825"},
-      {"1.5", "1.5"},     {"1/0", "inf"},       {"'4096'", "\"4096\""},
+      {"0", "0"},         {"-1", "-1"},   {"1073741825", "1073741825"},
+      {"1.5", "1.5"},     {"1/0", "inf"}, {"'4096'", "\"4096\""},
       {"false", "false"}, {"{}", "table"}};
   check_values(f, "packet_size", ok, N(ok), bad, N(bad), SIZE_WORDS);
   check_values(f, "recv_buffer", ok, N(ok), bad, N(bad), SIZE_WORDS);
@@ -242,9 +242,9 @@ static void test_timeouts(void **state) {
                                   {"1e12", "1000000000.0"}, /* cut */
                                   {"false", "false"},
                                   {"5", "5.0"}};
-  static const value_case bad[] = {
-      {"0", "0"},         {"-1", "-1"},       {"1/0", "inf"},
-      {"true", "true"},   {"'5'", "\"5\""}, {"print", "function"}};
+  static const value_case bad[] = {{"0", "0"},       {"-1", "-1"},
+                                   {"1/0", "inf"},   {"true", "true"},
+                                   {"'5'", "\"5\""}, {"print", "function"}};
   static const char *const names[] = {"recv_timeout", "send_timeout",
                                       "idle_timeout"};
   for (size_t i = 0; i < N(names); i++) {
@@ -272,10 +272,12 @@ static void test_booleans(void **state) {
 
 static void test_keepalive(void **state) {
   fixture *f = *state;
-  static const value_case ok[] = {{"false", "false"}, {"1", "1"},
-                                  {"86400", "86400"}, {"true", "60"}};
-  static const value_case bad[] = {{"0", "0"},     {"86401", "86401"},
-                                   {"1.5", "1.5"}, {"'60'", "\"60\""},
+  static const value_case ok[] = {
+      {"false", "false"}, {"1", "1"}, {"86400", "86400"}, {"true", "60"}};
+  static const value_case bad[] = {{"0", "0"},
+                                   {"86401", "86401"},
+                                   {"1.5", "1.5"},
+                                   {"'60'", "\"60\""},
                                    {"{}", "table"}};
   check_values(f, "keepalive", ok, N(ok), bad, N(bad), DELAY_WORDS);
   assert_int_equal(f->opts.keepalive, 60);
@@ -300,12 +302,12 @@ static void test_message_cut_to_buffer(void **state) {
  * accepts: so every option, old or new, takes part in the round trip. */
 static const char *other_value(const le_opt_def *d, char *buf, size_t len) {
   switch (d->kind) {
-    case LE_OPTK_PACKET: return d->def == LE_PACKET_2 ? "4" : "2";
-    case LE_OPTK_SECONDS: return d->def < 0 ? "1.5" : "false";
-    case LE_OPTK_BOOL: return d->def ? "false" : "true";
-    case LE_OPTK_DELAY: return d->def == 0 ? "true" : "false";
-    case LE_OPTK_BYTES: return d->def == 0 ? "4096" : "false";
-    case LE_OPTK_SIZE: break;
+  case LE_OPTK_PACKET: return d->def == LE_PACKET_2 ? "4" : "2";
+  case LE_OPTK_SECONDS: return d->def < 0 ? "1.5" : "false";
+  case LE_OPTK_BOOL: return d->def ? "false" : "true";
+  case LE_OPTK_DELAY: return d->def == 0 ? "true" : "false";
+  case LE_OPTK_BYTES: return d->def == 0 ? "4096" : "false";
+  case LE_OPTK_SIZE: break;
   }
   snprintf(buf, len, "%lld", (long long)(d->def == d->min ? d->max : d->min));
   return buf;
@@ -315,8 +317,8 @@ static const char *other_value(const le_opt_def *d, char *buf, size_t len) {
 static le_opt_status copy_option(fixture *f, size_t i, const le_opts *from,
                                  le_opts *to) {
   assert_int_equal(le_opts_push(from, le_opts_name(i), f->L), 0);
-  le_opt_status st = le_opts_set(to, le_opts_name(i), f->L, -1, f->err,
-                                 sizeof f->err);
+  le_opt_status st =
+      le_opts_set(to, le_opts_name(i), f->L, -1, f->err, sizeof f->err);
   lua_settop(f->L, 0);
   return st;
 }
@@ -329,7 +331,8 @@ static void test_round_trip(void **state) {
   char buf[32];
   for (size_t i = 0; i < le_opts_count(); i++) {
     le_opts before = f->opts;
-    assert_sets(f, le_opts_name(i), other_value(le_opts_at(i), buf, sizeof buf));
+    assert_sets(f, le_opts_name(i),
+                other_value(le_opts_at(i), buf, sizeof buf));
     assert_memory_not_equal(&f->opts, &before, sizeof before);
   }
   for (size_t i = 0; i < le_opts_count(); i++) {
@@ -372,12 +375,11 @@ typedef struct docs_table {
   int same_text;       /* compare the type and meaning columns too */
 } docs_table;
 
-static const docs_table config_md = {
-    "docs/config.md", "## Connection options",
-    "| option | type | default | meaning |", 1};
-static const docs_table api_md = {
-    "docs/api.md", "## Connection options",
-    "| option | values | default | meaning |", 0};
+static const docs_table config_md = {"docs/config.md", "## Connection options",
+                                     "| option | type | default | meaning |",
+                                     1};
+static const docs_table api_md = {"docs/api.md", "## Connection options",
+                                  "| option | values | default | meaning |", 0};
 
 /* Splits a table row "| a | b | c | d |" in place into cells. Returns how
  * many cells it found (at most max). */
@@ -437,8 +439,8 @@ static void check_docs_row(fixture *f, const docs_table *t, size_t i,
   push_expr(f->L, default_value(cells[2], def, sizeof def));
   assert_int_equal(le_opts_push(&f->opts, d->name, f->L), 0);
   if (!lua_rawequal(f->L, -1, -2))
-    fail_msg("%s documents %s's default as %s; it is %s", t->path, d->name,
-             def, luaL_tolstring(f->L, -1, NULL));
+    fail_msg("%s documents %s's default as %s; it is %s", t->path, d->name, def,
+             luaL_tolstring(f->L, -1, NULL));
   lua_settop(f->L, 0);
 }
 
@@ -466,12 +468,16 @@ static void check_docs(fixture *f, const docs_table *t) {
     line = end + 1;
   }
   if (rows != le_opts_count())
-    fail_msg("%s lists %zu options; src/opts.c has %zu (the first missing is "
-             "%s)", t->path, rows, le_opts_count(), le_opts_name(rows));
+    fail_msg(
+        "%s lists %zu options; src/opts.c has %zu (the first missing is "
+        "%s)",
+        t->path, rows, le_opts_count(), le_opts_name(rows));
   free(text);
 }
 
-static void test_docs_config_md(void **state) { check_docs(*state, &config_md); }
+static void test_docs_config_md(void **state) {
+  check_docs(*state, &config_md);
+}
 
 static void test_docs_api_md(void **state) { check_docs(*state, &api_md); }
 

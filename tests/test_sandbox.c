@@ -98,15 +98,15 @@ static const char *with_dir(lua_State *L, const char *code) {
 static void test_removed_functions_raise_naming_themselves(void **state) {
   lua_State *L = *state;
   static const char *const names[] = {
-      "os.exit",        "os.execute",       "io.popen",
-      "package.loadlib", "debug.getinfo",   "debug.sethook",
-      "debug.getlocal", "debug.setmetatable", "debug.getregistry",
-      "debug.upvalueid", "debug.debug",     NULL};
+      "os.exit",         "os.execute",         "io.popen",
+      "package.loadlib", "debug.getinfo",      "debug.sethook",
+      "debug.getlocal",  "debug.setmetatable", "debug.getregistry",
+      "debug.upvalueid", "debug.debug",        NULL};
   for (const char *const *n = names; *n; n++) {
     char code[128], want[256];
     snprintf(code, sizeof code, "%s()", *n);
-    snprintf(want, sizeof want, "t:1: %s is disabled by the sandbox " HANDLER_HINT,
-             *n);
+    snprintf(want, sizeof want,
+             "t:1: %s is disabled by the sandbox " HANDLER_HINT, *n);
     assert_string_equal(run(L, code), want);
   }
 }
@@ -140,14 +140,13 @@ static void test_what_stays_works(void **state) {
 static void test_off_leaves_the_standard_library_alone(void **state) {
   lua_State *L = *state;
   assert_false(le_sandbox_enabled(L));
-  assert_string_equal(run(L, "return debug.getinfo(1, 'S').what"),
-                      "ok: main");
+  assert_string_equal(run(L, "return debug.getinfo(1, 'S').what"), "ok: main");
   assert_string_equal(run(L, "return io.popen('echo hi'):read('l')"), "ok: hi");
   assert_string_equal(
       run(L, "return select(3, package.loadlib('/nonexistent.so', 'f'))"),
       "ok: open");
-  assert_string_equal(run(L, "return load(string.dump(function() return 7 end))()"),
-                      "ok: 7");
+  assert_string_equal(
+      run(L, "return load(string.dump(function() return 7 end))()"), "ok: 7");
 }
 
 /* ---- standard input ---- */
@@ -168,8 +167,9 @@ static void test_reading_standard_input_raises(void **state) {
     char code[128], want[256];
     snprintf(code, sizeof code, "local x = %s", cases[i][0]);
     snprintf(want, sizeof want,
-             "t:1: %s: reading standard input is disabled by the sandbox "
-             HANDLER_HINT, cases[i][1]);
+             "t:1: %s: reading standard input is disabled by the "
+             "sandbox " HANDLER_HINT,
+             cases[i][1]);
     assert_string_equal(run(L, code), want);
     lua_settop(L, 0);
   }
@@ -182,13 +182,14 @@ static void test_files_are_read_as_before(void **state) {
       run(L, with_dir(L, "io.input('@DIR@/lines.txt') return io.read('l')")),
       "ok: one");
   assert_string_equal(
-      run(L, with_dir(L, "local n = 0 for l in io.lines('@DIR@/lines.txt') do "
-                         "n = n + 1 end return n")),
+      run(L, with_dir(L,
+                      "local n = 0 for l in io.lines('@DIR@/lines.txt') do "
+                      "n = n + 1 end return n")),
       "ok: 2");
-  assert_string_equal(
-      run(L, with_dir(L, "local f = io.open('@DIR@/lines.txt') "
-                         "return f:read('a')")),
-      "ok: one\ntwo\n");
+  assert_string_equal(run(L, with_dir(L,
+                                      "local f = io.open('@DIR@/lines.txt') "
+                                      "return f:read('a')")),
+                      "ok: one\ntwo\n");
 }
 
 /* ---- loading ---- */
@@ -196,15 +197,16 @@ static void test_files_are_read_as_before(void **state) {
 static void test_load_keeps_text_and_its_environment(void **state) {
   lua_State *L = *state;
   assert_string_equal(run(L, "return load('return 1 + 1')()"), "ok: 2");
-  assert_string_equal(
-      run(L, "return load('return x', 'c', 't', { x = 5 })()"), "ok: 5");
+  assert_string_equal(run(L, "return load('return x', 'c', 't', { x = 5 })()"),
+                      "ok: 5");
   /* An explicit nil environment is not the same as none. */
   assert_non_null(strstr(run(L, "return load('return x', 'c', 't', nil)()"),
                          "attempt to index a nil value"));
   /* A reader function is loaded in text mode too. */
-  assert_string_equal(run(L, "local parts, i = { 'return ', '3' }, 0 "
-                             "return load(function() i = i + 1 "
-                             "return parts[i] end)()"),
+  assert_string_equal(run(L,
+                          "local parts, i = { 'return ', '3' }, 0 "
+                          "return load(function() i = i + 1 "
+                          "return parts[i] end)()"),
                       "ok: 3");
 }
 
@@ -212,18 +214,19 @@ static void test_load_refuses_binary_chunks(void **state) {
   lua_State *L = *state;
   assert_string_equal(
       run(L, "return select(2, load(string.dump(function() end)))"),
-      "ok: load: binary (precompiled) chunks are disabled by the sandbox "
-      HANDLER_HINT);
+      "ok: load: binary (precompiled) chunks are disabled by the "
+      "sandbox " HANDLER_HINT);
   assert_string_equal(
-      run(L, "local s = string.dump(function() end) "
-             "return select(2, load(function() local p = s s = nil "
-             "return p end))"),
-      "ok: load: binary (precompiled) chunks are disabled by the sandbox "
-      HANDLER_HINT);
+      run(L,
+          "local s = string.dump(function() end) "
+          "return select(2, load(function() local p = s s = nil "
+          "return p end))"),
+      "ok: load: binary (precompiled) chunks are disabled by the "
+      "sandbox " HANDLER_HINT);
   assert_string_equal(
       run(L, "return select(2, load(string.dump(function() end), 'x', 'b'))"),
-      "ok: load: binary (precompiled) chunks are disabled by the sandbox "
-      HANDLER_HINT);
+      "ok: load: binary (precompiled) chunks are disabled by the "
+      "sandbox " HANDLER_HINT);
 }
 
 static const char *dumped_chunk(lua_State *L, size_t *len) {
@@ -238,8 +241,9 @@ static void test_binary_files_are_refused_naming_them(void **state) {
   const char *path = write_file("bin.lua", bin, len);
   char want[512];
   snprintf(want, sizeof want,
-           "%s: binary (precompiled) chunks are disabled by the sandbox "
-           HANDLER_HINT, path);
+           "%s: binary (precompiled) chunks are disabled by the "
+           "sandbox " HANDLER_HINT,
+           path);
   lua_settop(L, 0);
   assert_int_equal(le_sandbox_loadfile(L, path), LUA_ERRSYNTAX);
   assert_string_equal(lua_tostring(L, -1), want);
@@ -307,15 +311,16 @@ static void test_require_reports_a_broken_module_on_one_line(void **state) {
 static void test_require_loads_and_caches_modules(void **state) {
   lua_State *L = *state;
   write_file("good.lua", "n = (n or 0) + 1 return { n = n }\n", 34);
+  assert_string_equal(run(L, with_dir(L,
+                                      "package.path = '@DIR@/?.lua' "
+                                      "local a, where = require 'good' "
+                                      "local b = require 'good' "
+                                      "return a == b and a.n == 1 and where")),
+                      lua_pushfstring(L, "ok: %s/good.lua", tmpdir));
   assert_string_equal(
-      run(L, with_dir(L, "package.path = '@DIR@/?.lua' "
-                         "local a, where = require 'good' "
-                         "local b = require 'good' "
-                         "return a == b and a.n == 1 and where")),
-      lua_pushfstring(L, "ok: %s/good.lua", tmpdir));
-  assert_string_equal(
-      run(L, "package.preload.pre = function(name) return name .. '!' end "
-             "return require 'pre'"),
+      run(L,
+          "package.preload.pre = function(name) return name .. '!' end "
+          "return require 'pre'"),
       "ok: pre!");
 }
 
@@ -328,8 +333,9 @@ static void test_require_refuses_c_modules_naming_the_library(void **state) {
            "disabled by the sandbox " HANDLER_HINT,
            lib);
   assert_string_equal(
-      run(L, with_dir(L, "package.cpath = '@DIR@/?.so' "
-                         "return select(2, pcall(require, 'cmod.sub'))")),
+      run(L, with_dir(L,
+                      "package.cpath = '@DIR@/?.so' "
+                      "return select(2, pcall(require, 'cmod.sub'))")),
       lua_pushfstring(L, "ok: %s", want));
 }
 
@@ -348,7 +354,8 @@ static void test_message_is_one_line_naming_the_file(void **state) {
   assert_string_equal(out, "h.lua: ./mh.lua:1: x");
   le_sandbox_message(out, sizeof out, "h.lua", "a:\n\tb\n\tc");
   assert_string_equal(out, "h.lua: a: b c");
-  le_sandbox_message(out, sizeof out, "/a/very/long/h.lua", "...long/h.lua:1: x");
+  le_sandbox_message(out, sizeof out, "/a/very/long/h.lua",
+                     "...long/h.lua:1: x");
   assert_string_equal(out, "...long/h.lua:1: x");
   le_sandbox_message(out, 8, "h.lua", "boom");
   assert_string_equal(out, "h.lua: ");
@@ -394,8 +401,8 @@ int main(void) {
           test_removed_functions_raise_naming_themselves, setup_handlers,
           teardown),
       cmocka_unit_test_setup_teardown(
-          test_config_mode_says_config_files_always_run_sandboxed,
-          setup_config, teardown),
+          test_config_mode_says_config_files_always_run_sandboxed, setup_config,
+          teardown),
       cmocka_unit_test_setup_teardown(
           test_every_alias_of_a_library_sees_the_stubs, setup_handlers,
           teardown),
@@ -411,8 +418,8 @@ int main(void) {
                                       setup_handlers, teardown),
       cmocka_unit_test_setup_teardown(test_load_refuses_binary_chunks,
                                       setup_handlers, teardown),
-      cmocka_unit_test_setup_teardown(
-          test_binary_files_are_refused_naming_them, setup_handlers, teardown),
+      cmocka_unit_test_setup_teardown(test_binary_files_are_refused_naming_them,
+                                      setup_handlers, teardown),
       cmocka_unit_test_setup_teardown(test_loadbuffer_names_the_file,
                                       setup_config, teardown),
       cmocka_unit_test_setup_teardown(test_off_loads_binary_files, setup_off,

@@ -97,8 +97,9 @@ static void test_handler_file_pushes_its_function(void **state) {
 /* The chunk runs once, at load; only the function runs per connection. */
 static void test_chunk_runs_once_at_load(void **state) {
   fixture *f = *state;
-  write_handler(f, "once.lua", "loads = (loads or 0) + 1\n"
-                               "return function() end\n");
+  write_handler(f, "once.lua",
+                "loads = (loads or 0) + 1\n"
+                "return function() end\n");
   assert_int_equal(le_script_load(f->L, f->path, f->err, sizeof f->err), 0);
   lua_getglobal(f->L, "loads");
   assert_int_equal(lua_tointeger(f->L, -1), 1);
@@ -106,16 +107,18 @@ static void test_chunk_runs_once_at_load(void **state) {
 
 static void test_syntax_error_names_file_and_line(void **state) {
   fixture *f = *state;
-  write_handler(f, "syntax.lua", "return function(conn)\n"
-                                 "  local x = = 1\n"
-                                 "end\n");
+  write_handler(f, "syntax.lua",
+                "return function(conn)\n"
+                "  local x = = 1\n"
+                "end\n");
   assert_load_fails(f, "%s:2: unexpected symbol near '='");
 }
 
 static void test_error_at_load(void **state) {
   fixture *f = *state;
-  write_handler(f, "raises.lua", "local x = 1\n"
-                                 "error('not today')\n");
+  write_handler(f, "raises.lua",
+                "local x = 1\n"
+                "error('not today')\n");
   assert_load_fails(f, "%s:2: not today");
 }
 
@@ -143,8 +146,9 @@ static void test_missing_file(void **state) {
 static void test_require_next_to_handler(void **state) {
   fixture *f = *state;
   write_handler(f, "le_sibling.lua", "return { name = 'sibling' }\n");
-  write_handler(f, "uses.lua", "local m = require 'le_sibling'\n"
-                               "return function() return m.name end\n");
+  write_handler(f, "uses.lua",
+                "local m = require 'le_sibling'\n"
+                "return function() return m.name end\n");
   if (le_script_load(f->L, f->path, f->err, sizeof f->err) != 0)
     fail_msg("%s", f->err);
   lua_call(f->L, 0, 1);
@@ -164,8 +168,8 @@ static le_script *new_script(fixture *f, const char *path) {
 static const char *call_newest(fixture *f, const le_script *s) {
   le_script_push(s, f->L);
   int ok = lua_pcall(f->L, 0, 1, 0) == LUA_OK;
-  snprintf(f->err, sizeof f->err, "%s%s", ok ? "" : "error: ",
-           luaL_tolstring(f->L, -1, NULL));
+  snprintf(f->err, sizeof f->err, "%s%s",
+           ok ? "" : "error: ", luaL_tolstring(f->L, -1, NULL));
   lua_settop(f->L, 0);
   return f->err;
 }
@@ -245,8 +249,9 @@ static void test_failed_reload_keeps_the_good_version(void **state) {
 static void test_reload_loads_local_modules_afresh(void **state) {
   fixture *f = *state;
   write_handler(f, "le_mod_a.lua", "return { v = 'module 1' }\n");
-  write_handler(f, "modh.lua", "local m = require 'le_mod_a'\n"
-                               "return function() return m.v end\n");
+  write_handler(f, "modh.lua",
+                "local m = require 'le_mod_a'\n"
+                "return function() return m.v end\n");
   le_script *s = new_script(f, f->path);
   write_handler(f, "le_mod_a.lua", "return { v = 'module 2' }\n");
   if (le_script_reload(s, f->err, sizeof f->err) != 0) fail_msg("%s", f->err);
@@ -259,10 +264,11 @@ static void test_reload_loads_local_modules_afresh(void **state) {
 static void test_failed_reload_keeps_local_modules(void **state) {
   fixture *f = *state;
   write_handler(f, "le_mod_b.lua", "return { v = 'module 1' }\n");
-  write_handler(f, "lazy.lua", "require 'le_mod_b'\n"
-                               "return function()\n"
-                               "  return require('le_mod_b').v\n"
-                               "end\n");
+  write_handler(f, "lazy.lua",
+                "require 'le_mod_b'\n"
+                "return function()\n"
+                "  return require('le_mod_b').v\n"
+                "end\n");
   le_script *s = new_script(f, f->path);
   write_handler(f, "le_mod_b.lua", "return { v = \n"); /* a syntax error */
   assert_int_equal(le_script_reload(s, f->err, sizeof f->err), -1);

@@ -29,12 +29,12 @@
   } while (0)
 
 /* Fails unless string s (which may be NULL) starts with prefix. */
-#define assert_starts_with(s, prefix)                                \
-  do {                                                               \
-    const char *s_ = (s);                                            \
-    if (s_ == NULL || strncmp(s_, (prefix), strlen(prefix)) != 0)    \
-      fail_msg("\"%s\" does not start with \"%s\"",                  \
-               s_ ? s_ : "(null)", (prefix));                        \
+#define assert_starts_with(s, prefix)                                   \
+  do {                                                                  \
+    const char *s_ = (s);                                               \
+    if (s_ == NULL || strncmp(s_, (prefix), strlen(prefix)) != 0)       \
+      fail_msg("\"%s\" does not start with \"%s\"", s_ ? s_ : "(null)", \
+               (prefix));                                               \
   } while (0)
 
 /* Writes text to path, replacing the file; fails the test on any error. */

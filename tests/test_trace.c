@@ -74,8 +74,7 @@ static void test_preview_quotes_and_escapes(void **state) {
   assert_string_equal(preview("hello\n", 6, 32, 0), "\"hello\\n\"");
   assert_string_equal(preview("a\tb\r\"c\\", 7, 32, 0),
                       "\"a\\tb\\r\\\"c\\\\\"");
-  assert_string_equal(preview("\x01\x7f\xff", 3, 32, 0),
-                      "\"\\x01\\x7f\\xff\"");
+  assert_string_equal(preview("\x01\x7f\xff", 3, 32, 0), "\"\\x01\\x7f\\xff\"");
   assert_string_equal(preview("", 0, 32, 0), "\"\"");
 }
 
@@ -107,8 +106,8 @@ static void test_preview_never_overflows_small_buffers(void **state) {
       char *r = le_trace_preview(buf, outlen, data, sizeof data, 48, hex);
       assert_ptr_equal(r, buf);
       for (size_t i = outlen; i < sizeof buf; i++)
-        if (buf[i] != 'Z') fail_msg("outlen %zu hex %d: byte %zu written",
-                                    outlen, hex, i);
+        if (buf[i] != 'Z')
+          fail_msg("outlen %zu hex %d: byte %zu written", outlen, hex, i);
       if (outlen > 0) assert_true(strnlen(buf, outlen) < outlen);
     }
   }
@@ -149,8 +148,8 @@ static void test_lines_reach_the_fd_in_order(void **state) {
   for (int i = 0; i < 200; i++) {
     unsigned long long us;
     int id, ev, used = 0;
-    assert_int_equal(sscanf(p, "%lluus conn %d event %d\n%n", &us, &id, &ev,
-                            &used), 3);
+    assert_int_equal(
+        sscanf(p, "%lluus conn %d event %d\n%n", &us, &id, &ev, &used), 3);
     assert_int_equal(id, 7);
     assert_int_equal(ev, i);
     assert_true(us >= last_us);
@@ -174,12 +173,13 @@ static void test_log_prefix_comes_first(void **state) {
   char *text = drain(fds[0], "\n", 10);
   int y, mo, d, h, mi, s, ms, used = 0;
   assert_int_equal(sscanf(text, "%4d-%2d-%2d %2d:%2d:%2d.%3d [trace] %n", &y,
-                          &mo, &d, &h, &mi, &s, &ms, &used), 7);
+                          &mo, &d, &h, &mi, &s, &ms, &used),
+                   7);
   assert_true(used > 0);
   unsigned long long us;
   int rest = 0;
-  assert_int_equal(sscanf(text + used, "%lluus conn 3 read 5 bytes\n%n", &us,
-                          &rest), 1);
+  assert_int_equal(
+      sscanf(text + used, "%lluus conn 3 read 5 bytes\n%n", &us, &rest), 1);
   assert_int_equal(text[used + rest], '\0');
   le_trace_close(&t);
   free(text);

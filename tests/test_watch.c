@@ -12,7 +12,7 @@
 
 typedef struct fixture {
   uv_loop_t loop;
-  uv_timer_t tick;  /* bounds each turn of the loop */
+  uv_timer_t tick; /* bounds each turn of the loop */
   le_watch *w;
   int changes;
   char dir[64];

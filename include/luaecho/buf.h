@@ -17,7 +17,8 @@ typedef struct le_buf {
   size_t cap; /* size of storage */
 } le_buf;
 
-#define LE_BUF_INIT {NULL, 0, 0, 0}
+#define LE_BUF_INIT \
+  { NULL, 0, 0, 0 }
 
 void le_buf_init(le_buf *b);
 

@@ -28,31 +28,31 @@
 #define LE_MAX_CONNECTIONS_MAX 1000000000
 
 typedef struct le_listener_conf {
-  char *address;  /* as written, for messages */
-  le_addr addr;   /* parsed form */
-  char *handler;  /* handler file, or NULL to use the top-level handler */
-  int backlog;    /* listen(2) backlog */
-  int max_connections; /* its connections open at once; 0 for no cap */
-  le_opts opts;   /* options of its connections */
+  char *address;        /* as written, for messages */
+  le_addr addr;         /* parsed form */
+  char *handler;        /* handler file, or NULL to use the top-level handler */
+  int backlog;          /* listen(2) backlog */
+  int max_connections;  /* its connections open at once; 0 for no cap */
+  le_opts opts;         /* options of its connections */
   unsigned builtin : 1; /* the default listener, not named by any file */
 } le_listener_conf;
 
 typedef struct le_config {
-  char *path;                   /* config file, or NULL for built-in defaults */
-  le_listener_conf *listeners;  /* at least one */
+  char *path;                  /* config file, or NULL for built-in defaults */
+  le_listener_conf *listeners; /* at least one */
   size_t nlisteners;
-  char *handler;                /* default handler file, NULL for built-in echo */
-  char *trace_file;             /* where trace lines go; NULL: the log */
-  int backlog;                  /* default backlog for listeners */
-  int max_connections;          /* accepted connections open at once across
-                                   listeners: 0 for no cap, or
-                                   LE_MAX_CONNECTIONS_AUTO */
-  le_opts opts;                 /* default connection options */
-  double shutdown_timeout;      /* seconds connections may drain at shutdown */
+  char *handler;           /* default handler file, NULL for built-in echo */
+  char *trace_file;        /* where trace lines go; NULL: the log */
+  int backlog;             /* default backlog for listeners */
+  int max_connections;     /* accepted connections open at once across
+                              listeners: 0 for no cap, or
+                              LE_MAX_CONNECTIONS_AUTO */
+  le_opts opts;            /* default connection options */
+  double shutdown_timeout; /* seconds connections may drain at shutdown */
   le_log_level log_level;
-  int watch;                    /* reload handlers when their files change */
-  int sandbox;                  /* handlers run sandboxed (sandbox.h) */
-  size_t max_memory;            /* cap on the Lua state's memory; 0 none */
+  int watch;         /* reload handlers when their files change */
+  int sandbox;       /* handlers run sandboxed (sandbox.h) */
+  size_t max_memory; /* cap on the Lua state's memory; 0 none */
   /* The admin listener (docs/admin.md), or NULL when off (the default).
    * Its connections take the default options, not the file's. */
   le_listener_conf *admin;

@@ -78,14 +78,14 @@ typedef struct le_connect_req le_connect_req;
  * Per-connection byte and message counts are added in when a connection is
  * freed; le_conn_ctx_stats adds those of the live ones. */
 typedef struct le_conn_stats {
-  uint64_t accepted;        /* connections accepted */
-  uint64_t connected;       /* outbound connections opened */
-  uint64_t accept_errors;   /* accepts that failed after the kernel's */
-  uint64_t closed;          /* connections freed */
+  uint64_t accepted;      /* connections accepted */
+  uint64_t connected;     /* outbound connections opened */
+  uint64_t accept_errors; /* accepts that failed after the kernel's */
+  uint64_t closed;        /* connections freed */
   uint64_t bytes_in, bytes_out;
   uint64_t msgs_in, msgs_out;
   uint64_t ended[LE_END_CONNECT_FAILED + 1]; /* freed, by le_end_reason */
-  uint64_t reloads;         /* handler and config reloads that took */
+  uint64_t reloads;          /* handler and config reloads that took */
   uint64_t reloads_rejected; /* and those rejected */
 } le_conn_stats;
 
@@ -104,21 +104,21 @@ typedef struct le_conn_origin {
 /* What connections share within one loop: per-loop state, never global. */
 struct le_conn_ctx {
   uv_loop_t *loop;
-  lua_State *L;       /* the loop's Lua state; handlers run here */
+  lua_State *L; /* the loop's Lua state; handlers run here */
   const le_log *log;
-  le_trace *trace;    /* where traced connections write, or NULL */
+  le_trace *trace;     /* where traced connections write, or NULL */
   le_conn_stats stats; /* counters; see le_conn_ctx_stats */
-  char *read_buf;     /* one read buffer for every connection of the loop */
+  char *read_buf;      /* one read buffer for every connection of the loop */
   size_t read_buf_size;
-  le_conn *head;      /* every live connection */
-  size_t count;       /* number of live connections */
-  uint64_t next_id;   /* last connection id handed out */
-  uv_timer_t sweep;   /* the idle sweep; owned here */
-  uv_check_t reaper;  /* frees connections whose handler ended last */
+  le_conn *head;       /* every live connection */
+  size_t count;        /* number of live connections */
+  uint64_t next_id;    /* last connection id handed out */
+  uv_timer_t sweep;    /* the idle sweep; owned here */
+  uv_check_t reaper;   /* frees connections whose handler ended last */
   le_coro_sched sched; /* coroutines woken while another one runs ... */
-  uv_idle_t waker;    /* ... are resumed from here, on the next turn */
-  le_preempt preempt; /* the watchdog that preempts long-running handlers */
-  le_conn *reap;      /* connections waiting for the reaper */
+  uv_idle_t waker;     /* ... are resumed from here, on the next turn */
+  le_preempt preempt;  /* the watchdog that preempts long-running handlers */
+  le_conn *reap;       /* connections waiting for the reaper */
   /* Called after a connection was freed (the count is already lower), with
    * the owner it was accepted for (NULL for outbound connections). */
   void (*on_freed)(le_conn_ctx *ctx, void *owner, int exit_status);
@@ -134,21 +134,21 @@ struct le_conn {
     uv_stream_t stream;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
-  } sock;                   /* the socket; owned here */
-  le_conn_timer *timer;     /* deadlines; created on first use */
-  le_connect_req *connect;  /* an outbound connect in flight, or NULL */
-  le_lconn lc;              /* the Lua face */
+  } sock;                  /* the socket; owned here */
+  le_conn_timer *timer;    /* deadlines; created on first use */
+  le_connect_req *connect; /* an outbound connect in flight, or NULL */
+  le_lconn lc;             /* the Lua face */
   le_conn_ctx *ctx;
-  le_conn *prev, *next;     /* in ctx's list of live connections */
-  le_conn *next_reap;       /* in ctx's reap list, once ready to be freed */
-  void *owner;              /* opaque: what accepted it, for on_freed */
-  le_conn_origin *origin;   /* the listener it came from, NULL outbound */
-  uint32_t swept_queue;     /* write queue size (low bits) at the last sweep */
-  uint32_t sndbuf_applied;  /* the kernel's SO_SNDBUF after we last set it */
-  uint32_t rcvbuf_applied;  /* the same for SO_RCVBUF */
-  uint8_t state;            /* le_conn_state */
-  uint8_t fin;              /* le_conn_fin */
-  unsigned peer_fin : 1;    /* the peer's FIN or a read error was seen */
+  le_conn *prev, *next;      /* in ctx's list of live connections */
+  le_conn *next_reap;        /* in ctx's reap list, once ready to be freed */
+  void *owner;               /* opaque: what accepted it, for on_freed */
+  le_conn_origin *origin;    /* the listener it came from, NULL outbound */
+  uint32_t swept_queue;      /* write queue size (low bits) at the last sweep */
+  uint32_t sndbuf_applied;   /* the kernel's SO_SNDBUF after we last set it */
+  uint32_t rcvbuf_applied;   /* the same for SO_RCVBUF */
+  uint8_t state;             /* le_conn_state */
+  uint8_t fin;               /* le_conn_fin */
+  unsigned peer_fin : 1;     /* the peer's FIN or a read error was seen */
   unsigned handler_done : 1; /* the handler coroutine has ended */
 };
 

@@ -46,8 +46,9 @@
  * list, so every other coroutine gets its turn first. When the time goes to
  * a coroutine Lua code made and resumes (coroutine.wrap, coroutine.resume),
  * that one is suspended, then every resumer up to luaecho's coroutine,
- * and they resume it again in the same order on its next turn. One that computes for
- * more than its CPU limit in total without waiting is ended as an error
+ * and they resume it again in the same order on its next turn. One that
+ * computes for more than its CPU limit in total without waiting is ended as an
+ * error
  * ("cpu_limit exceeded"), even inside a C function that cannot yield.
  */
 #ifndef LUAECHO_CORO_H
@@ -105,42 +106,42 @@ typedef void (*le_coro_done_cb)(le_coro *c, lua_State *co, int nres,
  * the order they became ready; one preempted goes to the back, behind a
  * turn of the loop, so I/O is polled before it runs again. */
 struct le_coro_sched {
-  int depth;                       /* luaecho coroutines running now */
-  le_coro *ready, *ready_tail;     /* woken, waiting for the loop */
-  le_coro *later, *later_tail;     /* preempted, for the next turn */
-  void (*kick)(le_coro_sched *s);  /* asks the loop to call le_coro_sched_run */
+  int depth;                      /* luaecho coroutines running now */
+  le_coro *ready, *ready_tail;    /* woken, waiting for the loop */
+  le_coro *later, *later_tail;    /* preempted, for the next turn */
+  void (*kick)(le_coro_sched *s); /* asks the loop to call le_coro_sched_run */
   /* Returns c's CPU limit in milliseconds (0: none). Asked only when c is
    * preempted, so changing it costs nothing on the data path. */
   uint64_t (*cpu_limit_ms)(le_coro *c);
-  le_preempt *preempt;             /* the loop's watchdog, or NULL */
-  le_coro *current;                /* the coroutine running now, or NULL */
-  int yielded_by_hook;             /* current was just preempted */
-  lua_State *nested_preempted;     /* a coroutine Lua code resumes, just
-                                    * suspended by the watchdog: its
-                                    * resumer suspends itself in turn */
-  uint64_t preempted;              /* times a coroutine was preempted */
-  uint64_t cpu_killed;             /* coroutines stopped by cpu_limit */
-  char stop_where[160];            /* "file:line:" of the last one stopped */
+  le_preempt *preempt;         /* the loop's watchdog, or NULL */
+  le_coro *current;            /* the coroutine running now, or NULL */
+  int yielded_by_hook;         /* current was just preempted */
+  lua_State *nested_preempted; /* a coroutine Lua code resumes, just
+                                * suspended by the watchdog: its
+                                * resumer suspends itself in turn */
+  uint64_t preempted;          /* times a coroutine was preempted */
+  uint64_t cpu_killed;         /* coroutines stopped by cpu_limit */
+  char stop_where[160];        /* "file:line:" of the last one stopped */
 };
 
 struct le_coro {
-  lua_State *L;          /* the main state, where the registry ref lives */
-  lua_State *co;         /* the coroutine, NULL while DEAD */
-  int ref;               /* registry ref that keeps co alive */
+  lua_State *L;  /* the main state, where the registry ref lives */
+  lua_State *co; /* the coroutine, NULL while DEAD */
+  int ref;       /* registry ref that keeps co alive */
   le_coro_state state;
   const le_wait_ops *wait_ops; /* from le_coro_wait to its continuation */
   void *wait_obj;
-  lua_KFunction k;       /* while WAITING: the binding's continuation */
+  lua_KFunction k; /* while WAITING: the binding's continuation */
   lua_KContext kctx;
-  le_coro_done_cb done;  /* completion callback */
-  void *owner;           /* tag of the connection this coroutine works for */
+  le_coro_done_cb done; /* completion callback */
+  void *owner;          /* tag of the connection this coroutine works for */
   void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
-  le_coro *next, *prev;  /* in a le_coro_list */
-  le_coro_sched *sched;  /* its loop's scheduler, or NULL (run at once) */
-  le_coro *next_ready;   /* in sched->ready or sched->later */
-  uint64_t cpu_ns;       /* computed since it last waited, counted when
-                          * preempted */
-  uint64_t slice_start;  /* uv_hrtime() of a resume after a preemption, 0 */
+  le_coro *next, *prev;       /* in a le_coro_list */
+  le_coro_sched *sched;       /* its loop's scheduler, or NULL (run at once) */
+  le_coro *next_ready;        /* in sched->ready or sched->later */
+  uint64_t cpu_ns;            /* computed since it last waited, counted when
+                               * preempted */
+  uint64_t slice_start;    /* uv_hrtime() of a resume after a preemption, 0 */
   unsigned over_limit : 1; /* past its CPU limit: it is being stopped */
 };
 

@@ -25,9 +25,9 @@ typedef enum {
 } le_packet;
 
 typedef enum {
-  LE_FRAME_OK,     /* a whole message is at the front */
-  LE_FRAME_MORE,   /* not yet: more bytes are needed */
-  LE_FRAME_TOOBIG  /* the message exceeds max: a protocol error */
+  LE_FRAME_OK,    /* a whole message is at the front */
+  LE_FRAME_MORE,  /* not yet: more bytes are needed */
+  LE_FRAME_TOOBIG /* the message exceeds max: a protocol error */
 } le_frame_status;
 
 /* A decoded message: payload bytes [off, off + len) of the input, and how

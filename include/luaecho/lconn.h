@@ -50,30 +50,32 @@
 
 /* luaecho's own error codes, outside libuv's range; le_lconn_errname
  * names them. */
-#define LE_TIMEOUT (-0x10000)  /* a deadline passed: "timeout" (retryable);
-                                * distinct from the kernel's "etimedout" */
-#define LE_EIDLE (-0x10001)    /* ended by idle_timeout: "idle" */
-#define LE_ESHUTDOWN (-0x10002) /* ended by the server's shutdown: "shutdown" */
-#define LE_EKILLED (-0x10003)  /* closed from the admin listener: "killed" */
+#define LE_TIMEOUT                                                           \
+  (-0x10000)                    /* a deadline passed: "timeout" (retryable); \
+                                 * distinct from the kernel's "etimedout" */
+#define LE_EIDLE (-0x10001)     /* ended by idle_timeout: "idle" */
+#define LE_ESHUTDOWN (-0x10002) /* ended by the server's shutdown: "shutdown" \
+                                 */
+#define LE_EKILLED (-0x10003)   /* closed from the admin listener: "killed" */
 
 /* Why a connection ended, for the trace, conn_summary and statistics.
  * The first cause recorded wins, except that a handler error replaces the
  * peer's FIN (it says more). */
 typedef enum le_end_reason {
   LE_END_NONE,
-  LE_END_PEER_FIN,       /* the peer closed its side */
-  LE_END_RESET,          /* the peer reset the connection (RST, EPIPE) */
-  LE_END_SOCKET_ERROR,   /* another socket error */
-  LE_END_RETURNED,       /* the handler returned */
-  LE_END_CLOSED,         /* the handler called conn:close() */
-  LE_END_RESET_SENT,     /* the handler called conn:reset() */
-  LE_END_HANDLER_ERROR,  /* the handler raised (cpu_limit included) */
-  LE_END_IDLE,           /* idle_timeout */
-  LE_END_SEND_TIMEOUT,   /* send_timeout with send_timeout_close */
-  LE_END_SHUTDOWN,       /* the server shut down */
-  LE_END_KILLED,         /* closed from the admin listener */
-  LE_END_COLLECTED,      /* its conn object was collected while open */
-  LE_END_CONNECT_FAILED  /* an outbound connect failed */
+  LE_END_PEER_FIN,      /* the peer closed its side */
+  LE_END_RESET,         /* the peer reset the connection (RST, EPIPE) */
+  LE_END_SOCKET_ERROR,  /* another socket error */
+  LE_END_RETURNED,      /* the handler returned */
+  LE_END_CLOSED,        /* the handler called conn:close() */
+  LE_END_RESET_SENT,    /* the handler called conn:reset() */
+  LE_END_HANDLER_ERROR, /* the handler raised (cpu_limit included) */
+  LE_END_IDLE,          /* idle_timeout */
+  LE_END_SEND_TIMEOUT,  /* send_timeout with send_timeout_close */
+  LE_END_SHUTDOWN,      /* the server shut down */
+  LE_END_KILLED,        /* closed from the admin listener */
+  LE_END_COLLECTED,     /* its conn object was collected while open */
+  LE_END_CONNECT_FAILED /* an outbound connect failed */
 } le_end_reason;
 
 /* Returns the reason's words ("peer FIN", "idle timeout", ...). */
@@ -100,20 +102,20 @@ struct le_trace;
 /* What the kernel knows of a socket: its queues (as `ss` shows Recv-Q and
  * Send-Q) and, for TCP, from TCP_INFO. */
 typedef struct le_sockinfo {
-  int inq, outq;         /* bytes unread by us; bytes not yet acked; -1 */
-  int tcp;               /* 1 when the fields below are filled */
-  const char *state;     /* "ESTABLISHED", "CLOSE_WAIT", ... */
+  int inq, outq;     /* bytes unread by us; bytes not yet acked; -1 */
+  int tcp;           /* 1 when the fields below are filled */
+  const char *state; /* "ESTABLISHED", "CLOSE_WAIT", ... */
   double rtt_ms, rttvar_ms;
-  unsigned retransmits;  /* unanswered retransmits now */
+  unsigned retransmits; /* unanswered retransmits now */
   unsigned total_retrans;
-  unsigned cwnd;         /* congestion window, in segments */
+  unsigned cwnd; /* congestion window, in segments */
   unsigned mss;
 } le_sockinfo;
 
 /* Writes a trace line for lc when its `trace` option is on; costs one test
  * of a flag when it is off. */
-#define le_lconn_trace(lc, ...)                                    \
-  do {                                                             \
+#define le_lconn_trace(lc, ...)                                               \
+  do {                                                                        \
     if ((lc)->opts.trace) le_trace_event((lc)->trace, (lc)->id, __VA_ARGS__); \
   } while (0)
 
@@ -157,40 +159,40 @@ typedef struct le_lconn_io {
 } le_lconn_io;
 
 struct le_lconn {
-  const le_lconn_io *io; /* socket operations of the embedding connection */
-  const le_log *log;     /* where handler errors go */
+  const le_lconn_io *io;  /* socket operations of the embedding connection */
+  const le_log *log;      /* where handler errors go */
   struct le_trace *trace; /* where trace lines go, or NULL */
-  lua_State *L;          /* main state */
-  le_coro coro;          /* the handler coroutine (unused when outbound) */
-  void *owner;           /* tag of the coroutines that may wait on it */
-  le_script *script;     /* the handler it runs (accepted connections) */
-  unsigned version;      /* the handler version it started with */
-  le_coro_list tasks;    /* coroutines spawned by its handler */
-  le_lconn *children;    /* outbound connections its coroutines opened */
-  le_lconn *parent;      /* for an outbound connection: whose child it is */
+  lua_State *L;           /* main state */
+  le_coro coro;           /* the handler coroutine (unused when outbound) */
+  void *owner;            /* tag of the coroutines that may wait on it */
+  le_script *script;      /* the handler it runs (accepted connections) */
+  unsigned version;       /* the handler version it started with */
+  le_coro_list tasks;     /* coroutines spawned by its handler */
+  le_lconn *children;     /* outbound connections its coroutines opened */
+  le_lconn *parent;       /* for an outbound connection: whose child it is */
   le_lconn *next_child, *prev_child; /* in parent->children */
   struct le__conn_ud *ud; /* the conn object; a weak link (see __gc) */
-  uint64_t id;           /* unique within its loop (one per process today,
-                          * until worker threads); conn.id */
+  uint64_t id;            /* unique within its loop (one per process today,
+                           * until worker threads); conn.id */
   union {
     struct sockaddr sa;
     struct sockaddr_in in;
     struct sockaddr_in6 in6;
-  } peer;                /* peer address; family AF_UNIX for unix sockets */
-  le_opts opts;          /* options in force (conn:setopts changes them) */
-  le_buf in;             /* received bytes not yet returned by recv */
-  size_t queued;         /* bytes queued by io->queue_write, not yet written */
-  le_coro *reader;       /* coroutine waiting in recv, or NULL */
-  le_coro *writer;       /* coroutine waiting in send for output to drain */
+  } peer;          /* peer address; family AF_UNIX for unix sockets */
+  le_opts opts;    /* options in force (conn:setopts changes them) */
+  le_buf in;       /* received bytes not yet returned by recv */
+  size_t queued;   /* bytes queued by io->queue_write, not yet written */
+  le_coro *reader; /* coroutine waiting in recv, or NULL */
+  le_coro *writer; /* coroutine waiting in send for output to drain */
   /* While on_data hands a read straight to a waiting reader: the bytes not
    * yet taken. Valid only during that call; `in` is empty meanwhile. */
   const char *direct;
   size_t direct_len;
   /* 32-bit counters keep an idle connection small; each is bounded by a
    * 1 GiB option (packet_size, recv's n) or by memory. */
-  uint32_t scanned;      /* line mode: bytes of `in` known to hold no '\n' */
-  uint32_t want;         /* raw mode: what the reader waits for, 0 any */
-  uint32_t nqueued;      /* writes queued by io->queue_write, not yet done */
+  uint32_t scanned;        /* line mode: bytes of `in` known to hold no '\n' */
+  uint32_t want;           /* raw mode: what the reader waits for, 0 any */
+  uint32_t nqueued;        /* writes queued by io->queue_write, not yet done */
   uint64_t read_deadline;  /* loop time the reader times out, 0 none */
   uint64_t write_deadline; /* loop time the writer times out, 0 none */
   uint64_t last_active;    /* loop time bytes last moved either way */
@@ -199,16 +201,16 @@ struct le_lconn {
   uint64_t wait_since;     /* loop time the writer began to wait */
   uint64_t bytes_in, bytes_out; /* moved through the socket */
   uint64_t msgs_in, msgs_out;   /* returned by recv; given to send */
-  int in_err;            /* 0; UV_EOF after the peer's FIN; or an error */
-  int out_err;           /* 0, or the error that ended output */
-  int reader_err;        /* for the woken reader only: its error, 0 none */
-  int writer_err;        /* for the woken writer only: its error, 0 none */
+  int in_err;     /* 0; UV_EOF after the peer's FIN; or an error */
+  int out_err;    /* 0, or the error that ended output */
+  int reader_err; /* for the woken reader only: its error, 0 none */
+  int writer_err; /* for the woken writer only: its error, 0 none */
   le_lconn_state state;
-  uint8_t end_reason;    /* le_end_reason: why it ended, once it did */
-  uint8_t exit_status;   /* the handler's: 1 after an error, the integer
-                          * it returned (0..255), else 0 (client mode) */
-  unsigned reading : 1;  /* io->set_reading(lc, 1) is in force */
-  unsigned paused : 1;   /* reading stopped because `in` was full */
+  uint8_t end_reason;   /* le_end_reason: why it ended, once it did */
+  uint8_t exit_status;  /* the handler's: 1 after an error, the integer
+                         * it returned (0..255), else 0 (client mode) */
+  unsigned reading : 1; /* io->set_reading(lc, 1) is in force */
+  unsigned paused : 1;  /* reading stopped because `in` was full */
 };
 
 /* Registers the conn metatable in L. Call once per Lua state. */

@@ -19,10 +19,10 @@
 #define LE_DEFAULT_MAX_MEMORY ((size_t)1 << 30)
 
 typedef struct le_mem {
-  size_t used;      /* bytes Lua has allocated and not freed */
-  size_t limit;     /* cap on `used`; 0 for none */
-  size_t peak;      /* highest `used` seen */
-  uint64_t refused; /* allocations refused for the cap */
+  size_t used;                /* bytes Lua has allocated and not freed */
+  size_t limit;               /* cap on `used`; 0 for none */
+  size_t peak;                /* highest `used` seen */
+  uint64_t refused;           /* allocations refused for the cap */
   uint64_t refused_collected; /* `refused` at the last le_mem_collect */
 } le_mem;
 

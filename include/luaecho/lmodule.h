@@ -1,6 +1,7 @@
 /* The `luaecho` module handlers get with require "luaecho":
  *
- *   luaecho.connect(host, port [, opts]) / luaecho.connect("unix:/path" [, opts])
+ *   luaecho.connect(host, port [, opts]) / luaecho.connect("unix:/path" [,
+ * opts])
  *                            -> conn, or nil, err          (lconnect.c)
  *   luaecho.spawn(fn, ...)   -> task, with task:join()     (ltask.c)
  *   luaecho.sleep(seconds)                                 (lsleep.c)

@@ -33,7 +33,8 @@ void le_logf(const le_log *log, le_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-void le_logv(const le_log *log, le_log_level level, const char *fmt, va_list ap);
+void le_logv(const le_log *log, le_log_level level, const char *fmt,
+             va_list ap);
 
 /* Writes a record's "YYYY-MM-DD HH:MM:SS.mmm [label] " prefix into out and
  * returns its length (the trace writes "[trace]" records this way). */

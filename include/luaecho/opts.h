@@ -21,32 +21,33 @@
 
 #include "luaecho/framing.h"
 
-#define LE_MAX_SIZE_OPT (1024 * 1024 * 1024) /* 1 GiB bound for size options */
+#define LE_MAX_SIZE_OPT (1024 * 1024 * 1024) /* 1 GiB bound for size options \
+                                              */
 #define LE_MAX_TIMEOUT 1e9 /* seconds (about 31 years); longer ones are cut */
 
 /* Every connection carries a copy, so fields are as narrow as their
  * values allow. The hot path (recv, send) reads them directly. */
 typedef struct le_opts {
-  double recv_timeout;      /* seconds; < 0: none (recv's default) */
-  double send_timeout;      /* seconds a send may wait to queue; < 0: none */
-  double idle_timeout;      /* seconds without traffic before closing; < 0: none */
-  double cpu_limit;         /* seconds a handler may compute without
-                             * waiting; < 0: none */
+  double recv_timeout; /* seconds; < 0: none (recv's default) */
+  double send_timeout; /* seconds a send may wait to queue; < 0: none */
+  double idle_timeout; /* seconds without traffic before closing; < 0: none */
+  double cpu_limit;    /* seconds a handler may compute without
+                        * waiting; < 0: none */
   /* Sizes are at most LE_MAX_SIZE_OPT (1 GiB). */
-  uint32_t packet_size;     /* largest message recv accepts in framed modes */
-  uint32_t recv_buffer;     /* input buffered for a handler not in recv */
-  uint32_t send_buffer;     /* queued output above which send waits */
-  uint32_t keepalive;       /* TCP keepalive delay in seconds, 0: off */
-  uint32_t trace_bytes;     /* bytes of each read a trace line shows */
-  uint32_t sndbuf, rcvbuf;  /* SO_SNDBUF/SO_RCVBUF as the kernel set them;
-                             * 0: its default */
-  uint32_t read_size;       /* most bytes one read takes from the kernel */
-  uint8_t packet;           /* le_packet: framing of recv and send */
+  uint32_t packet_size;       /* largest message recv accepts in framed modes */
+  uint32_t recv_buffer;       /* input buffered for a handler not in recv */
+  uint32_t send_buffer;       /* queued output above which send waits */
+  uint32_t keepalive;         /* TCP keepalive delay in seconds, 0: off */
+  uint32_t trace_bytes;       /* bytes of each read a trace line shows */
+  uint32_t sndbuf, rcvbuf;    /* SO_SNDBUF/SO_RCVBUF as the kernel set them;
+                               * 0: its default */
+  uint32_t read_size;         /* most bytes one read takes from the kernel */
+  uint8_t packet;             /* le_packet: framing of recv and send */
   uint8_t send_timeout_close; /* close the connection after a send timeout */
-  uint8_t nodelay;          /* TCP_NODELAY */
-  uint8_t trace;            /* write a trace line per socket event */
-  uint8_t trace_hex;        /* show traced bytes as hex */
-  uint8_t conn_summary;     /* log one line when the connection ends */
+  uint8_t nodelay;            /* TCP_NODELAY */
+  uint8_t trace;              /* write a trace line per socket event */
+  uint8_t trace_hex;          /* show traced bytes as hex */
+  uint8_t conn_summary;       /* log one line when the connection ends */
 } le_opts;
 
 /* How an option's value is read, stored and shown. Each kind has one C
@@ -65,11 +66,12 @@ typedef enum {
 } le_opt_kind;
 
 /* Row flags. */
-#define LE_OPTF_SOCKET 1u /* a socket option: setopts applies it to the socket */
+#define LE_OPTF_SOCKET \
+  1u /* a socket option: setopts applies it to the socket */
 
 /* One option: one row of the table in opts.c. */
 typedef struct le_opt_def {
-  const char *name;    /* as in config files, setopts and getopts */
+  const char *name; /* as in config files, setopts and getopts */
   le_opt_kind kind;
   size_t offset;       /* of its field in le_opts */
   int64_t min, max;    /* the accepted range of SIZE and DELAY */

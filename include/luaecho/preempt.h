@@ -35,14 +35,14 @@
 #define LE_PREEMPT_TICK_MS 10
 
 typedef struct le_preempt {
-  _Atomic(lua_State *) running;  /* the coroutine running now, or NULL */
-  atomic_uint gen;               /* bumped whenever `running` changes */
-  atomic_uint signalled_gen;     /* the gen the last signal was for */
-  _Atomic uint64_t since_ns;     /* when the watchdog first saw that gen */
+  _Atomic(lua_State *) running; /* the coroutine running now, or NULL */
+  atomic_uint gen;              /* bumped whenever `running` changes */
+  atomic_uint signalled_gen;    /* the gen the last signal was for */
+  _Atomic uint64_t since_ns;    /* when the watchdog first saw that gen */
   atomic_int stop;
-  lua_Hook hook;                 /* installed on an overrunning coroutine */
-  pthread_t thread;              /* the watchdog */
-  pthread_t target;              /* the loop's thread */
+  lua_Hook hook;    /* installed on an overrunning coroutine */
+  pthread_t thread; /* the watchdog */
+  pthread_t target; /* the loop's thread */
   unsigned tick_ms;
   int started;
 } le_preempt;
@@ -57,8 +57,8 @@ void le_preempt_stop(le_preempt *p);
 
 /* Marks co as running now and returns what ran before (for nesting). */
 static inline lua_State *le_preempt_enter(le_preempt *p, lua_State *co) {
-  lua_State *prev = atomic_exchange_explicit(&p->running, co,
-                                             memory_order_relaxed);
+  lua_State *prev =
+      atomic_exchange_explicit(&p->running, co, memory_order_relaxed);
   atomic_fetch_add_explicit(&p->gen, 1, memory_order_relaxed);
   return prev;
 }

@@ -49,24 +49,24 @@ typedef int (*le_config_loader)(void *arg, le_config *cfg, char *err,
                                 size_t errlen);
 
 struct le_listener {
-  uv_poll_t poll;                /* readiness of fd; owned here */
-  int fd;                        /* the listening socket, or -1 */
-  uv_handle_type type;           /* UV_TCP or UV_NAMED_PIPE */
+  uv_poll_t poll;      /* readiness of fd; owned here */
+  int fd;              /* the listening socket, or -1 */
+  uv_handle_type type; /* UV_TCP or UV_NAMED_PIPE */
   le_server *server;
-  const le_listener_conf *conf;  /* in the configuration in force */
-  le_script *script;             /* the handler its connections run */
-  size_t nconns;                 /* its accepted connections still alive */
+  const le_listener_conf *conf;      /* in the configuration in force */
+  le_script *script;                 /* the handler its connections run */
+  size_t nconns;                     /* its accepted connections still alive */
   char bound[LE_ADDR_HOST_MAX + 16]; /* the address actually bound */
-  le_conn_origin *origin;        /* what its connections name it by */
-  unsigned poll_open : 1;        /* poll was initialized */
-  unsigned polling : 1;          /* poll is started: accepting */
-  unsigned full : 1;             /* paused by max_connections */
-  unsigned closing : 1;          /* close_listener was called */
-  unsigned closed : 1;           /* its handle and socket are gone */
-  unsigned unlink_path : 1;      /* a unix socket file we created */
-  unsigned keep : 1;             /* scratch flag while applying a reload */
-  unsigned admin : 1;            /* the admin listener (docs/admin.md) */
-  le_listener *next;             /* in the server's list */
+  le_conn_origin *origin;            /* what its connections name it by */
+  unsigned poll_open : 1;            /* poll was initialized */
+  unsigned polling : 1;              /* poll is started: accepting */
+  unsigned full : 1;                 /* paused by max_connections */
+  unsigned closing : 1;              /* close_listener was called */
+  unsigned closed : 1;               /* its handle and socket are gone */
+  unsigned unlink_path : 1;          /* a unix socket file we created */
+  unsigned keep : 1;                 /* scratch flag while applying a reload */
+  unsigned admin : 1;                /* the admin listener (docs/admin.md) */
+  le_listener *next;                 /* in the server's list */
 };
 
 /* Client mode (luaecho --connect): the outbound connections that run the
@@ -75,45 +75,45 @@ struct le_listener {
 #define LE_CLIENT_CONNECT_TIMEOUT_MS 10000
 
 typedef struct le_clients {
-  le_script *script;             /* the client script (on the script list) */
-  const char *const *args;       /* the script's arguments; not owned */
+  le_script *script;       /* the client script (on the script list) */
+  const char *const *args; /* the script's arguments; not owned */
   int nargs;
-  size_t left;                   /* clients connecting or running */
-  int status;                    /* the highest exit status so far */
+  size_t left;                    /* clients connecting or running */
+  int status;                     /* the highest exit status so far */
   char address[LE_ADDR_TEXT_MAX]; /* where they connect, for messages */
 } le_clients;
 
 struct le_server {
   uv_loop_t loop;
-  lua_State *L;                  /* handlers and their coroutines live here */
-  le_mem mem;                    /* L's allocator: counts and caps its memory */
+  lua_State *L; /* handlers and their coroutines live here */
+  le_mem mem;   /* L's allocator: counts and caps its memory */
   le_log log;
-  le_trace trace;                /* trace lines of traced connections */
-  int trace_fd;                  /* trace_file's descriptor, or -1 */
-  le_conn_ctx conns;             /* every connection of this loop */
-  le_config *cfg;                /* the configuration in force; owned */
+  le_trace trace;                 /* trace lines of traced connections */
+  int trace_fd;                   /* trace_file's descriptor, or -1 */
+  le_conn_ctx conns;              /* every connection of this loop */
+  le_config *cfg;                 /* the configuration in force; owned */
   le_config_loader reload_config; /* for SIGHUP; may be NULL */
   void *reload_arg;
   le_listener *listeners;
-  le_script *scripts;            /* one per distinct handler file */
-  le_watch *watches;             /* one per handler directory */
+  le_script *scripts; /* one per distinct handler file */
+  le_watch *watches;  /* one per handler directory */
   uv_signal_t sigint, sigterm, sighup;
-  uv_timer_t drain_timer;        /* bounds the shutdown drain */
-  size_t accepted;               /* accepted connections still alive */
-  size_t fd_limit;               /* RLIMIT_NOFILE's soft limit at start */
-  int reserve_fd;                /* kept free to shed with at EMFILE, or -1 */
-  size_t shed;                   /* connections shed since the last report */
-  int shed_err;                  /* why: UV_EMFILE or UV_ENFILE */
-  uv_timer_t shed_timer;         /* paces the reports, once a second */
-  uv_timer_t reload_timer;       /* a reload the admin asked for */
-  le_listener_conf *admin_conf;  /* the admin listener's, or NULL; owned */
-  le_listener *admin;            /* the admin listener, or NULL */
+  uv_timer_t drain_timer;       /* bounds the shutdown drain */
+  size_t accepted;              /* accepted connections still alive */
+  size_t fd_limit;              /* RLIMIT_NOFILE's soft limit at start */
+  int reserve_fd;               /* kept free to shed with at EMFILE, or -1 */
+  size_t shed;                  /* connections shed since the last report */
+  int shed_err;                 /* why: UV_EMFILE or UV_ENFILE */
+  uv_timer_t shed_timer;        /* paces the reports, once a second */
+  uv_timer_t reload_timer;      /* a reload the admin asked for */
+  le_listener_conf *admin_conf; /* the admin listener's, or NULL; owned */
+  le_listener *admin;           /* the admin listener, or NULL */
   unsigned loop_open : 1;
   unsigned signals_open : 1;
-  unsigned stopping : 1;         /* shutdown has begun */
-  le_clients clients;            /* client mode; unused when serving */
-  unsigned starved : 1;          /* no descriptor even to shed with: every
-                                    listener waits for one to be freed */
+  unsigned stopping : 1; /* shutdown has begun */
+  le_clients clients;    /* client mode; unused when serving */
+  unsigned starved : 1;  /* no descriptor even to shed with: every
+                            listener waits for one to be freed */
 };
 
 /* Creates the loop and the Lua state and loads every handler of cfg; the
@@ -157,7 +157,6 @@ void le_server_free(le_server *s);
 /* Loads every handler of cfg in a scratch Lua state and prints what would
  * listen to `out`, one "would listen on ADDR with handler FILE" line per
  * listener. Returns 0, or -1 with the first error in err. */
-int le_server_check(const le_config *cfg, FILE *out, char *err,
-                    size_t errlen);
+int le_server_check(const le_config *cfg, FILE *out, char *err, size_t errlen);
 
 #endif

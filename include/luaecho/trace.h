@@ -32,11 +32,11 @@
 typedef struct le__trace_ring le__trace_ring;
 
 typedef struct le_trace {
-  int fd;                 /* where lines go */
-  int log_prefix;         /* prefix each line like a log record */
-  uint64_t start_ns;      /* the time 0 of the lines */
-  le__trace_ring *ring;   /* made with the first line; NULL before */
-  int failed;             /* it could not be made: lines are lost */
+  int fd;               /* where lines go */
+  int log_prefix;       /* prefix each line like a log record */
+  uint64_t start_ns;    /* the time 0 of the lines */
+  le__trace_ring *ring; /* made with the first line; NULL before */
+  int failed;           /* it could not be made: lines are lost */
   /* When set, every line is also given to tap, on the loop's thread, as
    * its time (us), connection id and event text (the admin's live view,
    * linspect.c). */

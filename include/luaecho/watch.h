@@ -18,13 +18,13 @@ typedef struct le_watch le_watch;
 typedef void (*le_watch_cb)(le_watch *w);
 
 struct le_watch {
-  uv_fs_event_t event;  /* the directory watch; owned here */
-  uv_timer_t settle;    /* waits for the directory to go quiet; owned here */
-  char *dir;            /* the directory watched */
+  uv_fs_event_t event; /* the directory watch; owned here */
+  uv_timer_t settle;   /* waits for the directory to go quiet; owned here */
+  char *dir;           /* the directory watched */
   le_watch_cb on_change;
-  void *data;           /* for the owner */
-  int open_handles;     /* handles not yet through their close callback */
-  le_watch *next;       /* in the owner's list */
+  void *data;       /* for the owner */
+  int open_handles; /* handles not yet through their close callback */
+  le_watch *next;   /* in the owner's list */
 };
 
 /* Starts watching `dir`. Returns a new watch, or NULL with *err set. */

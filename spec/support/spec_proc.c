@@ -40,34 +40,31 @@
 #define PROC_MT "spec_proc.process"
 #define PROC_PIPE_SIZE (1024 * 1024) /* room for a chatty server's log */
 #define PROC_READ_CHUNK 4096
-#define PROC_WAIT_SLICE_MS 10        /* poll slice while waiting for exit */
+#define PROC_WAIT_SLICE_MS 10 /* poll slice while waiting for exit */
 
 extern char **environ;
 
 typedef struct {
-  pid_t pid;      /* child pid; stays set after reaping, for p.pid */
-  int fd;         /* read end of the output pipe, -1 once closed */
-  int reaped;     /* 1 once waitpid() has collected the child */
-  int status;     /* waitpid() status, valid when reaped */
-  int eof;        /* 1 once read() on fd returned 0 */
-  char *buf;      /* bytes read but not yet handed out as lines */
-  size_t len;     /* used bytes in buf */
-  size_t cap;     /* allocated bytes in buf */
+  pid_t pid;  /* child pid; stays set after reaping, for p.pid */
+  int fd;     /* read end of the output pipe, -1 once closed */
+  int reaped; /* 1 once waitpid() has collected the child */
+  int status; /* waitpid() status, valid when reaped */
+  int eof;    /* 1 once read() on fd returned 0 */
+  char *buf;  /* bytes read but not yet handed out as lines */
+  size_t len; /* used bytes in buf */
+  size_t cap; /* allocated bytes in buf */
 } proc_t;
 
 /* Signal names without the SIG prefix, as :kill() takes and :wait() gives. */
 static const struct {
   const char *name;
   int signo;
-} proc_signals[] = {
-  { "HUP", SIGHUP },   { "INT", SIGINT },   { "QUIT", SIGQUIT },
-  { "ILL", SIGILL },   { "ABRT", SIGABRT }, { "FPE", SIGFPE },
-  { "KILL", SIGKILL }, { "SEGV", SIGSEGV }, { "PIPE", SIGPIPE },
-  { "ALRM", SIGALRM }, { "TERM", SIGTERM }, { "USR1", SIGUSR1 },
-  { "USR2", SIGUSR2 }, { "BUS", SIGBUS },   { "CONT", SIGCONT },
-  { "STOP", SIGSTOP },
-  { NULL, 0 }
-};
+} proc_signals[] = {{"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT},
+                    {"ILL", SIGILL},   {"ABRT", SIGABRT}, {"FPE", SIGFPE},
+                    {"KILL", SIGKILL}, {"SEGV", SIGSEGV}, {"PIPE", SIGPIPE},
+                    {"ALRM", SIGALRM}, {"TERM", SIGTERM}, {"USR1", SIGUSR1},
+                    {"USR2", SIGUSR2}, {"BUS", SIGBUS},   {"CONT", SIGCONT},
+                    {"STOP", SIGSTOP}, {NULL, 0}};
 
 /* ---- time ------------------------------------------------------------ */
 
@@ -92,7 +89,8 @@ static void proc_nap(double s) {
   if (s <= 0) return;
   ts.tv_sec = (time_t)s;
   ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {}
+  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+  }
 }
 
 static double proc_checktimeout(lua_State *L, int arg) {
@@ -119,7 +117,8 @@ static void proc_pushsigname(lua_State *L, int signo) {
     lua_pushfstring(L, "SIG%d", signo);
 }
 
-/* Returns the signal number named at arg ("TERM" or "SIGTERM"); raises if unknown. */
+/* Returns the signal number named at arg ("TERM" or "SIGTERM"); raises if
+ * unknown. */
 static int proc_checksignal(lua_State *L, int arg) {
   const char *name = luaL_checkstring(L, arg);
   int i;
@@ -155,7 +154,8 @@ static void proc_child(char **argv, char **envp, const char *cwd, int outfd,
   execvp(argv[0], argv);
 fail:
   err = errno;
-  while (write(errfd, &err, sizeof err) == -1 && errno == EINTR) {}
+  while (write(errfd, &err, sizeof err) == -1 && errno == EINTR) {
+  }
   _exit(127);
 }
 
@@ -235,7 +235,8 @@ static int proc_fail(lua_State *L, const char *what, int err) {
   return 2;
 }
 
-/* Reads the exec status pipe: returns 0 if exec succeeded, else the child's errno. */
+/* Reads the exec status pipe: returns 0 if exec succeeded, else the child's
+ * errno. */
 static int proc_execstatus(int errfd) {
   int err = 0;
   ssize_t n;
@@ -256,7 +257,8 @@ static int proc_spawn(lua_State *L) {
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     if (lua_getfield(L, 2, "cwd") != LUA_TNIL) cwd = luaL_checkstring(L, -1);
-    if (lua_getfield(L, 2, "stdin_null") != LUA_TNIL) stdin_null = lua_toboolean(L, -1);
+    if (lua_getfield(L, 2, "stdin_null") != LUA_TNIL)
+      stdin_null = lua_toboolean(L, -1);
     if (lua_getfield(L, 2, "env") != LUA_TNIL) {
       luaL_checktype(L, -1, LUA_TTABLE);
       envidx = lua_gettop(L);
@@ -302,7 +304,8 @@ static int proc_spawn(lua_State *L) {
   err = proc_execstatus(errp[0]);
   close(errp[0]);
   if (err != 0) {
-    while (waitpid(pid, &p->status, 0) == -1 && errno == EINTR) {}
+    while (waitpid(pid, &p->status, 0) == -1 && errno == EINTR) {
+    }
     p->reaped = 1;
     return proc_fail(L, lua_pushfstring(L, "cannot run %s", argv[0]), err);
   }
@@ -340,7 +343,8 @@ static int proc_fill(lua_State *L, proc_t *p) {
   return n == 0 ? 0 : -1;
 }
 
-/* Waits up to ms for output and reads it.  Returns as proc_fill, or 0 on timeout. */
+/* Waits up to ms for output and reads it.  Returns as proc_fill, or 0 on
+ * timeout. */
 static int proc_pump(lua_State *L, proc_t *p, int ms) {
   struct pollfd pfd;
   int r;
@@ -579,31 +583,20 @@ static int proc_getcwd(lua_State *L) {
 }
 
 static const luaL_Reg proc_methods[] = {
-  { "readline", proc_readline },
-  { "lines_so_far", proc_lines },
-  { "kill", proc_kill },
-  { "wait", proc_wait },
-  { "close", proc_close },
-  { NULL, NULL }
-};
+    {"readline", proc_readline}, {"lines_so_far", proc_lines},
+    {"kill", proc_kill},         {"wait", proc_wait},
+    {"close", proc_close},       {NULL, NULL}};
 
-static const luaL_Reg proc_metamethods[] = {
-  { "__index", proc_index },
-  { "__gc", proc_gc },
-  { "__close", proc_gc },
-  { "__tostring", proc_tostring },
-  { NULL, NULL }
-};
+static const luaL_Reg proc_metamethods[] = {{"__index", proc_index},
+                                            {"__gc", proc_gc},
+                                            {"__close", proc_gc},
+                                            {"__tostring", proc_tostring},
+                                            {NULL, NULL}};
 
 static const luaL_Reg proc_funcs[] = {
-  { "spawn", proc_spawn },
-  { "rss_kib", proc_rss_kib },
-  { "sleep", proc_sleep },
-  { "now", proc_now_l },
-  { "mkdtemp", proc_mkdtemp },
-  { "getcwd", proc_getcwd },
-  { NULL, NULL }
-};
+    {"spawn", proc_spawn}, {"rss_kib", proc_rss_kib}, {"sleep", proc_sleep},
+    {"now", proc_now_l},   {"mkdtemp", proc_mkdtemp}, {"getcwd", proc_getcwd},
+    {NULL, NULL}};
 
 int luaopen_spec_proc(lua_State *L) {
   luaL_newmetatable(L, PROC_MT);

@@ -64,17 +64,17 @@ struct client {
   enum kind kind;
   enum state state;
   int fd;
-  uint32_t id;        /* index among the clients of its kind */
-  uint32_t cycles;    /* reset and churn: sockets this slot has opened */
-  uint32_t events;    /* the epoll interest registered for fd */
-  uint64_t rng;       /* xorshift state: piece sizes, chunk sizes */
-  size_t start;       /* pattern offset of the first payload byte */
-  size_t len;         /* echo: payload bytes; reset: chunk bytes */
-  size_t sent;        /* bytes the kernel took */
-  size_t recvd;       /* echo: bytes received and verified */
-  size_t piece_end;   /* echo: end of the piece in flight */
-  int blocked;        /* flood: a write found the socket full */
-  uint64_t t_open;    /* spin: when the connection was established */
+  uint32_t id;      /* index among the clients of its kind */
+  uint32_t cycles;  /* reset and churn: sockets this slot has opened */
+  uint32_t events;  /* the epoll interest registered for fd */
+  uint64_t rng;     /* xorshift state: piece sizes, chunk sizes */
+  size_t start;     /* pattern offset of the first payload byte */
+  size_t len;       /* echo: payload bytes; reset: chunk bytes */
+  size_t sent;      /* bytes the kernel took */
+  size_t recvd;     /* echo: bytes received and verified */
+  size_t piece_end; /* echo: end of the piece in flight */
+  int blocked;      /* flood: a write found the socket full */
+  uint64_t t_open;  /* spin: when the connection was established */
 };
 
 struct opts {
@@ -95,17 +95,17 @@ static struct {
   unsigned char *pat;
   unsigned char rbuf[RBUF_SIZE];
   struct client *clients[K_COUNT];
-  int count[K_COUNT];        /* client slots of each kind */
+  int count[K_COUNT]; /* client slots of each kind */
   struct tally t[K_COUNT];
-  int connecting;            /* connects in flight, every kind */
-  int next_echo;             /* next echo client to open */
-  int echo_open, echo_peak;  /* echo sockets open now, at most */
-  int parked;                /* echo clients waiting at the barrier */
-  int barrier;               /* every echo client has exchanged a piece */
+  int connecting;           /* connects in flight, every kind */
+  int next_echo;            /* next echo client to open */
+  int echo_open, echo_peak; /* echo sockets open now, at most */
+  int parked;               /* echo clients waiting at the barrier */
+  int barrier;              /* every echo client has exchanged a piece */
   int reports;
-  uint64_t echo_bytes;       /* echo bytes verified */
-  uint64_t pieces;           /* echo pieces completed */
-  uint64_t pieces_spinning;  /* ... while the spin connection was open */
+  uint64_t echo_bytes;      /* echo bytes verified */
+  uint64_t pieces;          /* echo pieces completed */
+  uint64_t pieces_spinning; /* ... while the spin connection was open */
   double spin_secs;
   uint64_t t0;
 } g;
@@ -168,7 +168,8 @@ static void fill_pattern(void) {
     s ^= s << 13, s ^= s >> 7, s ^= s << 17;
     g.pat[i] = (unsigned char)(s >> 24);
   }
-  for (size_t i = PAT_LEN; i < PAT_LEN + PAT_EXTRA; i++) g.pat[i] = g.pat[i - PAT_LEN];
+  for (size_t i = PAT_LEN; i < PAT_LEN + PAT_EXTRA; i++)
+    g.pat[i] = g.pat[i - PAT_LEN];
 }
 
 /* The payload byte of c at stream offset off. */
@@ -181,7 +182,8 @@ static const unsigned char *payload(const struct client *c, size_t off) {
 static void set_events(struct client *c, uint32_t events) {
   if (events == c->events) return;
   struct epoll_event ev = {.events = events, .data.ptr = c};
-  if (epoll_ctl(g.ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl: %s", strerror(errno));
+  if (epoll_ctl(g.ep, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+    die("epoll_ctl: %s", strerror(errno));
   c->events = events;
 }
 
@@ -214,7 +216,8 @@ static void fail(struct client *c, const char *what, int err) {
 
 /* Opens c's socket and starts a non-blocking connect to 127.0.0.1:port. */
 static void start_connect(struct client *c, int port) {
-  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+  struct sockaddr_in sin = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   int one = 1;
   c->sent = c->recvd = c->piece_end = 0;
@@ -226,13 +229,15 @@ static void start_connect(struct client *c, int port) {
   c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (c->fd < 0) die("socket: %s (raise the open-file limit)", strerror(errno));
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(c->fd, (struct sockaddr *)&sin, sizeof sin) < 0 && errno != EINPROGRESS) {
+  if (connect(c->fd, (struct sockaddr *)&sin, sizeof sin) < 0 &&
+      errno != EINPROGRESS) {
     fail(c, "connect", errno);
     return;
   }
   c->events = EPOLLOUT;
   struct epoll_event ev = {.events = c->events, .data.ptr = c};
-  if (epoll_ctl(g.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl: %s", strerror(errno));
+  if (epoll_ctl(g.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+    die("epoll_ctl: %s", strerror(errno));
 }
 
 /* Writes c's bytes [sent, upto) from its payload.  Returns 0, or -1 after
@@ -285,8 +290,8 @@ static int echo_verify(struct client *c, const unsigned char *buf, size_t n) {
   if (memcmp(buf, want, n) != 0) {
     size_t i = 0;
     while (buf[i] == want[i]) i++;
-    report(c, "byte %zu of %zu: expected 0x%02x, got 0x%02x", c->recvd + i, c->len,
-           want[i], buf[i]);
+    report(c, "byte %zu of %zu: expected 0x%02x, got 0x%02x", c->recvd + i,
+           c->len, want[i], buf[i]);
     g.t[K_ECHO].mismatched++;
     fail(c, "echo mismatch", EPROTO);
     return -1;
@@ -410,7 +415,8 @@ static void stall_send(struct client *c) {
 
 /* Stall clients only watch for the server giving up on them. */
 static void on_stall(struct client *c, uint32_t ev) {
-  if (ev & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) fail(c, "closed by the server", 0);
+  if (ev & (EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+    fail(c, "closed by the server", 0);
 }
 
 static void on_spin(struct client *c, uint32_t ev) {
@@ -504,7 +510,8 @@ static void start_more(void) {
 
 static int all_idle(enum kind k) {
   for (int i = 0; i < g.count[k]; i++)
-    if (g.clients[k][i].state != S_IDLE && g.clients[k][i].state != S_DONE) return 0;
+    if (g.clients[k][i].state != S_IDLE && g.clients[k][i].state != S_DONE)
+      return 0;
   return 1;
 }
 
@@ -530,8 +537,10 @@ static struct client *make_clients(enum kind k, int n) {
 static int run(void) {
   struct epoll_event evs[MAX_EVENTS];
   uint64_t deadline = g.t0 + (uint64_t)(g.o.time_limit * 1e9);
-  for (int i = 0; i < g.o.stalls; i++) start_connect(&g.clients[K_STALL][i], g.o.line_port);
-  for (int i = 0; i < g.o.floods; i++) start_connect(&g.clients[K_FLOOD][i], g.o.port);
+  for (int i = 0; i < g.o.stalls; i++)
+    start_connect(&g.clients[K_STALL][i], g.o.line_port);
+  for (int i = 0; i < g.o.floods; i++)
+    start_connect(&g.clients[K_FLOOD][i], g.o.port);
   while (!run_over()) {
     if (now_ns() > deadline) return 0;
     start_more();
@@ -556,25 +565,28 @@ static void raise_nofile(rlim_t need) {
   if (rl.rlim_max < need) rl.rlim_max = need; /* allowed when privileged */
   if (setrlimit(RLIMIT_NOFILE, &rl) == 0) return;
   getrlimit(RLIMIT_NOFILE, &rl);
-  die("the open-file limit is %llu (hard %llu) and %llu descriptors are needed: "
+  die("the open-file limit is %llu (hard %llu) and %llu descriptors are "
+      "needed: "
       "raise it (ulimit -n) or lower --echo",
       (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
       (unsigned long long)need);
 }
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: stress_client --port P --line-port P --spin-port P [options]\n"
-          "  --echo N          echo connections held open at once (10000)\n"
-          "  --max-bytes N     largest echo payload (32768)\n"
-          "  --piece-max N     largest piece sent before waiting for its echo (4096)\n"
-          "  --stalls N        stalling clients (100)\n"
-          "  --floods N        flooding clients (4)\n"
-          "  --flood-cap N     bytes a flooder writes at most (134217728)\n"
-          "  --resets N        reset cycles at most (1000)\n"
-          "  --churns N        connect-and-close cycles at most (3000)\n"
-          "  --time-limit SEC  the whole run (120)\n"
-          "  --seed N          pattern and sizes (1)\n");
+  fprintf(
+      stderr,
+      "usage: stress_client --port P --line-port P --spin-port P [options]\n"
+      "  --echo N          echo connections held open at once (10000)\n"
+      "  --max-bytes N     largest echo payload (32768)\n"
+      "  --piece-max N     largest piece sent before waiting for its echo "
+      "(4096)\n"
+      "  --stalls N        stalling clients (100)\n"
+      "  --floods N        flooding clients (4)\n"
+      "  --flood-cap N     bytes a flooder writes at most (134217728)\n"
+      "  --resets N        reset cycles at most (1000)\n"
+      "  --churns N        connect-and-close cycles at most (3000)\n"
+      "  --time-limit SEC  the whole run (120)\n"
+      "  --seed N          pattern and sizes (1)\n");
   exit(2);
 }
 
@@ -587,15 +599,24 @@ static long long num_arg(const char *s, long long min) {
 
 static void parse(int argc, char **argv) {
   static const struct option longs[] = {
-      {"port", 1, 0, 'p'},      {"line-port", 1, 0, 'l'}, {"spin-port", 1, 0, 's'},
-      {"echo", 1, 0, 'e'},      {"max-bytes", 1, 0, 'b'}, {"piece-max", 1, 0, 'i'},
-      {"stalls", 1, 0, 'S'},    {"floods", 1, 0, 'F'},    {"flood-cap", 1, 0, 'c'},
-      {"resets", 1, 0, 'R'},    {"churns", 1, 0, 'C'},    {"time-limit", 1, 0, 't'},
+      {"port", 1, 0, 'p'},      {"line-port", 1, 0, 'l'},
+      {"spin-port", 1, 0, 's'}, {"echo", 1, 0, 'e'},
+      {"max-bytes", 1, 0, 'b'}, {"piece-max", 1, 0, 'i'},
+      {"stalls", 1, 0, 'S'},    {"floods", 1, 0, 'F'},
+      {"flood-cap", 1, 0, 'c'}, {"resets", 1, 0, 'R'},
+      {"churns", 1, 0, 'C'},    {"time-limit", 1, 0, 't'},
       {"seed", 1, 0, 'x'},      {0, 0, 0, 0}};
   struct opts *o = &g.o;
-  *o = (struct opts){.echo = 10000, .max_bytes = 32768, .piece_max = 4096, .stalls = 100,
-                     .floods = 4, .flood_cap = 128u << 20, .resets = 1000,
-                     .churns = 3000, .time_limit = 120, .seed = 1};
+  *o = (struct opts){.echo = 10000,
+                     .max_bytes = 32768,
+                     .piece_max = 4096,
+                     .stalls = 100,
+                     .floods = 4,
+                     .flood_cap = 128u << 20,
+                     .resets = 1000,
+                     .churns = 3000,
+                     .time_limit = 120,
+                     .seed = 1};
   int ch;
   while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
     switch (ch) {
@@ -620,14 +641,15 @@ static void parse(int argc, char **argv) {
 
 /* Names, after the time limit, the clients that were still waiting. */
 static void report_stuck(void) {
-  static const char *const states[] = {"idle", "connecting", "open", "parked", "done"};
+  static const char *const states[] = {"idle", "connecting", "open", "parked",
+                                       "done"};
   for (int k = 0; k < K_COUNT; k++) {
     if (k == K_STALL || k == K_FLOOD) continue; /* they wait by design */
     for (int i = 0; i < g.count[k]; i++) {
       const struct client *c = &g.clients[k][i];
       if (c->state == S_IDLE || c->state == S_DONE) continue;
-      report(c, "still %s at the time limit: %zu bytes sent, %zu came back", states[c->state],
-             c->sent, c->recvd);
+      report(c, "still %s at the time limit: %zu bytes sent, %zu came back",
+             states[c->state], c->sent, c->recvd);
     }
   }
 }
@@ -643,23 +665,32 @@ static void print_summary(int in_time) {
     at_cap += c->sent == g.o.flood_cap;
     blocked += c->blocked;
   }
-  for (int i = 0; i < g.o.stalls; i++) held += g.clients[K_STALL][i].state == S_OPEN;
-  printf("echo: conns=%d verified=%d failed=%d mismatched=%d peak_open=%d bytes=%llu "
-         "pieces=%llu\n",
-         g.o.echo, t[K_ECHO].done, t[K_ECHO].failed, t[K_ECHO].mismatched, g.echo_peak,
-         (unsigned long long)g.echo_bytes, (unsigned long long)g.pieces);
-  printf("reset: cycles=%d done=%d failed=%d\n", t[K_RESET].started, t[K_RESET].done,
-         t[K_RESET].failed);
-  printf("stall: conns=%d held=%d failed=%d\n", g.o.stalls, held, t[K_STALL].failed);
-  printf("flood: conns=%d failed=%d blocked=%d at_cap=%d min_bytes=%zu max_bytes=%zu "
-         "cap=%zu\n",
-         g.o.floods, t[K_FLOOD].failed, blocked, at_cap, g.o.floods ? fmin : 0, fmax,
-         g.o.flood_cap);
-  printf("churn: cycles=%d done=%d failed=%d\n", t[K_CHURN].started, t[K_CHURN].done,
-         t[K_CHURN].failed);
-  printf("spin: conns=%d closed_by_server=%d seconds=%.2f echo_pieces_meanwhile=%llu\n",
-         t[K_SPIN].started, t[K_SPIN].done, g.spin_secs,
-         (unsigned long long)g.pieces_spinning);
+  for (int i = 0; i < g.o.stalls; i++)
+    held += g.clients[K_STALL][i].state == S_OPEN;
+  printf(
+      "echo: conns=%d verified=%d failed=%d mismatched=%d peak_open=%d "
+      "bytes=%llu "
+      "pieces=%llu\n",
+      g.o.echo, t[K_ECHO].done, t[K_ECHO].failed, t[K_ECHO].mismatched,
+      g.echo_peak, (unsigned long long)g.echo_bytes,
+      (unsigned long long)g.pieces);
+  printf("reset: cycles=%d done=%d failed=%d\n", t[K_RESET].started,
+         t[K_RESET].done, t[K_RESET].failed);
+  printf("stall: conns=%d held=%d failed=%d\n", g.o.stalls, held,
+         t[K_STALL].failed);
+  printf(
+      "flood: conns=%d failed=%d blocked=%d at_cap=%d min_bytes=%zu "
+      "max_bytes=%zu "
+      "cap=%zu\n",
+      g.o.floods, t[K_FLOOD].failed, blocked, at_cap, g.o.floods ? fmin : 0,
+      fmax, g.o.flood_cap);
+  printf("churn: cycles=%d done=%d failed=%d\n", t[K_CHURN].started,
+         t[K_CHURN].done, t[K_CHURN].failed);
+  printf(
+      "spin: conns=%d closed_by_server=%d seconds=%.2f "
+      "echo_pieces_meanwhile=%llu\n",
+      t[K_SPIN].started, t[K_SPIN].done, g.spin_secs,
+      (unsigned long long)g.pieces_spinning);
   int ok = in_time && t[K_ECHO].done == g.o.echo && t[K_ECHO].failed == 0 &&
            t[K_ECHO].mismatched == 0;
   printf("result: %s seconds=%.2f%s\n", ok ? "ok" : "FAILED", since(g.t0),
@@ -670,7 +701,8 @@ static void print_summary(int in_time) {
 int main(int argc, char **argv) {
   parse(argc, argv);
   signal(SIGPIPE, SIG_IGN);
-  raise_nofile((rlim_t)g.o.echo + g.o.stalls + g.o.floods + RESET_SLOTS + CHURN_SLOTS + 64);
+  raise_nofile((rlim_t)g.o.echo + g.o.stalls + g.o.floods + RESET_SLOTS +
+               CHURN_SLOTS + 64);
   g.t0 = now_ns();
   fill_pattern();
   g.ep = epoll_create1(EPOLL_CLOEXEC);
@@ -681,11 +713,12 @@ int main(int argc, char **argv) {
   make_clients(K_FLOOD, g.o.floods);
   make_clients(K_CHURN, CHURN_SLOTS);
   make_clients(K_SPIN, 1);
-  printf("start: echo=%d stalls=%d floods=%d resets=%d churns=%d\n", g.o.echo, g.o.stalls,
-         g.o.floods, g.o.resets, g.o.churns);
+  printf("start: echo=%d stalls=%d floods=%d resets=%d churns=%d\n", g.o.echo,
+         g.o.stalls, g.o.floods, g.o.resets, g.o.churns);
   fflush(stdout);
   int in_time = run();
   if (!in_time) report_stuck();
   print_summary(in_time);
-  return g.t[K_ECHO].done == g.o.echo && g.t[K_ECHO].failed == 0 && in_time ? 0 : 1;
+  return g.t[K_ECHO].done == g.o.echo && g.t[K_ECHO].failed == 0 && in_time ? 0
+                                                                            : 1;
 }
