@@ -44,6 +44,14 @@ return function(conn)
     if not line then return end
     local cmd, arg = line:match("^(%S*)%s*(.-)\n$")
     if cmd == "boom" then error("boom") end
+    if cmd == "spin" then
+      conn:setopts{ cpu_limit = tonumber(arg) }
+      while true do end
+    end
+    if cmd == "hog" then
+      local t = {}
+      for i = 1, 1e6 do t[i] = ("x"):rep(1 << 20) .. i end
+    end
     if cmd == "sleep" then luaecho.sleep(tonumber(arg)) end
     if cmd == "tasks" then
       local ok = luaecho.spawn(function() luaecho.sleep(0.01) return "joined" end)
@@ -74,6 +82,7 @@ listen = { "127.0.0.1:0", { address = "127.0.0.1:0", idle_timeout = 0.2 } }
 handler = "@DIR@/h.lua"
 log_level = "debug"
 shutdown_timeout = 0.5
+max_memory = 64 * 1024 * 1024
 ]]
 
 -- ---- clients ------------------------------------------------------------
@@ -221,13 +230,36 @@ local STEPS = {
     sock:close()
   end },
 
-  -- Slot: preempted and stopped handlers (issue 8, cpu_limit) go here, as a
-  -- step like the ones above: a handler that spins is preempted while
-  -- others are served, one that exceeds cpu_limit is stopped.
+  { name = "a spinning handler preempted, then stopped by cpu_limit", run = function(w)
+    -- While one handler computes without end, another is served (it is
+    -- preempted every tick); past its cpu_limit it is stopped and its
+    -- connection closed, with the coroutine's memory given back.
+    local spinner = connect(w.main)
+    assert(spinner:send("spin 1\n"))
+    for i = 1, 3 do
+      local sock = connect(w.main)
+      assert.equal(w.version .. " " .. w.tag .. " during" .. i, ask(sock, "during" .. i))
+      sock:close()
+    end
+    expect_lines(w.srv, record("error", "conn %d+ [^ ]+: handler error: .*cpu_limit exceeded.*"), 1)
+    expect_closed(spinner)
+    spinner:close()
+  end },
 
-  -- Slot: memory errors (issue 8, max_memory) go here: a handler that
-  -- allocates past max_memory gets "not enough memory", recv gets
-  -- "enomem", and the memory comes back after its connection ends.
+  { name = "handlers past max_memory get not enough memory", run = function(w)
+    -- Each hog allocates until max_memory refuses; the error ends only its
+    -- own connection, and the memory is free again for the next client.
+    for _ = 1, 2 do
+      local hog = connect(w.main)
+      assert(hog:send("hog\n"))
+      expect_lines(w.srv, record("error", "conn %d+ [^ ]+: handler error: not enough memory"), 1)
+      expect_closed(hog)
+      hog:close()
+    end
+    local sock = connect(w.main)
+    assert.equal(w.version .. " " .. w.tag .. " after", ask(sock, "after"))
+    sock:close()
+  end },
 
   { name = "connections still open at shutdown", run = function(w)
     -- One waits in recv and one in sleep when SIGTERM comes; both are cut

@@ -284,8 +284,10 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
  * behind luaecho's back, and whatever it waited on must forget it. */
 static int after_wait(lua_State *L, int status, lua_KContext kctx) {
   le_coro *c = (le_coro *)kctx;
+  const le_wait_ops *ops = c->wait_ops;
+  void *obj = c->wait_obj;
   int foreign = c->state == LE_CORO_WAITING;
-  if (foreign && c->wait_ops->cancel) c->wait_ops->cancel(c, c->wait_obj);
+  if (foreign && ops->cancel) ops->cancel(c, obj);
   c->wait_ops = NULL;
   c->wait_obj = NULL;
   if (foreign) {
@@ -294,11 +296,11 @@ static int after_wait(lua_State *L, int status, lua_KContext kctx) {
                       "a luaecho coroutine was resumed by other code; "
                       "only luaecho may resume it");
   }
-  return c->k(L, status, c->kctx);
+  return ops->k(L, status, (lua_KContext)obj);
 }
 
 int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
-                 const void *arg, lua_KFunction k, lua_KContext kctx) {
+                 const void *arg) {
   le_coro *c = le_coro_of(L);
   assert(c != NULL && c->co == L && c->state == LE_CORO_RUNNING);
   if (!lua_isyieldable(L)) {
@@ -313,13 +315,12 @@ int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
   c->wait_obj = obj;
   int err = ops->arm ? ops->arm(c, obj, arg) : 0;
   if (err != 0) {
+    void *final = c->wait_obj;
     c->wait_ops = NULL;
     c->wait_obj = NULL;
-    return k(L, err, kctx);
+    return ops->k(L, err, (lua_KContext)final);
   }
   set_state(c, LE_CORO_WAITING);
-  c->k = k;
-  c->kctx = kctx;
   c->cpu_ns = 0; /* waiting ends a stretch of computing */
   c->slice_start = 0;
   return lua_yieldk(L, 0, (lua_KContext)c, after_wait);

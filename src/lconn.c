@@ -565,8 +565,10 @@ static void cancel_reader(le_coro *c, void *obj) {
   le__lconn_rearm(lc);
 }
 
+static int recv_k(lua_State *L, int status, lua_KContext kctx);
+
 static const le_wait_ops recv_ops = {"conn:recv", arm_reader, cancel_reader,
-                                     NULL};
+                                     NULL, recv_k};
 
 static int recv_k(lua_State *L, int status, lua_KContext kctx);
 
@@ -580,14 +582,16 @@ static int recv_now(lua_State *L, le_lconn *lc, size_t want, double timeout) {
     return nres;
   }
   recv_wait w = {want, timeout > 0 ? deadline_after(lc, timeout) : 0};
-  return le_coro_wait(L, &recv_ops, lc, &w, recv_k, (lua_KContext)want);
+  return le_coro_wait(L, &recv_ops, lc, &w);
 }
 
 /* After a wake: the connection may have gone meanwhile (its conn object
- * then points nowhere), or the reader has its own error (a timeout). */
+ * then points nowhere), or the reader has its own error (a timeout). The
+ * byte count is still at 2 on the stack. */
 static int recv_k(lua_State *L, int status, lua_KContext kctx) {
   le_lconn *lc = ((le__conn_ud *)lua_touserdata(L, 1))->lc;
   (void)status;
+  (void)kctx;
   if (lc == NULL) return le_lconn_push_error(L, UV_ECANCELED);
   if (lc->reader_err) {
     int err = lc->reader_err;
@@ -596,7 +600,7 @@ static int recv_k(lua_State *L, int status, lua_KContext kctx) {
     le__lconn_update_reading(lc);
     return nres;
   }
-  return recv_now(L, lc, (size_t)kctx, -1);
+  return recv_now(L, lc, framed(lc) ? 0 : (size_t)lua_tointeger(L, 2), -1);
 }
 
 /* conn:recv([n [, timeout]]) */
@@ -608,7 +612,7 @@ static int conn_recv(lua_State *L) {
   double timeout = opt_timeout(L, 3, lc->opts.recv_timeout);
   check_owner(L, lc, "recv");
   if (lc->reader != NULL) return push_busy(L);
-  lua_settop(L, 1); /* the continuation finds the conn object at 1 */
+  lua_settop(L, 2); /* the continuation finds the conn object and n here */
   return recv_now(L, lc, framed(lc) ? 0 : (size_t)n, timeout);
 }
 
@@ -665,8 +669,10 @@ static void cancel_writer(le_coro *c, void *obj) {
   le__lconn_rearm(lc);
 }
 
+static int send_k(lua_State *L, int status, lua_KContext kctx);
+
 static const le_wait_ops send_ops = {"conn:send", arm_writer, cancel_writer,
-                                     NULL};
+                                     NULL, send_k};
 
 /* After the wait for queued output to drain. */
 static int send_k(lua_State *L, int status, lua_KContext kctx) {
@@ -709,7 +715,7 @@ static int conn_send(lua_State *L) {
   /* Where Lua cannot yield (a C callback), the bytes are already queued:
    * send returns true without waiting rather than raise after sending. */
   if (over_send_buffer(lc) && lua_isyieldable(L))
-    return le_coro_wait(L, &send_ops, lc, NULL, send_k, 0);
+    return le_coro_wait(L, &send_ops, lc, NULL);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -123,8 +123,11 @@ static void drop_connect(le_coro *c, void *obj) {
   free(r);
 }
 
+static int connect_k(lua_State *L, int status, lua_KContext kctx);
+
 static const le_wait_ops connect_ops = {"luaecho.connect", arm_connect,
-                                        cancel_connect, drop_connect};
+                                        cancel_connect, drop_connect,
+                                        connect_k};
 
 static int connect_k(lua_State *L, int status, lua_KContext kctx) {
   connect_req *r = (connect_req *)kctx;
@@ -192,5 +195,5 @@ int le__lmodule_connect(lua_State *L) {
   *r = req;
   r->ctx = le__lmodule_ctx(L);
   connect_args a = {is_unix ? NULL : host, host + 5, (int)port};
-  return le_coro_wait(L, &connect_ops, r, &a, connect_k, (lua_KContext)r);
+  return le_coro_wait(L, &connect_ops, r, &a);
 }

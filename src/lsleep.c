@@ -42,8 +42,10 @@ static void cancel_sleep(le_coro *c, void *obj) {
   uv_close((uv_handle_t *)&r->timer, free_req);
 }
 
+static int sleep_k(lua_State *L, int status, lua_KContext kctx);
+
 static const le_wait_ops sleep_ops = {"luaecho.sleep", arm_sleep, cancel_sleep,
-                                      NULL};
+                                      NULL, sleep_k};
 
 static int sleep_k(lua_State *L, int status, lua_KContext kctx) {
   (void)kctx;
@@ -57,5 +59,5 @@ int le__lmodule_sleep(lua_State *L) {
   luaL_argcheck(L, seconds >= 0 && !isnan(seconds), 1, "seconds must be >= 0");
   le__lmodule_current(L, "luaecho.sleep");
   uint64_t ms = le_opts_ms(seconds);
-  return le_coro_wait(L, &sleep_ops, le__lmodule_ctx(L), &ms, sleep_k, 0);
+  return le_coro_wait(L, &sleep_ops, le__lmodule_ctx(L), &ms);
 }

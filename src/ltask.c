@@ -137,7 +137,10 @@ static void cancel_join(le_coro *c, void *obj) {
   if (t->joiner == c) t->joiner = NULL;
 }
 
-static const le_wait_ops join_ops = {"task:join", arm_join, cancel_join, NULL};
+static int join_k(lua_State *L, int status, lua_KContext kctx);
+
+static const le_wait_ops join_ops = {"task:join", arm_join, cancel_join, NULL,
+                                     join_k};
 
 static int join_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
@@ -161,7 +164,7 @@ static int task_join(lua_State *L) {
     return 2;
   }
   lua_settop(L, 1);
-  return le_coro_wait(L, &join_ops, t, NULL, join_k, 0);
+  return le_coro_wait(L, &join_ops, t, NULL);
 }
 
 static int task_gc(lua_State *L) {

@@ -1,8 +1,11 @@
 /* Stopping Lua code that computes without end: see
  * include/luaecho/preempt.h. */
+#define _GNU_SOURCE /* SIGEV_THREAD_ID and gettid: a timer for one thread */
 #include "luaecho/preempt.h"
 
 #include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,44 +22,34 @@ uint64_t le_preempt_now_ns(void) {
 /* ---- the watchdog ---- */
 
 /* The watchdog of the thread the signal arrives on. Each loop has its own
- * thread, so a thread-local pointer finds the right one. */
+ * thread and timer, so a thread-local pointer finds the right one. */
 static _Thread_local le_preempt *this_thread_preempt;
 
-/* Runs on the loop's thread, between two instructions of whatever it was
- * doing: only lock-free atomics and lua_sethook here. */
-static void on_signal(int signum) {
+/* Runs on the loop's thread once per tick, between two instructions of
+ * whatever it was doing: only lock-free atomics, clock_gettime and
+ * lua_sethook here, all safe in a signal handler. */
+static void on_tick(int signum) {
   (void)signum;
   le_preempt *p = this_thread_preempt;
   if (p == NULL) return;
+  int saved = errno;
+  unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed);
   lua_State *co = atomic_load_explicit(&p->running, memory_order_relaxed);
-  if (co != NULL) lua_sethook(co, p->hook, LUA_MASKCOUNT, 1);
-}
-
-static void *watch(void *arg) {
-  le_preempt *p = arg;
-  unsigned last = atomic_load(&p->gen) - 1;
-  struct timespec tick = {.tv_sec = p->tick_ms / 1000,
-                          .tv_nsec = (long)(p->tick_ms % 1000) * 1000000L};
-  while (!atomic_load(&p->stop)) {
-    nanosleep(&tick, NULL);
-    unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed);
-    lua_State *co = atomic_load_explicit(&p->running, memory_order_relaxed);
-    if (co == NULL || gen != last) {
-      /* Something new runs, or nothing: it has had less than a tick. */
-      last = gen;
-      atomic_store(&p->since_ns, le_preempt_now_ns());
-      continue;
-    }
+  if (co == NULL || gen != atomic_load(&p->seen_gen)) {
+    /* Something new runs, or nothing: it has had less than a tick. */
+    atomic_store(&p->seen_gen, gen);
+    atomic_store(&p->since_ns, le_preempt_now_ns());
+  } else {
     atomic_store(&p->signalled_gen, gen);
-    pthread_kill(p->target, LE_PREEMPT_SIGNAL);
+    lua_sethook(co, p->hook, LUA_MASKCOUNT, 1);
   }
-  return NULL;
+  errno = saved;
 }
 
 static int install_handler(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
+  sa.sa_handler = on_tick;
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   return sigaction(LE_PREEMPT_SIGNAL, &sa, NULL) == 0 ? 0 : -errno;
@@ -67,14 +60,23 @@ int le_preempt_start(le_preempt *p, lua_Hook hook, unsigned tick_ms) {
   atomic_init(&p->running, NULL);
   p->hook = hook;
   p->tick_ms = tick_ms ? tick_ms : LE_PREEMPT_TICK_MS;
-  p->target = pthread_self();
   int r = install_handler();
   if (r != 0) return r;
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID; /* this thread, not any of the process */
+  sev.sigev_signo = LE_PREEMPT_SIGNAL;
+  sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+  if (timer_create(CLOCK_MONOTONIC, &sev, &p->timer) != 0) return -errno;
   this_thread_preempt = p;
-  r = pthread_create(&p->thread, NULL, watch, p);
-  if (r != 0) {
+  long ns = (long)p->tick_ms * 1000000L;
+  struct itimerspec its = {{ns / 1000000000L, ns % 1000000000L},
+                           {ns / 1000000000L, ns % 1000000000L}};
+  if (timer_settime(p->timer, 0, &its, NULL) != 0) {
+    r = -errno;
+    timer_delete(p->timer);
     this_thread_preempt = NULL;
-    return -r;
+    return r;
   }
   p->started = 1;
   return 0;
@@ -82,8 +84,7 @@ int le_preempt_start(le_preempt *p, lua_Hook hook, unsigned tick_ms) {
 
 void le_preempt_stop(le_preempt *p) {
   if (!p->started) return;
-  atomic_store(&p->stop, 1);
-  pthread_join(p->thread, NULL);
+  timer_delete(p->timer);
   p->started = 0;
   if (this_thread_preempt == p) this_thread_preempt = NULL;
 }

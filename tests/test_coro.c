@@ -69,7 +69,10 @@ static void drop_w(le_coro *c, void *obj) {
   ((waitable *)obj)->drops++;
 }
 
-static const le_wait_ops test_ops = {"test.wait", arm_w, cancel_w, drop_w};
+static int wait_k(lua_State *L, int status, lua_KContext kctx);
+
+static const le_wait_ops test_ops = {"test.wait", arm_w, cancel_w, drop_w,
+                                     wait_k};
 
 static int wait_k(lua_State *L, int status, lua_KContext kctx) {
   waitable *w = (waitable *)kctx;
@@ -92,7 +95,7 @@ static waitable *check_waitable(lua_State *L) {
 /* wait(i) -> "woke", value, or nil, status when arm failed */
 static int l_wait(lua_State *L) {
   waitable *w = check_waitable(L);
-  return le_coro_wait(L, &test_ops, w, NULL, wait_k, (lua_KContext)w);
+  return le_coro_wait(L, &test_ops, w, NULL);
 }
 
 /* Wakes waitable w's waiter the way a binding's waker does: forget it,

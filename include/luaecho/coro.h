@@ -20,7 +20,7 @@
  *
  * The wait lifecycle. A binding that must wait ends with
  *
- *     return le_coro_wait(L, &ops, obj, k, kctx);
+ *     return le_coro_wait(L, &ops, obj, arg);
  *
  * which raises, with nothing recorded, when L cannot yield (inside a C
  * function such as a table.sort comparator); otherwise it records the wait
@@ -28,7 +28,7 @@
  * yields. The record stays until one of these ends it, exactly once:
  *  - le_coro_wake(c), then the continuation: what it waited for happened.
  *    The waker has already updated its own state (cleared its waiter slot,
- *    stored a result); the coroutine resumes in k(L, LUA_YIELD, kctx),
+ *    stored a result); the coroutine resumes in ops->k(L, LUA_YIELD, obj),
  *    which builds the binding's results from that state. Results are made
  *    inside the coroutine, so a failed allocation there is an ordinary Lua
  *    error in that coroutine and never an unprotected one in a libuv
@@ -86,6 +86,10 @@ typedef struct le_wait_ops {
    * le_coro_wake but before its continuation ran, or le_coro_wait raised
    * before arming. Whatever obj holds is freed. */
   void (*drop)(le_coro *c, void *obj);
+  /* The binding's continuation: builds its results once the wait ended,
+   * called as k(L, LUA_YIELD, obj) with the wait's (final) obj, or with a
+   * negative error as the status when arm failed. */
+  lua_KFunction k;
 } le_wait_ops;
 
 /* Called once when the coroutine ends by returning or raising. `co` is the
@@ -131,8 +135,6 @@ struct le_coro {
   le_coro_state state;
   const le_wait_ops *wait_ops; /* from le_coro_wait to its continuation */
   void *wait_obj;
-  lua_KFunction k; /* while WAITING: the binding's continuation */
-  lua_KContext kctx;
   le_coro_done_cb done; /* completion callback */
   void *owner;          /* tag of the connection this coroutine works for */
   void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
@@ -171,10 +173,11 @@ void le_coro_preempt_hook(lua_State *L, lua_Debug *ar);
 int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
                   lua_State *from);
 
-/* Suspends the coroutine running L until le_coro_wake, continuing in k.
+/* Suspends the coroutine running L until le_coro_wake, continuing in
+ * ops->k.
  * See the wait lifecycle above. Use as `return le_coro_wait(...)`. */
 int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
-                 const void *arg, lua_KFunction k, lua_KContext kctx);
+                 const void *arg);
 
 /* Ends c's wait: resumes it in its continuation now, or later from the
  * ready list when another coroutine runs. The waker must have forgotten c
