@@ -5,7 +5,7 @@
  *
  * The flow of one echo round trip: the handler calls conn:recv(), finds
  * nothing buffered and waits (conn_recv); bytes arrive, le_lconn_on_data
- * points lc->direct at them and wakes the reader, whose continuation
+ * points `direct` at them and wakes the reader, whose continuation
  * (recv_k) makes the string straight from the read buffer; the handler calls
  * conn:send(), which hands the string to the kernel at once (conn_send) and
  * returns without waiting unless too much output is already queued.
@@ -194,15 +194,26 @@ typedef struct input {
   int direct;
 } input;
 
+/* While on_data hands a read straight to a waiting reader: the connection
+ * and the bytes not yet taken. Valid only during that call, when its `in`
+ * is empty. One loop runs per thread, and one on_data at a time in it, so
+ * this is per-thread state rather than 16 bytes in every connection. */
+static _Thread_local struct {
+  const le_lconn *lc;
+  const char *data;
+  size_t len;
+} direct;
+
 static input current_input(const le_lconn *lc) {
-  if (lc->direct_len > 0) return (input){lc->direct, lc->direct_len, 1};
+  if (direct.lc == lc && direct.len > 0)
+    return (input){direct.data, direct.len, 1};
   return (input){le_buf_peek(&lc->in), le_buf_size(&lc->in), 0};
 }
 
 static void consume(le_lconn *lc, const input *in, size_t n) {
   if (in->direct) {
-    lc->direct += n;
-    lc->direct_len -= n;
+    direct.data += n;
+    direct.len -= n;
   } else {
     le_buf_consume(&lc->in, n);
   }
@@ -211,7 +222,7 @@ static void consume(le_lconn *lc, const input *in, size_t n) {
 /* Drops every byte received and not yet returned. */
 static void discard_input(le_lconn *lc) {
   le_buf_consume(&lc->in, le_buf_size(&lc->in));
-  lc->direct_len = 0;
+  if (direct.lc == lc) direct.len = 0;
   lc->scanned = 0;
 }
 
@@ -357,13 +368,14 @@ void le_lconn_on_data(le_lconn *lc, const char *data, size_t len) {
     /* The common case of an echo loop costs one copy, into the Lua
      * string, and no buffering: the reader takes what it needs straight
      * from the read buffer, and only the rest is kept. */
-    lc->direct = data;
-    lc->direct_len = len;
+    direct.lc = lc;
+    direct.data = data;
+    direct.len = len;
     wake_reader(lc);
-    if (lc->direct_len > 0 && !lc->in_err)
-      r = le_buf_append(&lc->in, lc->direct, lc->direct_len);
-    lc->direct = NULL;
-    lc->direct_len = 0;
+    if (direct.len > 0 && !lc->in_err)
+      r = le_buf_append(&lc->in, direct.data, direct.len);
+    direct.lc = NULL;
+    direct.len = 0;
   } else {
     r = le_buf_append(&lc->in, data, len);
     if (r == 0) wake_reader(lc);
@@ -495,9 +507,9 @@ le__conn_ud *le__lconn_to_ud(lua_State *L) {
   }
   if (!ok) luaL_typeerror(L, 1, LE_LCONN_METATABLE);
   /* The metatable can be copied onto another userdata with the debug
-   * library; the cookie, which only luaecho writes, cannot. A type error
-   * would read "luaecho.conn expected, got luaecho.conn" here. */
-  if (lua_rawlen(L, 1) != sizeof *ud || ud->cookie != &le__conn_cookie)
+   * library; its size cannot (see le__conn_ud). A type error would read
+   * "luaecho.conn expected, got luaecho.conn" here. */
+  if (lua_rawlen(L, 1) != sizeof *ud)
     luaL_argerror(L, 1,
                   LE_LCONN_METATABLE
                   " expected, got another userdata "
@@ -653,7 +665,7 @@ static int arm_writer(le_coro *c, void *obj, const void *arg) {
   (void)arg;
   lc->writer = c;
   lc->writer_err = 0;
-  lc->wait_since = lc->io->now(lc);
+  lc->wait_since = (uint32_t)lc->io->now(lc);
   le_lconn_trace(lc, "send waits: %zu bytes queued, over send_buffer %u",
                  lc->queued, (unsigned)lc->opts.send_buffer);
   if (lc->opts.send_timeout > 0)
@@ -683,7 +695,8 @@ static int send_k(lua_State *L, int status, lua_KContext kctx) {
   int err = lc->writer_err ? lc->writer_err : lc->out_err;
   lc->writer_err = 0;
   le_lconn_trace(lc, "send resumed after %llu ms%s",
-                 (unsigned long long)(lc->io->now(lc) - lc->wait_since),
+                 (unsigned long long)(uint32_t)((uint32_t)lc->io->now(lc) -
+                                                lc->wait_since),
                  err ? " with an error" : "");
   if (err) return le_lconn_push_error(L, err);
   lua_pushboolean(L, 1);
@@ -847,7 +860,6 @@ void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
 static void push_conn_object(le_lconn *lc, lua_State *L) {
   le__conn_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->lc = NULL;
-  ud->cookie = &le__conn_cookie;
   luaL_setmetatable(L, LE_LCONN_METATABLE);
   ud->lc = lc;
   lc->ud = ud;

@@ -8,16 +8,16 @@
 #include "luaecho/lconn.h"
 
 /* The userdata Lua holds: only a pointer, cleared when the connection is
- * freed, so Lua's collector and the connection's lifetime stay separate;
- * and a cookie that only luaecho writes, which tells a genuine conn object
- * from another userdata given the conn metatable with the debug library. */
+ * freed, so Lua's collector and the connection's lifetime stay separate.
+ * Its size tells a genuine conn object from another userdata given the
+ * conn metatable with the debug library: Lua code can make no userdata of
+ * its own, and the standard library's (files) are larger. A cookie beside
+ * the pointer would say the same and cost every idle connection 16 bytes
+ * (docs/performance.md, idle10k). */
 struct le__conn_ud {
   le_lconn *lc;
-  const void *cookie; /* &le__conn_cookie */
 };
 typedef struct le__conn_ud le__conn_ud;
-
-extern const char le__conn_cookie;
 
 /* recv, send, close and shutdown, from lconn.c. */
 extern const luaL_Reg le__lconn_io_methods[];

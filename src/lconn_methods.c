@@ -6,7 +6,6 @@
 #include "lconn_internal.h"
 #include "luaecho/addr.h"
 
-const char le__conn_cookie = 0;
 
 void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa) {
   memset(&lc->peer, 0, sizeof lc->peer);

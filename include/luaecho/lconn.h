@@ -166,7 +166,6 @@ struct le_lconn {
   le_coro coro;           /* the handler coroutine (unused when outbound) */
   void *owner;            /* tag of the coroutines that may wait on it */
   le_script *script;      /* the handler it runs (accepted connections) */
-  unsigned version;       /* the handler version it started with */
   le_coro_list tasks;     /* coroutines spawned by its handler */
   le_lconn *children;     /* outbound connections its coroutines opened */
   le_lconn *parent;       /* for an outbound connection: whose child it is */
@@ -178,34 +177,34 @@ struct le_lconn {
     struct sockaddr sa;
     struct sockaddr_in in;
     struct sockaddr_in6 in6;
-  } peer;          /* peer address; family AF_UNIX for unix sockets */
-  le_opts opts;    /* options in force (conn:setopts changes them) */
-  le_buf in;       /* received bytes not yet returned by recv */
-  size_t queued;   /* bytes queued by io->queue_write, not yet written */
-  le_coro *reader; /* coroutine waiting in recv, or NULL */
-  le_coro *writer; /* coroutine waiting in send for output to drain */
-  /* While on_data hands a read straight to a waiting reader: the bytes not
-   * yet taken. Valid only during that call; `in` is empty meanwhile. */
-  const char *direct;
-  size_t direct_len;
-  /* 32-bit counters keep an idle connection small; each is bounded by a
-   * 1 GiB option (packet_size, recv's n) or by memory. */
-  uint32_t scanned;        /* line mode: bytes of `in` known to hold no '\n' */
-  uint32_t want;           /* raw mode: what the reader waits for, 0 any */
-  uint32_t nqueued;        /* writes queued by io->queue_write, not yet done */
+  } peer;           /* peer address; family AF_UNIX for unix sockets */
+  unsigned version; /* the handler version it started with */
+  le_opts opts;     /* options in force (conn:setopts changes them) */
+  le_buf in;        /* received bytes not yet returned by recv */
+  size_t queued;    /* bytes queued by io->queue_write, not yet written */
+  le_coro *reader;  /* coroutine waiting in recv, or NULL */
+  le_coro *writer;  /* coroutine waiting in send for output to drain */
   uint64_t read_deadline;  /* loop time the reader times out, 0 none */
   uint64_t write_deadline; /* loop time the writer times out, 0 none */
   uint64_t last_active;    /* loop time bytes last moved either way */
   uint64_t armed;          /* deadline the io timer is set for, 0 none */
   uint64_t opened_at;      /* loop time the connection began */
-  uint64_t wait_since;     /* loop time the writer began to wait */
   uint64_t bytes_in, bytes_out; /* moved through the socket */
-  uint64_t msgs_in, msgs_out;   /* returned by recv; given to send */
+  /* 32-bit fields keep an idle connection small (docs/performance.md's
+   * idle10k: every byte here is 10,000 bytes there). Sizes are bounded by
+   * a 1 GiB option (packet_size, recv's n) or by memory; message counts
+   * wrap after 4 billion; wait_since is the loop clock's low bits, so a
+   * wait is measured right if it lasts less than 49 days. */
+  uint32_t scanned;    /* line mode: bytes of `in` known to hold no '\n' */
+  uint32_t want;       /* raw mode: what the reader waits for, 0 any */
+  uint32_t nqueued;    /* writes queued by io->queue_write, not yet done */
+  uint32_t wait_since; /* loop time (low bits) the writer began to wait */
+  uint32_t msgs_in, msgs_out; /* returned by recv; given to send */
   int in_err;     /* 0; UV_EOF after the peer's FIN; or an error */
   int out_err;    /* 0, or the error that ended output */
   int reader_err; /* for the woken reader only: its error, 0 none */
   int writer_err; /* for the woken writer only: its error, 0 none */
-  le_lconn_state state;
+  uint8_t state;        /* le_lconn_state */
   uint8_t end_reason;   /* le_end_reason: why it ended, once it did */
   uint8_t exit_status;  /* the handler's: 1 after an error, the integer
                          * it returned (0..255), else 0 (client mode) */
