@@ -493,24 +493,26 @@ static void io_shutdown_write(le_lconn *lc) {
 }
 
 /* Sets a kernel buffer size and stores what the kernel made of it (Linux
- * doubles the request to leave room for its bookkeeping) in *size and
- * *applied. A size still equal to *applied is the figure stored last time:
- * setting it again would double it again, whenever another socket option
- * changes, so it is left alone. */
-static void apply_buffer_size(le_conn *c, uint32_t *size, uint32_t *applied,
+ * doubles the request to leave room for its bookkeeping). A size equal to
+ * the kernel's figure is the one stored last time, and is not set again
+ * (that would double it once more); asking costs a system call only when
+ * the option is set at all. */
+static void apply_buffer_size(le_conn *c, uint32_t *size,
                               int (*fn)(uv_handle_t *, int *)) {
-  int v = (int)*size;
-  if (v == 0 || *size == *applied || fn(&c->sock.handle, &v) != 0) return;
+  int v = 0;
+  if (*size == 0 || (fn(&c->sock.handle, &v) == 0 && v == (int)*size)) return;
+  v = (int)*size;
+  if (fn(&c->sock.handle, &v) != 0) return;
   v = 0;
-  if (fn(&c->sock.handle, &v) == 0 && v > 0) *size = *applied = (uint32_t)v;
+  if (fn(&c->sock.handle, &v) == 0 && v > 0) *size = (uint32_t)v;
 }
 
 static void io_apply_sockopts(le_lconn *lc) {
   le_conn *c = conn_of(lc);
   if (is_closing(c)) return;
-  apply_buffer_size(c, &lc->opts.sndbuf, &c->sndbuf_applied,
+  apply_buffer_size(c, &lc->opts.sndbuf,
                     uv_send_buffer_size);
-  apply_buffer_size(c, &lc->opts.rcvbuf, &c->rcvbuf_applied,
+  apply_buffer_size(c, &lc->opts.rcvbuf,
                     uv_recv_buffer_size);
   if (c->sock.handle.type != UV_TCP) return;
   uv_tcp_nodelay(&c->sock.tcp, lc->opts.nodelay);

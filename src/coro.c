@@ -44,6 +44,12 @@ const char *le_coro_waits_on(const le_coro *c) {
   }
 }
 
+/* Monotonic milliseconds, low 32 bits: enough to measure slices of CPU
+ * time (a wrap every 49 days is harmless to a difference). */
+static uint32_t now_ms(void) {
+  return (uint32_t)(le_preempt_now_ns() / 1000000u);
+}
+
 /* ---- lists ---- */
 
 /* The list a coroutine is on is reachable through its neighbours only, so
@@ -159,7 +165,7 @@ static const char *plain_message(le_coro *c, int status, char *buf,
     snprintf(buf, len,
              "%s cpu_limit exceeded: computed for %.1f s without "
              "waiting (cpu_limit = %g s)",
-             c->sched->stop_where, (double)c->cpu_ns / 1e9,
+             c->sched->stop_where, (double)c->cpu_ms / 1e3,
              (double)limit / 1000.0);
   } else if (status == LUA_YIELD) {
     snprintf(buf, len,
@@ -201,7 +207,7 @@ static void finish(le_coro *c, int status, int nres) {
     nres = 0;
     if (stopped) c->sched->cpu_killed++;
   }
-  le_coro_done_cb done = c->done;
+  le_coro_done_cb done = c->cls->done;
   lua_State *co = detach(c); /* pushes the thread, above the report */
   done(c, co, nres, error);
   reset(L, co, stopped);
@@ -255,7 +261,8 @@ static void run(le_coro *c, int nargs, lua_State *from) {
   after_run(c, status, nres, preempted);
 }
 
-int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
+int le_coro_start(le_coro *c, lua_State *L, int nargs,
+                  const le_coro_class *cls,
                   lua_State *from) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   lua_State *main = lua_tothread(L, -1);
@@ -264,11 +271,11 @@ int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->L = main;
   c->co = co;
-  c->done = done;
+  c->cls = cls;
   c->state = LE_CORO_DEAD;
   c->wait_ops = NULL;
   c->next_ready = NULL;
-  c->cpu_ns = 0;
+  c->cpu_ms = 0;
   c->slice_start = 0;
   c->over_limit = 0;
   set_owner(co, c);
@@ -321,7 +328,7 @@ int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
     return ops->k(L, err, (lua_KContext)final);
   }
   set_state(c, LE_CORO_WAITING);
-  c->cpu_ns = 0; /* waiting ends a stretch of computing */
+  c->cpu_ms = 0; /* waiting ends a stretch of computing */
   c->slice_start = 0;
   return lua_yieldk(L, 0, (lua_KContext)c, after_wait);
 }
@@ -346,7 +353,7 @@ void le_coro_release(le_coro *c) {
   lua_State *co = detach(c);
   reset(c->L, co, 0);
   le_mem_collect(c->L);
-  if (c->killed != NULL) c->killed(c);
+  if (c->cls->killed != NULL) c->cls->killed(c);
 }
 
 int le_coro_sched_run(le_coro_sched *s) {
@@ -370,8 +377,8 @@ int le_coro_sched_run(le_coro_sched *s) {
     s->ready = c->next_ready;
     if (s->ready == NULL) s->ready_tail = NULL;
     c->next_ready = NULL;
-    if (c->slice_start == 0 && c->cpu_ns > 0)
-      c->slice_start = le_preempt_now_ns(); /* it computes on */
+    if (c->slice_start == 0 && c->cpu_ms > 0)
+      c->slice_start = now_ms(); /* it computes on */
     run(c, 0, NULL);
   }
   return s->later != NULL || s->ready != NULL;
@@ -391,12 +398,13 @@ static void note_where(le_coro_sched *s, lua_State *L, lua_Debug *ar) {
 /* Charges c for computing since its slice began; returns 1 when that puts
  * it past its CPU limit. */
 static int charge(le_coro_sched *s, le_coro *c, uint64_t since_ns) {
-  uint64_t now = le_preempt_now_ns();
-  uint64_t start = c->slice_start ? c->slice_start : since_ns;
-  if (now > start) c->cpu_ns += now - start;
+  uint32_t now = now_ms();
+  uint32_t start =
+      c->slice_start ? c->slice_start : (uint32_t)(since_ns / 1000000u);
+  c->cpu_ms += now - start; /* unsigned: right across a wrap of the clock */
   c->slice_start = now;
   uint64_t limit_ms = s->cpu_limit_ms ? s->cpu_limit_ms(c) : 0;
-  return limit_ms > 0 && c->cpu_ns >= limit_ms * 1000000u;
+  return limit_ms > 0 && c->cpu_ms >= limit_ms;
 }
 
 /* The thread the watchdog sees running: c's own, or one that

@@ -529,7 +529,7 @@ le_lconn *le__lconn_check_open(lua_State *L) {
  * server knows how to resume and to end. */
 static void check_owner(lua_State *L, le_lconn *lc, const char *method) {
   le_coro *c = le_coro_of(L);
-  if (c == NULL || c->owner != lc->owner)
+  if (c == NULL || c->owner != le_lconn_owner(lc))
     luaL_error(L,
                "conn:%s() called from a coroutine that does not own "
                "connection %I; call it from the connection's handler",
@@ -888,7 +888,8 @@ static int start_protected(lua_State *L) {
    * lc->ud is a weak link that __gc clears if it goes first. */
   push_conn_object(a->lc, L);
   for (int i = 0; i < a->nargs; i++) lua_pushstring(L, a->args[i]);
-  le_coro_start(&a->lc->coro, L, 1 + a->nargs, on_handler_done, NULL);
+  static const le_coro_class handler_class = {on_handler_done, NULL};
+  le_coro_start(&a->lc->coro, L, 1 + a->nargs, &handler_class, NULL);
   return 0;
 }
 
@@ -900,7 +901,6 @@ int le_lconn_start(le_lconn *lc, const char *const *args, int nargs) {
     return -1;
   }
   lc->last_active = lc->opened_at = lc->io->now(lc);
-  lc->owner = lc;
   lc->coro.owner = lc;
   lua_pushcfunction(L, start_protected);
   lua_insert(L, -2);
@@ -920,7 +920,6 @@ int le_lconn_start(le_lconn *lc, const char *const *args, int nargs) {
 void le_lconn_adopt(le_lconn *lc, lua_State *L) {
   le_coro *c = le_coro_of(L);
   le_lconn *parent = le_lconn_of_coro(c);
-  lc->owner = parent;
   lc->parent = parent;
   lc->next_child = parent->children;
   if (parent->children) parent->children->prev_child = lc;

@@ -225,7 +225,7 @@ static int conn_stats(lua_State *L) {
   lua_setfield(L, -2, "reading");
   lua_pushstring(L, states[lc->state]);
   lua_setfield(L, -2, "state");
-  lua_pushstring(L, le_coro_waits_on(&((le_lconn *)lc->owner)->coro));
+  lua_pushstring(L, le_coro_waits_on(&le_lconn_owner(lc)->coro));
   lua_setfield(L, -2, "waits_on");
   le_lconn_push_kernel(L, lc);
   return 1;

@@ -187,7 +187,8 @@ static int task_tostring(lua_State *L) {
 static int start_task(lua_State *L) {
   task *t = lua_touserdata(L, 1);
   lua_remove(L, 1);
-  le_coro_start(&t->coro, L, lua_gettop(L) - 1, task_done, L);
+  static const le_coro_class task_class = {task_done, task_killed};
+  le_coro_start(&t->coro, L, lua_gettop(L) - 1, &task_class, L);
   return 0;
 }
 
@@ -207,7 +208,6 @@ int le__lmodule_spawn(lua_State *L) {
   t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_insert(L, 1); /* the handle stays below for the return */
   t->coro.owner = parent->owner;
-  t->coro.killed = task_killed;
   t->coro.sched = parent->sched;
   /* Starting allocates (the thread, its ref): a failure raises in the
    * calling coroutine, an ordinary error, but only after self_ref has been

@@ -165,7 +165,8 @@ static void on_killed(le_coro *c) { F.killed[index_of(c)]++; }
 static int start_protected(lua_State *L) {
   le_coro *c = lua_touserdata(L, 2);
   lua_pop(L, 1);
-  le_coro_start(c, L, 0, on_done, NULL);
+  static const le_coro_class test_class = {on_done, on_killed};
+  le_coro_start(c, L, 0, &test_class, NULL);
   return 0;
 }
 
@@ -176,7 +177,6 @@ static le_coro *start_named(int i, const char *name, const char *code) {
   le_coro *c = &F.coros[i];
   int top = lua_gettop(L);
   c->owner = &F;
-  c->killed = on_killed;
   c->sched = &F.sched;
   lua_pushcfunction(L, start_protected);
   if (luaL_loadbuffer(L, code, strlen(code), name) != LUA_OK)

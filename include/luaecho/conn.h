@@ -144,8 +144,6 @@ struct le_conn {
   void *owner;               /* opaque: what accepted it, for on_freed */
   le_conn_origin *origin;    /* the listener it came from, NULL outbound */
   uint32_t swept_queue;      /* write queue size (low bits) at the last sweep */
-  uint32_t sndbuf_applied;   /* the kernel's SO_SNDBUF after we last set it */
-  uint32_t rcvbuf_applied;   /* the same for SO_RCVBUF */
   uint8_t state;             /* le_conn_state */
   uint8_t fin;               /* le_conn_fin */
   unsigned peer_fin : 1;     /* the peer's FIN or a read error was seen */

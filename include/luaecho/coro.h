@@ -102,6 +102,15 @@ typedef struct le_wait_ops {
 typedef void (*le_coro_done_cb)(le_coro *c, lua_State *co, int nres,
                                 const char *error);
 
+/* What a kind of coroutine (a handler, a task) tells its owner: `done`
+ * when it returns or raises, and optionally `killed` when le_coro_release
+ * ends it instead. One static table per kind keeps every coroutine one
+ * pointer smaller than two callbacks would. */
+typedef struct le_coro_class {
+  le_coro_done_cb done;
+  void (*killed)(le_coro *c);
+} le_coro_class;
+
 /* Where a loop's coroutines are resumed from. A coroutine woken while
  * another one runs (conn:close() in one coroutine waking a reader in
  * another, say) is not resumed on the spot: it goes on the ready list and
@@ -132,19 +141,21 @@ struct le_coro {
   lua_State *L;  /* the main state, where the registry ref lives */
   lua_State *co; /* the coroutine, NULL while DEAD */
   int ref;       /* registry ref that keeps co alive */
-  le_coro_state state;
+  uint8_t state; /* le_coro_state */
+  unsigned over_limit : 1; /* past its CPU limit: it is being stopped */
   const le_wait_ops *wait_ops; /* from le_coro_wait to its continuation */
   void *wait_obj;
-  le_coro_done_cb done; /* completion callback */
+  const le_coro_class *cls; /* what to tell its owner when it ends */
   void *owner;          /* tag of the connection this coroutine works for */
-  void (*killed)(le_coro *c); /* optional: told when le_coro_release ends it */
-  le_coro *next, *prev;       /* in a le_coro_list */
+  le_coro *next, *prev; /* in a le_coro_list */
   le_coro_sched *sched;       /* its loop's scheduler, or NULL (run at once) */
   le_coro *next_ready;        /* in sched->ready or sched->later */
-  uint64_t cpu_ns;            /* computed since it last waited, counted when
-                               * preempted */
-  uint64_t slice_start;    /* uv_hrtime() of a resume after a preemption, 0 */
-  unsigned over_limit : 1; /* past its CPU limit: it is being stopped */
+  /* Milliseconds, 32 bits: every connection carries a coroutine, and an
+   * idle one must stay small (docs/performance.md, idle10k). */
+  uint32_t cpu_ms;      /* computed since it last waited, counted when
+                         * preempted */
+  uint32_t slice_start; /* monotonic ms (low bits) of a resume after a
+                         * preemption, 0 */
 };
 
 /* A list of coroutines that end together (a connection's spawned tasks). */
@@ -166,12 +177,11 @@ void le_coro_preempt_hook(lua_State *L, lua_Debug *ar);
 /* Starts a coroutine running the function below `nargs` arguments on top of
  * L, the main state (all of them are popped), and runs it until it first
  * waits or ends. `from` is the coroutine starting it (NULL from the loop),
- * so that Lua counts nested starts against its C-stack limit. c->owner,
- * c->killed and c->sched must be set before. Must be called inside a
- * protected call (it allocates). Returns 0; a failure to make the thread
- * raises in L. */
-int le_coro_start(le_coro *c, lua_State *L, int nargs, le_coro_done_cb done,
-                  lua_State *from);
+ * so that Lua counts nested starts against its C-stack limit. c->owner
+ * and c->sched must be set before. Must be called inside a protected call
+ * (it allocates). Returns 0; a failure to make the thread raises in L. */
+int le_coro_start(le_coro *c, lua_State *L, int nargs,
+                  const le_coro_class *cls, lua_State *from);
 
 /* Suspends the coroutine running L until le_coro_wake, continuing in
  * ops->k.

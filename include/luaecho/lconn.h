@@ -164,7 +164,6 @@ struct le_lconn {
   struct le_trace *trace; /* where trace lines go, or NULL */
   lua_State *L;           /* main state */
   le_coro coro;           /* the handler coroutine (unused when outbound) */
-  void *owner;            /* tag of the coroutines that may wait on it */
   le_script *script;      /* the handler it runs (accepted connections) */
   le_coro_list tasks;     /* coroutines spawned by its handler */
   le_lconn *children;     /* outbound connections its coroutines opened */
@@ -214,6 +213,13 @@ struct le_lconn {
 
 /* Registers the conn metatable in L. Call once per Lua state. */
 void le_lconn_open(lua_State *L);
+
+/* Returns the connection whose coroutines may wait on lc: lc itself, or
+ * for an outbound connection the one whose handler opened it. (Derived,
+ * not stored: an idle connection stays small.) */
+static inline le_lconn *le_lconn_owner(le_lconn *lc) {
+  return lc->parent != NULL ? lc->parent : lc;
+}
 
 /* Returns the connection the coroutine c works for (its owner tag). */
 static inline le_lconn *le_lconn_of_coro(const le_coro *c) {
