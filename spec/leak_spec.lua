@@ -49,8 +49,11 @@ return function(conn)
       while true do end
     end
     if cmd == "hog" then
+      -- Few large strings: valgrind is slow, and cpu_limit must not stop
+      -- this handler before max_memory does.
+      conn:setopts{ cpu_limit = false }
       local t = {}
-      for i = 1, 1e6 do t[i] = ("x"):rep(1 << 20) .. i end
+      for i = 1, 1e6 do t[i] = ("x"):rep(8 << 20) .. i end
     end
     if cmd == "sleep" then luaecho.sleep(tonumber(arg)) end
     if cmd == "tasks" then

@@ -153,6 +153,7 @@ static void release_when_done(le_conn *c, int in_close_callback) {
     return;
   }
   le_conn_ctx *ctx = c->ctx;
+  assert(c->connect == NULL); /* next_reap shares its space */
   c->next_reap = ctx->reap;
   ctx->reap = c;
   uv_check_start(&ctx->reaper, on_reap);

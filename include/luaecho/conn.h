@@ -136,11 +136,17 @@ struct le_conn {
     uv_pipe_t pipe;
   } sock;                  /* the socket; owned here */
   le_conn_timer *timer;    /* deadlines; created on first use */
-  le_connect_req *connect; /* an outbound connect in flight, or NULL */
+  /* An outbound connect in flight, or NULL; and once the connection is
+   * CLOSED with its handler done, its place in ctx's reap list. The two
+   * never overlap (libuv reports a connect, cancelled if need be, before
+   * the socket's close callback), so they share the space. */
+  union {
+    le_connect_req *connect;
+    le_conn *next_reap;
+  };
   le_lconn lc;             /* the Lua face */
   le_conn_ctx *ctx;
   le_conn *prev, *next;      /* in ctx's list of live connections */
-  le_conn *next_reap;        /* in ctx's reap list, once ready to be freed */
   void *owner;               /* opaque: what accepted it, for on_freed */
   le_conn_origin *origin;    /* the listener it came from, NULL outbound */
   uint32_t swept_queue;      /* write queue size (low bits) at the last sweep */

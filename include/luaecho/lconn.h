@@ -48,15 +48,16 @@
 
 #define LE_LCONN_METATABLE "luaecho.conn"
 
-/* luaecho's own error codes, outside libuv's range; le_lconn_errname
- * names them. */
-#define LE_TIMEOUT                                                           \
-  (-0x10000)                    /* a deadline passed: "timeout" (retryable); \
-                                 * distinct from the kernel's "etimedout" */
-#define LE_EIDLE (-0x10001)     /* ended by idle_timeout: "idle" */
-#define LE_ESHUTDOWN (-0x10002) /* ended by the server's shutdown: "shutdown" \
-                                 */
-#define LE_EKILLED (-0x10003)   /* closed from the admin listener: "killed" */
+/* luaecho's own error codes: below libuv's, which end at UV_ERRNO_MAX
+ * (-4096), and within 16 bits, the width of le_lconn's error fields;
+ * le_lconn_errname names them. LE_TIMEOUT is luaecho's own deadline
+ * ("timeout", retryable), not the kernel's "etimedout". */
+#define LE_TIMEOUT (-5000)   /* a deadline passed: "timeout" */
+#define LE_EIDLE (-5001)     /* ended by idle_timeout: "idle" */
+#define LE_ESHUTDOWN (-5002) /* ended by the server's shutdown: "shutdown" */
+#define LE_EKILLED (-5003)   /* closed from the admin listener: "killed" */
+_Static_assert(LE_TIMEOUT < UV_ERRNO_MAX && LE_EKILLED >= INT16_MIN,
+               "luaecho's error codes fit neither libuv's gap nor 16 bits");
 
 /* Why a connection ended, for the trace, conn_summary and statistics.
  * The first cause recorded wins, except that a handler error replaces the
@@ -199,10 +200,10 @@ struct le_lconn {
   uint32_t nqueued;    /* writes queued by io->queue_write, not yet done */
   uint32_t wait_since; /* loop time (low bits) the writer began to wait */
   uint32_t msgs_in, msgs_out; /* returned by recv; given to send */
-  int in_err;     /* 0; UV_EOF after the peer's FIN; or an error */
-  int out_err;    /* 0, or the error that ended output */
-  int reader_err; /* for the woken reader only: its error, 0 none */
-  int writer_err; /* for the woken writer only: its error, 0 none */
+  int16_t in_err;     /* 0; UV_EOF after the peer's FIN; or an error */
+  int16_t out_err;    /* 0, or the error that ended output */
+  int16_t reader_err; /* for the woken reader only: its error, 0 none */
+  int16_t writer_err; /* for the woken writer only: its error, 0 none */
   uint8_t state;        /* le_lconn_state */
   uint8_t end_reason;   /* le_end_reason: why it ended, once it did */
   uint8_t exit_status;  /* the handler's: 1 after an error, the integer
