@@ -28,6 +28,13 @@ end
 function commands.queued(conn)
   conn:setopts{ sndbuf = 4096 }
   local sender = luaecho.spawn(function() return conn:send(("q"):rep(MiB)) end)
+  -- The task may be preempted before it reaches send (a slow build takes
+  -- more than a tick to make the megabyte): wait, bounded, until it has
+  -- queued its output and waits in send.
+  for _ = 1, 500 do
+    if conn:stats().queued > 0 then break end
+    luaecho.sleep(0.01)
+  end
   luaecho.log("info", "queued before reset:", conn:stats().queued)
   conn:reset()
   luaecho.log("info", "sender got:", show(sender:join()))
