@@ -230,11 +230,6 @@ static inline le_lconn *le_lconn_of_coro(const le_coro *c) {
 /* Records why lc ends (see le_end_reason). */
 void le_lconn_note_end(le_lconn *lc, le_end_reason why);
 
-/* Returns 1 while lc is OPEN (neither ended by the server nor closed). */
-static inline int le_lconn_is_open(const le_lconn *lc) {
-  return lc->state == LE_LCONN_OPEN;
-}
-
 /* Prepares lc with default options; the embedding connection then fills
  * id, peer (le_lconn_set_peer) and opts. */
 void le_lconn_init(le_lconn *lc, const le_lconn_io *io, const le_log *log,
