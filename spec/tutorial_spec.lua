@@ -375,7 +375,12 @@ describe("docs/tutorial.md", function()
     local srv = tut:start(ch, "./build/luaecho --trace --handler lua/examples/backpressure.lua")
     tut:run(ch, "nc -d 127.0.0.1 7000 | wc -c", { "131072" })
     local _, lines = tut:run(ch, "./build/luaecho --trace --connect 127.0.0.1:7000 lua/examples/clients/slow_reader.lua 4096 0.05", nil, 30)
-    has_line(ch, lines, "131072 bytes in 32 reads")
+    -- 32 reads of 4096 bytes, or a few more when the kernel hands a block
+    -- over in two pieces (the chapter says so).
+    promised(ch, "131072 bytes in 32 reads")
+    local reads
+    for _, l in ipairs(lines) do reads = reads or tonumber(l:match("^131072 bytes in (%d+) reads$")) end
+    assert(reads and reads >= 32 and reads <= 40, table.concat(lines, "\n"))
     local client_trace = table.concat(lines, "\n")
     for _, event in ipairs({ "reading paused: 4096 bytes buffered, recv_buffer 4096", "reading resumed: 0 bytes buffered" }) do
       promised(ch, event)
