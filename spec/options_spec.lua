@@ -88,15 +88,7 @@ local function dumped(srv, name)
   return assert(load(report[1], "=" .. name))()
 end
 
--- Returns the number of the first line of source containing text.
-local function line_of(source, text)
-  local n = 1
-  for line in source:gmatch("([^\n]*)\n?") do
-    if line:find(text, 1, true) then return n end
-    n = n + 1
-  end
-  error("no line contains " .. text)
-end
+local line_of = server.line_of
 
 local receive_line = server.receive_line
 

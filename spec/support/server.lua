@@ -84,6 +84,17 @@ end
 
 M.bin = abspath(os.getenv("LUAECHO_BIN") or "build/luaecho")
 
+-- Returns the number of the first line of source that contains text (a
+-- plain string), for messages that name a handler's line; raises when none.
+function M.line_of(source, text)
+  local n = 1
+  for line in source:gmatch("([^\n]*)\n?") do
+    if line:find(text, 1, true) then return n end
+    n = n + 1
+  end
+  error("no line contains " .. text)
+end
+
 -- ---- cleanup ------------------------------------------------------------
 
 local deferred = {} -- functions for cleanup(), in registration order
