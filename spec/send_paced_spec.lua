@@ -97,7 +97,11 @@ describe("luaecho.send_paced()", function()
     local srv = start(PACER, "trace = true\n")
     local sizes, data = paced(srv, "1 0 false 200", 200)
     assert.equal(200, #data)
-    assert.is_true(#sizes <= 100, #sizes .. " reads for 200 one-byte writes")
+    -- The sanitizer build's server is several times slower than the
+    -- reader, which then catches more writes one by one; it still sees far
+    -- fewer reads than writes.
+    local most = server.SANITIZED and 160 or 100
+    assert.is_true(#sizes <= most, #sizes .. " reads for 200 one-byte writes")
     paced_seconds(srv)
     assert.equal(200, count_lines(srv, record("trace", "%d+us conn %d+ wrote 1 bytes"), 200),
       srv:log_text())

@@ -38,8 +38,38 @@ static char *dup_string(const char *s) {
   return copy;
 }
 
-/* Writes "<file>: <formatted message>" into the loader's error buffer and
- * returns -1. Messages longer than the buffer are cut, never overrun. */
+/* Copies src into dst (cap bytes) with every control byte written as a
+ * C escape (a newline as backslash-n, byte 1 as backslash-x01): messages quote
+ * what the file gave them (an address, a key), and a newline there must not
+ * split the one line an error is. Cut at cap, never in the middle of an escape.
+ */
+static void copy_escaped(char *dst, size_t cap, const char *src) {
+  size_t n = 0;
+  for (const unsigned char *p = (const unsigned char *)src; *p != '\0'; p++) {
+    char esc[8];
+    if (*p >= 0x20 && *p != 0x7f) {
+      esc[0] = (char)*p;
+      esc[1] = '\0';
+    } else if (*p == '\n') {
+      memcpy(esc, "\\n", 3);
+    } else if (*p == '\r') {
+      memcpy(esc, "\\r", 3);
+    } else if (*p == '\t') {
+      memcpy(esc, "\\t", 3);
+    } else {
+      snprintf(esc, sizeof esc, "\\x%02x", *p);
+    }
+    size_t len = strlen(esc);
+    if (n + len + 1 > cap) break;
+    memcpy(dst + n, esc, len);
+    n += len;
+  }
+  if (cap > 0) dst[n] = '\0';
+}
+
+/* Writes "<file>: <formatted message>" into the loader's error buffer, on
+ * one line, and returns -1. Messages longer than the buffer are cut, never
+ * overrun. */
 static int fail(loader *ld, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
@@ -47,12 +77,15 @@ static int fail(loader *ld, const char *fmt, ...)
     ;
 
 static int fail(loader *ld, const char *fmt, ...) {
+  char raw[1024];
   va_list ap;
-  int n = snprintf(ld->err, ld->errlen, "%s: ", ld->name);
-  if (n < 0 || (size_t)n >= ld->errlen) return -1;
-  va_start(ap, fmt);
-  vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
-  va_end(ap);
+  int n = snprintf(raw, sizeof raw, "%s: ", ld->name);
+  if (n >= 0 && (size_t)n < sizeof raw) {
+    va_start(ap, fmt);
+    vsnprintf(raw + n, sizeof raw - (size_t)n, fmt, ap);
+    va_end(ap);
+  }
+  copy_escaped(ld->err, ld->errlen, raw);
   return -1;
 }
 
@@ -478,9 +511,8 @@ static int run_chunk(loader *ld, le_config *cfg) {
   lua_pushlightuserdata(L, ld);
   lua_pushlightuserdata(L, cfg);
   if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
-    snprintf(ld->err, ld->errlen, "%s: invalid configuration: %s", ld->name,
-             lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
-    return -1;
+    return fail(ld, "invalid configuration: %s",
+                lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
   }
   return lua_toboolean(L, -1) ? 0 : -1;
 }
@@ -573,10 +605,8 @@ int le_config_set_listen(le_config *cfg, const char *const *addrs, size_t n,
     ls[i].opts = cfg->opts;
     char why[160];
     if (le_addr_parse(addrs[i], &ls[i].addr, why, sizeof why) != 0) {
-      snprintf(err, errlen, "--listen: invalid address '%s': %s", addrs[i],
-               why);
       listeners_free(ls, n);
-      return -1;
+      return fail(&ld, "invalid address '%s': %s", addrs[i], why);
     }
     ls[i].address = dup_string(addrs[i]);
     if (ls[i].address == NULL) {

@@ -367,6 +367,22 @@ static void test_listen_invalid_address(void **state) {
                     "an IPv6 host must be written in brackets, as [::1]:7000");
 }
 
+/* Values and keys the file gives are quoted with their control bytes
+ * escaped, so that the error stays the one line the log and the fuzzer
+ * expect. */
+static void test_error_quotes_control_bytes_escaped(void **state) {
+  fixture *f = *state;
+  assert_load_error(f, "listen = '\\n'",
+                    "c.lua: key 'listen': invalid address '\\n': " USAGE);
+  assert_load_error(
+      f, "listen = 'a\\tb\\1'",
+      "c.lua: key 'listen': invalid address 'a\\tb\\x01': " USAGE);
+  char err[256];
+  const char *bad[] = {"x\ny"};
+  assert_int_equal(le_config_set_listen(&f->cfg, bad, 1, err, sizeof err), -1);
+  assert_string_equal(err, "--listen: invalid address 'x\\ny': " USAGE);
+}
+
 /* A rejected list leaves the listeners as they were. */
 static void test_listen_error_keeps_previous_listeners(void **state) {
   fixture *f = *state;
@@ -763,6 +779,7 @@ int main(void) {
       TEST(test_listen_empty_list),
       TEST(test_listen_wrong_types),
       TEST(test_listen_invalid_address),
+      TEST(test_error_quotes_control_bytes_escaped),
       TEST(test_listen_error_keeps_previous_listeners),
       TEST(test_listener_keys_rejected),
       TEST(test_listener_missing_address),
