@@ -1,10 +1,19 @@
 /* luaecho.connect: see include/luaecho/lmodule.h.
  *
  * One request (connect_req) carries a connect from name resolution to the
- * connected socket. It has one owner at a time and one place that frees it:
- * the wait owns it from luaecho.connect until the continuation (connect_k)
- * or a cancel; while a name is being resolved, libuv holds it too, and a
- * cancelled request is freed by on_resolved, which libuv always calls.
+ * connected socket. Up to three parties hold it, and the last to let go
+ * frees it (release): the wait, from luaecho.connect until the
+ * continuation (connect_k), a cancel or a drop; libuv's resolver, from
+ * uv_getaddrinfo until on_resolved, which libuv always calls, even when
+ * cancelled; and the timer that bounds resolution, until its close
+ * callback.
+ *
+ * A name may resolve to several addresses ("localhost" to ::1 and
+ * 127.0.0.1): they are tried in the resolver's order until one connects,
+ * as getaddrinfo(3) advises and as curl and Go do. The `timeout` bounds
+ * the whole: resolution and every attempt. Each attempt gets an equal
+ * share of what is left, but at least ATTEMPT_FLOOR_MS (Go's rule), so
+ * one address that drops SYNs does not eat the time of the others.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -13,17 +22,27 @@
 #include "luaecho/addr.h"
 
 #define DEFAULT_CONNECT_TIMEOUT 10.0
+#define ATTEMPT_FLOOR_MS 2000
+
+/* Who holds a request (connect_req.holds). */
+enum { HOLD_WAIT = 1, HOLD_RESOLVER = 2, HOLD_TIMER = 4 };
 
 typedef struct connect_req {
   uv_getaddrinfo_t gai; /* name resolution, for host names */
+  uv_timer_t timer;     /* bounds resolution; open while HOLD_TIMER */
   le_conn_ctx *ctx;
-  le_coro *c;    /* the waiting coroutine, NULL once it is gone */
-  le_conn *conn; /* the connection, once connecting */
+  le_coro *c;             /* the waiting coroutine, NULL once it is gone */
+  le_conn *conn;          /* the connection, once connecting */
+  struct addrinfo *addrs; /* what the name resolved to, or NULL */
+  struct addrinfo *next;  /* the next of addrs to try */
   le_opts opts;
   uint64_t timeout_ms;
+  uint64_t deadline; /* loop time by which it all must end */
   int port;
-  int status;    /* the outcome, for the continuation */
-  int resolving; /* libuv holds gai until on_resolved */
+  int status;   /* the outcome, for the continuation */
+  int last_err; /* the error of the last attempt that failed */
+  unsigned holds;
+  unsigned finished : 1; /* the outcome is known (status) */
 } connect_req;
 
 /* What luaecho.connect asks for, handed to arm_connect. */
@@ -33,49 +52,115 @@ typedef struct connect_args {
   int port;
 } connect_args;
 
-/* Ends the wait with `status` (0: r->conn is connected). */
+/* `who` lets go of r; the last one frees it. */
+static void release(connect_req *r, unsigned who) {
+  r->holds &= ~who;
+  if (r->holds != 0) return;
+  if (r->addrs != NULL) uv_freeaddrinfo(r->addrs);
+  free(r);
+}
+
+static void on_timer_closed(uv_handle_t *h) { release(h->data, HOLD_TIMER); }
+
+/* Closes the resolution timer if it is open. Idempotent. */
+static void close_timer(connect_req *r) {
+  if ((r->holds & HOLD_TIMER) && !uv_is_closing((uv_handle_t *)&r->timer))
+    uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+}
+
+/* Ends the wait with `status` (0: r->conn is connected), once. */
 static void finish(connect_req *r, int status) {
+  if (r->finished) return;
+  r->finished = 1;
   r->status = status;
+  close_timer(r);
   le_coro_wake(r->c);
 }
+
+static void try_next(connect_req *r);
 
 static void on_connected(le_conn *conn, int status, void *arg) {
   connect_req *r = arg;
   r->conn = status < 0 ? NULL : conn; /* a failed one is closing already */
+  if (status < 0 && r->next != NULL) {
+    r->last_err = status;
+    try_next(r);
+    return;
+  }
   finish(r, status);
 }
 
-/* Starts the socket connect. Returns 0 or a libuv error. */
+/* Starts the socket connect, allowed timeout_ms. Returns 0 or a libuv
+ * error. */
 static int start_connect(connect_req *r, const struct sockaddr *sa,
-                         const char *path) {
+                         const char *path, uint64_t timeout_ms) {
   int err = 0;
-  r->conn = le_conn_connect(r->ctx, sa, path, &r->opts, r->timeout_ms,
+  r->conn = le_conn_connect(r->ctx, sa, path, &r->opts, timeout_ms,
                             on_connected, r, &err);
   return r->conn ? 0 : err;
+}
+
+/* The time the next attempt gets: an equal share of what is left among the
+ * addresses still to try, at least ATTEMPT_FLOOR_MS; 0 once the deadline
+ * has passed. */
+static uint64_t attempt_ms(const connect_req *r) {
+  uint64_t now = uv_now(r->ctx->loop);
+  if (now >= r->deadline) return 0;
+  uint64_t left = r->deadline - now, n = 0;
+  for (const struct addrinfo *ai = r->next; ai != NULL; ai = ai->ai_next) n++;
+  uint64_t share = left / (n ? n : 1);
+  if (share < ATTEMPT_FLOOR_MS) share = ATTEMPT_FLOOR_MS;
+  return share < left ? share : left;
+}
+
+/* Connects to the next resolved address that takes a connect; ends the
+ * wait with the last error when none is left, or with LE_TIMEOUT when the
+ * time is up. */
+static void try_next(connect_req *r) {
+  while (r->next != NULL) {
+    uint64_t ms = attempt_ms(r);
+    if (ms == 0) {
+      finish(r, LE_TIMEOUT);
+      return;
+    }
+    struct addrinfo *ai = r->next;
+    r->next = ai->ai_next;
+    struct sockaddr_storage ss;
+    if (ai->ai_addrlen > sizeof ss) continue;
+    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    le_addr_set_port((struct sockaddr *)&ss, r->port);
+    int err = start_connect(r, (struct sockaddr *)&ss, NULL, ms);
+    if (err == 0) return;
+    r->last_err = err;
+  }
+  finish(r, r->last_err < 0 ? r->last_err : UV_EAI_NONAME);
 }
 
 static void on_resolved(uv_getaddrinfo_t *gai, int status,
                         struct addrinfo *res) {
   connect_req *r = gai->data;
-  r->resolving = 0;
-  if (r->c == NULL) { /* the coroutine went away meanwhile */
+  close_timer(r);
+  if (r->c == NULL || r->finished) { /* cancelled, or timed out */
     uv_freeaddrinfo(res);
-    free(r);
-    return;
-  }
-  if (status < 0) {
+  } else if (status < 0) {
     finish(r, status);
-    return;
+  } else {
+    r->addrs = r->next = res;
+    try_next(r);
   }
-  struct sockaddr_storage ss;
-  memcpy(&ss, res->ai_addr, res->ai_addrlen);
-  uv_freeaddrinfo(res);
-  le_addr_set_port((struct sockaddr *)&ss, r->port);
-  int err = start_connect(r, (struct sockaddr *)&ss, NULL);
-  if (err < 0) finish(r, err);
+  release(r, HOLD_RESOLVER);
 }
 
-/* Starts resolving a host name; returns 0 or a libuv error. */
+/* Resolution took the whole timeout: the wait ends, and the resolver's
+ * answer, when it comes, is thrown away. */
+static void on_resolve_timeout(uv_timer_t *t) {
+  connect_req *r = t->data;
+  uv_cancel((uv_req_t *)&r->gai); /* in vain once the lookup has started */
+  finish(r, LE_TIMEOUT);
+}
+
+/* Starts resolving a host name, bounded by the timeout; returns 0 or a
+ * libuv error. */
 static int start_resolve(connect_req *r, const char *host) {
   struct addrinfo hints;
   memset(&hints, 0, sizeof hints);
@@ -84,8 +169,14 @@ static int start_resolve(connect_req *r, const char *host) {
   r->gai.data = r;
   int err =
       uv_getaddrinfo(r->ctx->loop, &r->gai, on_resolved, host, NULL, &hints);
-  r->resolving = err == 0;
-  return err;
+  if (err < 0) return err;
+  r->holds |= HOLD_RESOLVER;
+  if (r->timeout_ms > 0 && uv_timer_init(r->ctx->loop, &r->timer) == 0) {
+    r->timer.data = r;
+    r->holds |= HOLD_TIMER;
+    uv_timer_start(&r->timer, on_resolve_timeout, r->timeout_ms, 0);
+  }
+  return 0;
 }
 
 static int arm_connect(le_coro *c, void *obj, const void *arg) {
@@ -94,10 +185,11 @@ static int arm_connect(le_coro *c, void *obj, const void *arg) {
   struct sockaddr_storage ss;
   r->c = c;
   r->port = a->port;
-  if (a->host == NULL) return start_connect(r, NULL, a->path);
+  r->deadline = uv_now(r->ctx->loop) + r->timeout_ms;
+  if (a->host == NULL) return start_connect(r, NULL, a->path, r->timeout_ms);
   if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)&ss) == 0 ||
       uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)&ss) == 0)
-    return start_connect(r, (struct sockaddr *)&ss, NULL);
+    return start_connect(r, (struct sockaddr *)&ss, NULL, r->timeout_ms);
   return start_resolve(r, a->host);
 }
 
@@ -106,12 +198,11 @@ static void cancel_connect(le_coro *c, void *obj) {
   connect_req *r = obj;
   (void)c;
   r->c = NULL;
-  if (r->resolving) {
-    uv_cancel((uv_req_t *)&r->gai); /* on_resolved frees r */
-    return;
-  }
+  if (r->holds & HOLD_RESOLVER) /* on_resolved lets go of r */
+    uv_cancel((uv_req_t *)&r->gai);
+  close_timer(r);
   if (r->conn != NULL) le_conn_cancel_connect(r->conn);
-  free(r);
+  release(r, HOLD_WAIT);
 }
 
 /* The result never reached the coroutine: a connected socket nobody will
@@ -120,20 +211,21 @@ static void drop_connect(le_coro *c, void *obj) {
   connect_req *r = obj;
   (void)c;
   if (r->conn != NULL) le_conn_close(r->conn);
-  free(r);
+  r->c = NULL;
+  release(r, HOLD_WAIT);
 }
 
 static int connect_k(lua_State *L, int status, lua_KContext kctx);
 
-static const le_wait_ops connect_ops = {"luaecho.connect", arm_connect,
-                                        cancel_connect, drop_connect,
-                                        connect_k};
+static const le_wait_ops connect_ops = {
+    "luaecho.connect", arm_connect, cancel_connect, drop_connect, connect_k};
 
 static int connect_k(lua_State *L, int status, lua_KContext kctx) {
   connect_req *r = (connect_req *)kctx;
   int err = status < 0 ? status : r->status;
   le_conn *conn = r->conn;
-  free(r); /* before anything that may raise */
+  r->c = NULL;
+  release(r, HOLD_WAIT); /* before anything that may raise */
   if (err < 0) return le_lconn_push_error(L, err);
   le_lconn_adopt(&conn->lc, L);
   return 1;
@@ -194,6 +286,7 @@ int le__lmodule_connect(lua_State *L) {
   if (r == NULL) return luaL_error(L, "luaecho.connect: not enough memory");
   *r = req;
   r->ctx = le__lmodule_ctx(L);
+  r->holds = HOLD_WAIT;
   connect_args a = {is_unix ? NULL : host, host + 5, (int)port};
   return le_coro_wait(L, &connect_ops, r, &a);
 }

@@ -239,6 +239,84 @@ static void test_log_now_latest_version(void **state) {
 
 /* ---- connect ---- */
 
+/* The resolver, as the core sees it (linked with --wrap=uv_getaddrinfo).
+ * Names ending in ".test" are this file's: "two.test" resolves to
+ * 127.0.0.2 then 127.0.0.1, "slow.test" to 127.0.0.1 after SLOW_MS; any
+ * other name goes to libuv's resolver. The fake answers are libuv's own
+ * answer for 127.0.0.1, so they come on the loop as a real one does and
+ * uv_freeaddrinfo frees them. */
+int __real_uv_getaddrinfo(uv_loop_t *loop, uv_getaddrinfo_t *req,
+                          uv_getaddrinfo_cb cb, const char *node,
+                          const char *service, const struct addrinfo *hints);
+int __wrap_uv_getaddrinfo(uv_loop_t *loop, uv_getaddrinfo_t *req,
+                          uv_getaddrinfo_cb cb, const char *node,
+                          const char *service, const struct addrinfo *hints);
+
+#define SLOW_MS 300
+
+static struct {
+  uv_getaddrinfo_cb cb; /* the core's callback */
+  int two, slow;        /* which name was asked for */
+  uv_timer_t delay;     /* holds the slow answer */
+  uv_getaddrinfo_t *req;
+  int status;
+  struct addrinfo *res;
+} fake;
+
+/* Returns a one-element addrinfo list for 127.0.0.2, allocated as glibc
+ * allocates its own (one block), so that freeaddrinfo frees it. */
+static struct addrinfo *other_loopback(void) {
+  struct block {
+    struct addrinfo ai;
+    struct sockaddr_in sin;
+  } *b = calloc(1, sizeof *b);
+  assert_non_null(b);
+  uv_ip4_addr("127.0.0.2", 0, &b->sin);
+  b->ai.ai_family = AF_INET;
+  b->ai.ai_socktype = SOCK_STREAM;
+  b->ai.ai_addrlen = sizeof b->sin;
+  b->ai.ai_addr = (struct sockaddr *)&b->sin;
+  return &b->ai;
+}
+
+static void on_delay_closed(uv_handle_t *h) { (void)h; }
+
+static void on_delay(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, on_delay_closed);
+  fake.cb(fake.req, fake.status, fake.res);
+}
+
+static void on_fake_resolved(uv_getaddrinfo_t *req, int status,
+                             struct addrinfo *res) {
+  if (fake.two && status == 0) {
+    struct addrinfo *first = other_loopback();
+    first->ai_next = res;
+    res = first;
+  }
+  if (fake.slow) {
+    fake.req = req;
+    fake.status = status;
+    fake.res = res;
+    uv_timer_init(req->loop, &fake.delay);
+    uv_timer_start(&fake.delay, on_delay, SLOW_MS, 0);
+    return;
+  }
+  fake.cb(req, status, res);
+}
+
+int __wrap_uv_getaddrinfo(uv_loop_t *loop, uv_getaddrinfo_t *req,
+                          uv_getaddrinfo_cb cb, const char *node,
+                          const char *service, const struct addrinfo *hints) {
+  size_t n = node ? strlen(node) : 0;
+  if (n < 5 || strcmp(node + n - 5, ".test") != 0)
+    return __real_uv_getaddrinfo(loop, req, cb, node, service, hints);
+  fake.cb = cb;
+  fake.two = strcmp(node, "two.test") == 0;
+  fake.slow = strcmp(node, "slow.test") == 0;
+  return __real_uv_getaddrinfo(loop, req, on_fake_resolved, "127.0.0.1",
+                               service, hints);
+}
+
 /* The first connection connects back to the listener; the second, made by
  * that connect, echoes one message. */
 static const char *connect_handler =
@@ -257,40 +335,50 @@ static const char *connect_handler =
     "  c2:close()\n"
     "end\n";
 
-static void test_connect_to_listener(void **state) {
-  (void)state;
-  char target[64];
-  snprintf(target, sizeof target, "'127.0.0.1', %d", H.port);
+/* Has the next client's handler call L.connect(<target>), where target is
+ * formatted from fmt, and runs the loop until it has a result. Returns the
+ * client's socket. */
+static int connect_from_handler(const char *fmt, ...) {
+  char target[128];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(target, sizeof target, fmt, ap);
+  va_end(ap);
   handler_fmt(connect_handler, target);
   int fd = h_client(&H);
   RUN_UNTIL(&H, h_global_is_set(&H, "result"));
+  return fd;
+}
+
+/* The connect worked and the message came back; once the client closes,
+ * every connection goes, `freed` in all (-1: any number). */
+static void assert_echoed_then_freed(int fd, int freed) {
   assert_string_equal(h_global(&H, "result"), "ping");
-  assert_int_equal(H.naccepted, 2);
   shutdown(fd, SHUT_WR);
-  RUN_UNTIL(&H, H.freed == 3);
+  RUN_UNTIL(&H, H.ctx.count == 0);
+  if (freed >= 0) assert_int_equal(H.freed, freed);
   close(fd);
+}
+
+static void test_connect_to_listener(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'127.0.0.1', %d", H.port);
+  assert_int_equal(H.naccepted, 2);
+  assert_echoed_then_freed(fd, 3);
 }
 
 static void test_connect_by_name(void **state) {
   (void)state;
-  char target[64];
-  snprintf(target, sizeof target, "'localhost', %d, {timeout = 5}", H.port);
-  handler_fmt(connect_handler, target);
-  int fd = h_client(&H);
-  RUN_UNTIL(&H, h_global_is_set(&H, "result"));
-  /* localhost may resolve to ::1 first, where nothing listens. */
-  const char *r = h_global(&H, "result");
-  if (strcmp(r, "ping") != 0) assert_string_equal(r, "nil,econnrefused");
-  close(fd);
+  /* localhost may resolve to ::1 first, where nothing listens: then
+   * 127.0.0.1 is tried next. */
+  int fd = connect_from_handler("'localhost', %d, {timeout = 5}", H.port);
+  assert_int_equal(H.naccepted, 2);
+  assert_echoed_then_freed(fd, -1);
 }
 
 static void test_connect_refused(void **state) {
   (void)state;
-  char target[64];
-  snprintf(target, sizeof target, "'127.0.0.1', %d", h_closed_port());
-  handler_fmt(connect_handler, target);
-  int fd = h_client(&H);
-  RUN_UNTIL(&H, h_global_is_set(&H, "result"));
+  int fd = connect_from_handler("'127.0.0.1', %d", h_closed_port());
   assert_string_equal(h_global(&H, "result"), "nil,econnrefused");
   /* The failed outbound connection is freed by itself. */
   RUN_UNTIL(&H, H.ctx.count == 1);
@@ -345,16 +433,53 @@ static void test_connect_timeout(void **state) {
   (void)state;
   int filler, port;
   int lfd = h_full_listener(&filler, &port);
-  char target[64];
-  snprintf(target, sizeof target, "'127.0.0.1', %d, {timeout = 0.05}", port);
-  handler_fmt(connect_handler, target);
-  int fd = h_client(&H);
-  RUN_UNTIL(&H, h_global_is_set(&H, "result"));
+  int fd = connect_from_handler("'127.0.0.1', %d, {timeout = 0.05}", port);
   assert_string_equal(h_global(&H, "result"), "nil,timeout");
   RUN_UNTIL(&H, H.ctx.count == 1);
   close(fd);
   close(filler);
   close(lfd);
+}
+
+/* A name with two addresses, the first refusing (nothing listens on
+ * 127.0.0.2): the second is tried and connects. */
+static void test_connect_tries_every_address(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'two.test', %d", H.port);
+  assert_int_equal(H.naccepted, 2);
+  /* The handler's connection, the refused attempt, the outbound one and
+   * the listener's end of it. */
+  assert_echoed_then_freed(fd, 4);
+}
+
+/* Every address refuses: the error is the last attempt's. */
+static void test_connect_every_address_refused(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'two.test', %d", h_closed_port());
+  assert_string_equal(h_global(&H, "result"), "nil,econnrefused");
+  RUN_UNTIL(&H, H.ctx.count == 1);
+  close(fd);
+}
+
+/* The timeout covers name resolution: a resolver slower than it ends the
+ * connect with "timeout", and its late answer is freed (valgrind and ASan
+ * check) without touching the handler, which has gone on. */
+static void test_connect_timeout_covers_resolution(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'slow.test', %d, {timeout = 0.05}", H.port);
+  assert_string_equal(h_global(&H, "result"), "nil,timeout");
+  /* The answer is still held back: the timeout, not the resolver, ended
+   * the wait. */
+  assert_true(fake.slow && uv_is_active((uv_handle_t *)&fake.delay));
+  assert_int_equal(H.naccepted, 1); /* nothing connected to the listener */
+  close(fd);
+}
+
+/* The same slow resolver with time to spare: the connect waits for it. */
+static void test_connect_waits_for_slow_resolution(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'slow.test', %d, {timeout = 5}", H.port);
+  assert_echoed_then_freed(fd, 3);
 }
 
 /* Where a coroutine cannot wait, each function that would wait raises
@@ -467,6 +592,10 @@ int main(void) {
       T(test_connect_misuse_raises),
       T(test_connect_unix),
       T(test_connect_timeout),
+      T(test_connect_tries_every_address),
+      T(test_connect_every_address_refused),
+      T(test_connect_timeout_covers_resolution),
+      T(test_connect_waits_for_slow_resolution),
       T(test_waits_refused_in_sort_comparator),
       T(test_ended_while_connecting),
       T(test_ended_while_resolving),
