@@ -52,7 +52,7 @@ end
 -- Runs luaecho in client mode with `script` as client.lua. opts:
 -- addr (required), args = the script's arguments, before = options in
 -- front of --connect, count = -c N, stream = "stdout" | "stderr" to keep
--- one stream, files = more files for the run's dir. Returns exit code,
+-- one stream, files = more files for the run's dir, env = for the process. Returns exit code,
 -- output lines.
 local function run_client(script, opts)
   local argv = {}
@@ -67,7 +67,8 @@ local function run_client(script, opts)
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
   local files = { ["client.lua"] = script }
   for name, src in pairs(opts.files or {}) do files[name] = src end
-  local code, lines = server.run{ args = argv, files = files, stream = opts.stream, timeout = 30 }
+  local code, lines = server.run{ args = argv, files = files, env = opts.env, stream = opts.stream,
+    timeout = 30 }
   return code, lines
 end
 
@@ -191,6 +192,28 @@ end
     local srv = start_peer()
     local code, lines = run_client(HELLO, { addr = srv.addrs[2].text, stream = "stdout" })
     assert.same({ 0, { "reply: hello" } }, { code, lines })
+  end)
+
+  it("tries every address of a host name in turn until one connects", function()
+    -- two.test is 127.0.0.2, where nothing listens, then 127.0.0.1 (as
+    -- localhost is often ::1 then 127.0.0.1).
+    local srv = start_peer()
+    local port = tcp_addr(srv):match(":(%d+)$")
+    local code, lines = run_client(HELLO, {
+      addr = "two.test:" .. port, stream = "stdout", env = server.hosts_env(),
+      files = { hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+    })
+    assert.same({ 0, { "reply: hello" } }, { code, lines })
+  end)
+
+  it("reports the last address's error when none connects", function()
+    local code, lines = run_client(HELLO, {
+      addr = "two.test:" .. closed_port(), stream = "stderr", env = server.hosts_env(),
+      files = { hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+    })
+    assert.equal(1, code)
+    assert.equal(1, #lines, table.concat(lines, "\n"))
+    assert.truthy(lines[1]:find(record("error", "cannot connect to two%.test:%d+: econnrefused")), lines[1])
   end)
 
   describe("cannot connect", function()

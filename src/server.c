@@ -390,28 +390,40 @@ static void on_acceptable(uv_poll_t *p, int status, int events) {
   update_listener(l);
 }
 
-/* Resolves a TCP listen address: numeric forms directly, names through the
- * resolver (at start-up, so blocking is fine). */
-static int resolve(const le_addr *a, struct sockaddr_storage *ss, char *why,
-                   size_t whylen) {
+/* Resolves a TCP address at start-up (so blocking is fine): a numeric form
+ * directly, a name through the resolver. Fills ss with up to max addresses
+ * in the resolver's order; returns how many, or -1 with why set. */
+static int resolve_all(const le_addr *a, struct sockaddr_storage *ss, int max,
+                       int flags, char *why, size_t whylen) {
   if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)ss) == 0 ||
       uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)ss) == 0)
-    return 0;
+    return 1;
   struct addrinfo hints, *res;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
+  hints.ai_flags = flags;
   int r = getaddrinfo(a->host, NULL, &hints, &res);
   if (r != 0) {
     snprintf(why, whylen, "cannot resolve host '%s': %s", a->host,
              gai_strerror(r));
     return -1;
   }
-  memcpy(ss, res->ai_addr, res->ai_addrlen);
-  le_addr_set_port((struct sockaddr *)ss, a->port);
+  int n = 0;
+  for (struct addrinfo *ai = res; ai != NULL && n < max; ai = ai->ai_next) {
+    if (ai->ai_addrlen > sizeof ss[n]) continue;
+    memcpy(&ss[n], ai->ai_addr, ai->ai_addrlen);
+    le_addr_set_port((struct sockaddr *)&ss[n], a->port);
+    n++;
+  }
   freeaddrinfo(res);
-  return 0;
+  return n;
+}
+
+/* Resolves a TCP listen address to the one address to bind. */
+static int resolve(const le_addr *a, struct sockaddr_storage *ss, char *why,
+                   size_t whylen) {
+  return resolve_all(a, ss, 1, AI_PASSIVE, why, whylen) < 0 ? -1 : 0;
 }
 
 /* Creates l's socket for `family`, as libuv would: non-blocking, closed
@@ -964,9 +976,41 @@ static void client_ended(le_server *s, int exit_status) {
   if (s->stopping && s->conns.count == 0) finish(s);
 }
 
-static void on_client_connected(le_conn *c, int status, void *arg) {
-  le_server *s = arg;
+static void on_client_connected(le_conn *c, int status, void *arg);
+
+/* Starts client i's connect to the next address it has not tried (the
+ * unix socket when there is one). Returns 0, or a libuv error when no
+ * address is left that takes a connect. */
+static int connect_client(le_server *s, size_t i) {
   le_clients *cl = &s->clients;
+  int r = UV_EAI_NONAME;
+  if (cl->path[0] != '\0' && cl->tried[i]++ == 0)
+    return le_conn_connect(&s->conns, NULL, cl->path, &s->cfg->opts,
+                           LE_CLIENT_CONNECT_TIMEOUT_MS, on_client_connected,
+                           &cl->tried[i], &r)
+               ? 0
+               : r;
+  while (cl->path[0] == '\0' && cl->tried[i] < cl->naddrs) {
+    const struct sockaddr *sa = (struct sockaddr *)&cl->addrs[cl->tried[i]++];
+    if (le_conn_connect(&s->conns, sa, NULL, &s->cfg->opts,
+                        LE_CLIENT_CONNECT_TIMEOUT_MS, on_client_connected,
+                        &cl->tried[i], &r) != NULL)
+      return 0;
+  }
+  return r;
+}
+
+/* A client's connect ended: it runs the script, or tries the name's next
+ * address, or gives up with the last error. `arg` is its tried[] entry. */
+static void on_client_connected(le_conn *c, int status, void *arg) {
+  le_server *s = server_of_conns(c->ctx);
+  le_clients *cl = &s->clients;
+  size_t i = (size_t)((uint8_t *)arg - cl->tried);
+  if (status < 0 && !s->stopping) {
+    int r = connect_client(s, i);
+    if (r == 0) return;
+    if (r != UV_EAI_NONAME) status = r;
+  }
   if (status < 0) {
     char name[32];
     le_logf(&s->log, LE_LOG_ERROR, "cannot connect to %s: %s", cl->address,
@@ -987,13 +1031,24 @@ int le_server_connect(le_server *s, const char *address, const char *path,
   le_clients *cl = &s->clients;
   le_addr a;
   char why[300];
-  struct sockaddr_storage ss;
   if (le_addr_parse(address, &a, why, sizeof why) != 0) {
     snprintf(err, errlen, "--connect: invalid address '%s': %s", address, why);
     return -1;
   }
-  if (a.kind == LE_ADDR_TCP && resolve(&a, &ss, why, sizeof why) != 0) {
-    snprintf(err, errlen, "cannot connect to %s: %s", address, why);
+  if (a.kind == LE_ADDR_TCP) {
+    cl->naddrs =
+        resolve_all(&a, cl->addrs, LE_CLIENT_ADDRS_MAX, 0, why, sizeof why);
+    if (cl->naddrs <= 0) {
+      snprintf(err, errlen, "cannot connect to %s: %s", address,
+               cl->naddrs < 0 ? why : "the name has no address");
+      return -1;
+    }
+  } else {
+    memcpy(cl->path, a.path, sizeof cl->path);
+  }
+  cl->tried = calloc(n, 1);
+  if (cl->tried == NULL) {
+    snprintf(err, errlen, "cannot connect to %s: out of memory", address);
     return -1;
   }
   cl->script = load_script(s, path, err, errlen);
@@ -1002,12 +1057,9 @@ int le_server_connect(le_server *s, const char *address, const char *path,
   cl->nargs = nargs;
   le_addr_format(&a, cl->address, sizeof cl->address);
   for (size_t i = 0; i < n; i++) {
-    int r = 0;
     cl->left++;
-    if (le_conn_connect(
-            &s->conns, a.kind == LE_ADDR_TCP ? (struct sockaddr *)&ss : NULL,
-            a.kind == LE_ADDR_UNIX ? a.path : NULL, &s->cfg->opts,
-            LE_CLIENT_CONNECT_TIMEOUT_MS, on_client_connected, s, &r) == NULL) {
+    int r = connect_client(s, i);
+    if (r != 0) {
       snprintf(err, errlen, "cannot connect to %s: %s", cl->address,
                uv_strerror(r));
       return -1;
@@ -1104,6 +1156,7 @@ void le_server_free(le_server *s) {
   if (s->trace_fd >= 0) close(s->trace_fd);
   if (s->cfg != NULL) le_config_free(s->cfg);
   free(s->cfg);
+  free(s->clients.tried);
   if (s->admin_conf != NULL) {
     free(s->admin_conf->address);
     free(s->admin_conf);

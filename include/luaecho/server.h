@@ -69,11 +69,14 @@ struct le_listener {
   le_listener *next;                 /* in the server's list */
 };
 
+/* How long a client may take to connect (to each address it tries). */
+#define LE_CLIENT_CONNECT_TIMEOUT_MS 10000
+/* The most addresses of a host name a client tries, in the resolver's
+ * order ("localhost" is often ::1, then 127.0.0.1). */
+#define LE_CLIENT_ADDRS_MAX 8
+
 /* Client mode (luaecho --connect): the outbound connections that run the
  * client script, and the exit status they make. */
-/* How long a client may take to connect. */
-#define LE_CLIENT_CONNECT_TIMEOUT_MS 10000
-
 typedef struct le_clients {
   le_script *script;       /* the client script (on the script list) */
   const char *const *args; /* the script's arguments; not owned */
@@ -81,6 +84,10 @@ typedef struct le_clients {
   size_t left;                    /* clients connecting or running */
   int status;                     /* the highest exit status so far */
   char address[LE_ADDR_TEXT_MAX]; /* where they connect, for messages */
+  char path[LE_ADDR_PATH_MAX];    /* a unix socket's path, or "" */
+  struct sockaddr_storage addrs[LE_CLIENT_ADDRS_MAX]; /* TCP: to try */
+  int naddrs;
+  uint8_t *tried; /* per client: how many of addrs it has tried */
 } le_clients;
 
 struct le_server {

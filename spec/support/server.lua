@@ -183,7 +183,27 @@ local function prepare(opts)
   -- The default cwd is the temp dir, so a ./config.lua in the repository
   -- never leaks into a run.
   local cwd = opts.cwd and subst(opts.cwd, dir) or dir
-  return dir, argv, { cwd = cwd, env = opts.env, stdin_null = true }
+  local env
+  for k, v in pairs(opts.env or {}) do
+    env = env or {}
+    env[k] = subst(v, dir)
+  end
+  return dir, argv, { cwd = cwd, env = env, stdin_null = true }
+end
+
+-- An environment (start's and run's `env`) in which luaecho's resolver
+-- also reads the hosts file `hosts` of the run's dir (give it in `files`):
+-- Debian's libnss-wrapper, preloaded. For names with several addresses,
+-- without touching /etc/hosts.
+function M.hosts_env()
+  local env = { LD_PRELOAD = "libnss_wrapper.so", NSS_WRAPPER_HOSTS = "@DIR@/hosts" }
+  if M.SANITIZED then
+    -- ASan wants its runtime first among the libraries; the wrapper only
+    -- stands in for libc's resolver, so the order does not matter here.
+    local old = os.getenv("ASAN_OPTIONS")
+    env.ASAN_OPTIONS = (old and old ~= "" and old .. ":" or "") .. "verify_asan_link_order=0"
+  end
+  return env
 end
 
 -- ---- addresses ----------------------------------------------------------
@@ -434,7 +454,7 @@ function M.run(opts)
       local env = {}
       for k, v in pairs(spawn_opts.env or {}) do env[k] = v end
       for _, name in ipairs{ "ASAN_OPTIONS", "UBSAN_OPTIONS" } do
-        local old = os.getenv(name)
+        local old = env[name] or os.getenv(name)
         env[name] = (old and old ~= "" and old .. ":" or "") .. "log_path=" .. dir .. "/sanitizer"
       end
       spawn_opts.env = env
