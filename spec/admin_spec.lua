@@ -345,6 +345,16 @@ describe("admin listener", function()
       assert.equal("closed", err)
     end)
 
+    -- Taking a line used to copy the rest of the buffer: a megabyte of
+    -- empty lines at once then computed past the 5 s cpu_limit, which ended
+    -- the admin connection before it answered.
+    it("reads many lines sent at once in time proportional to their bytes", function()
+      local srv, addr = start()
+      local admin = admin_conn(addr)
+      assert.same({ "commands:" }, { command(admin, string.rep("\n", 1000000) .. "help")[1] })
+      assert.is_nil(srv:log_text():find("cpu_limit exceeded", 1, true))
+    end)
+
     it("works from nc", function()
       local srv, addr = start()
       client_of(srv)

@@ -76,36 +76,40 @@ end
 -- ---- reading ----------------------------------------------------------------
 
 -- A line reader over conn's raw input: the first bytes decide the protocol
--- before any framing is chosen.
+-- before any framing is chosen. buf holds what was received and pos where
+-- the next line starts: taking a line moves pos instead of copying the rest
+-- of buf, so a client that sends many lines at once costs time in
+-- proportion to its bytes, not to their square.
 local Reader = {}
 Reader.__index = Reader
 
 local MAX_LINE = 8192
 
 local function new_reader(conn)
-  return setmetatable({ conn = conn, buf = "" }, Reader)
+  return setmetatable({ conn = conn, buf = "", pos = 1 }, Reader)
 end
 
 -- Returns the next line without its end ("\n" or "\r\n"), or nil, err.
 function Reader:line()
   while true do
-    local nl = self.buf:find("\n", 1, true)
+    local nl = self.buf:find("\n", self.pos, true)
     if nl then
-      local line = self.buf:sub(1, nl - 1):gsub("\r$", "")
-      self.buf = self.buf:sub(nl + 1)
+      local line = self.buf:sub(self.pos, nl - 1):gsub("\r$", "")
+      self.pos = nl + 1
       return line
     end
-    if #self.buf > MAX_LINE then return nil, "line too long" end
+    local rest = self.buf:sub(self.pos)
+    self.buf, self.pos = rest, 1
+    if #rest > MAX_LINE then return nil, "line too long" end
     local data, err = self.conn:recv()
     if not data then
-      if err == "closed" and #self.buf > 0 then
-        local line = self.buf
+      if err == "closed" and #rest > 0 then
         self.buf = ""
-        return line
+        return rest
       end
       return nil, err
     end
-    self.buf = self.buf .. data
+    self.buf = rest .. data
   end
 end
 
