@@ -534,6 +534,17 @@ for f in text_string_to_metric_families(open(sys.argv[1]).read()):
       assert.equal(404, (http(addr, "POST", "/api/close?id=" .. id)))
     end)
 
+    it("POST /api/close?id=N refuses the requesting connection itself with 409", function()
+      local srv, addr = start()
+      local s = admin_conn(addr)
+      local id = row_of(admin_conn(addr), s)[1]
+      assert(s:send(("POST /api/close?id=%s HTTP/1.1\r\n\r\n"):format(id)))
+      local reply = server.read_all_until_close(s, 10)
+      assert.matches("^HTTP/1%.1 409 ", reply)
+      assert.truthy(reply:find('"error":"this is the admin connection itself"', 1, true), reply)
+      assert.is_nil(srv:log_text():find("handler error", 1, true))
+    end)
+
     it("GET /events?id=N streams the connection's trace events until it ends", function()
       local srv, addr, c, admin, id = start_with_client()
       local ev = admin_conn(addr)

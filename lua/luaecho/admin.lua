@@ -496,6 +496,10 @@ local function route(conn, method, path, query)
   local id = math.tointeger(tonumber(query.id))
   if method == "POST" and path == "/api/close" then
     if not id then return respond_json(conn, 400, { error = "id required" }) end
+    -- inspect.kill raises for the connection running the caller.
+    if id == conn.id then
+      return respond_json(conn, 409, { ok = false, error = "this is the admin connection itself" })
+    end
     local ok, why = inspect.kill(id)
     return respond_json(conn, ok and 200 or why == "closing" and 409 or 404,
       { ok = ok or false, error = why })
