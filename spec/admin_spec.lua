@@ -545,6 +545,18 @@ for f in text_string_to_metric_families(open(sys.argv[1]).read()):
       assert.is_nil(srv:log_text():find("handler error", 1, true))
     end)
 
+    -- Following itself, the stream's own writes were events to send: it
+    -- never went quiet and put a trace line in the log every 0.1 s.
+    it("GET /events?id=N refuses the requesting connection itself with 409", function()
+      local _, addr = start()
+      local s = admin_conn(addr)
+      local id = row_of(admin_conn(addr), s)[1]
+      assert(s:send(("GET /events?id=%s HTTP/1.1\r\n\r\n"):format(id)))
+      assert.matches("^HTTP/1%.1 409 ", assert(s:receive("*l")))
+      local reply = server.read_all_until_close(s, 10)
+      assert.truthy(reply:find('"error":"this is the admin connection itself"', 1, true), reply)
+    end)
+
     it("GET /events?id=N streams the connection's trace events until it ends", function()
       local srv, addr, c, admin, id = start_with_client()
       local ev = admin_conn(addr)

@@ -492,14 +492,18 @@ local function stream_events(conn, id)
   end
 end
 
+-- The requesting connection cannot be closed (inspect.kill raises for the
+-- connection running the caller) nor followed (the stream's own writes would
+-- be events to stream, so it would never go quiet).
+local function refuse_itself(conn)
+  return respond_json(conn, 409, { ok = false, error = "this is the admin connection itself" })
+end
+
 local function route(conn, method, path, query)
   local id = math.tointeger(tonumber(query.id))
   if method == "POST" and path == "/api/close" then
     if not id then return respond_json(conn, 400, { error = "id required" }) end
-    -- inspect.kill raises for the connection running the caller.
-    if id == conn.id then
-      return respond_json(conn, 409, { ok = false, error = "this is the admin connection itself" })
-    end
+    if id == conn.id then return refuse_itself(conn) end
     local ok, why = inspect.kill(id)
     return respond_json(conn, ok and 200 or why == "closing" and 409 or 404,
       { ok = ok or false, error = why })
@@ -516,6 +520,7 @@ local function route(conn, method, path, query)
     return respond_json(conn, c and 200 or 404, c or { error = "no such connection" })
   elseif path == "/events" then
     if not id then return respond_json(conn, 400, { error = "id required" }) end
+    if id == conn.id then return refuse_itself(conn) end
     return stream_events(conn, id)
   end
   return respond_json(conn, 404, { error = "not found: " .. path })
