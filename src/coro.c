@@ -148,13 +148,11 @@ static void reset(lua_State *L, lua_State *co, int stopped) {
   lua_pop(L, 1);
 }
 
-/* Pushes msg with every control byte written as an escape (a newline as
- * backslash-n, byte 27 as backslash-x1b): a handler may raise any text, and
- * the log's "handler error:" line must stay one line above the traceback. */
-static void push_one_line(lua_State *L, const char *msg) {
+void le_coro_push_one_line(lua_State *L, const char *s, size_t len) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  for (const unsigned char *p = (const unsigned char *)msg; *p != '\0'; p++) {
+  const unsigned char *end = (const unsigned char *)s + len;
+  for (const unsigned char *p = (const unsigned char *)s; p < end; p++) {
     char esc[8];
     if (*p >= 0x20 && *p != 0x7f) {
       luaL_addchar(&b, (char)*p);
@@ -176,7 +174,8 @@ static void push_one_line(lua_State *L, const char *msg) {
  * Stack: the failed thread, the message as a light userdata. */
 static int build_report(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
-  push_one_line(L, lua_touserdata(L, 2));
+  const char *msg = lua_touserdata(L, 2);
+  le_coro_push_one_line(L, msg, strlen(msg));
   luaL_traceback(L, co, lua_tostring(L, -1), 0);
   return 1;
 }
