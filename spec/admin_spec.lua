@@ -345,6 +345,16 @@ describe("admin listener", function()
       assert.equal("closed", err)
     end)
 
+    -- Taking a line used to copy the rest of the buffer: a megabyte of
+    -- empty lines at once then computed past the 5 s cpu_limit, which ended
+    -- the admin connection before it answered.
+    it("reads many lines sent at once in time proportional to their bytes", function()
+      local srv, addr = start()
+      local admin = admin_conn(addr)
+      assert.same({ "commands:" }, { command(admin, string.rep("\n", 1000000) .. "help")[1] })
+      assert.is_nil(srv:log_text():find("cpu_limit exceeded", 1, true))
+    end)
+
     it("works from nc", function()
       local srv, addr = start()
       client_of(srv)
@@ -522,6 +532,29 @@ for f in text_string_to_metric_families(open(sys.argv[1]).read()):
       assert.equal(200, status, body)
       assert.same({ n = 2, nil, "killed" }, assert(srv:report("recv" .. id)))
       assert.equal(404, (http(addr, "POST", "/api/close?id=" .. id)))
+    end)
+
+    it("POST /api/close?id=N refuses the requesting connection itself with 409", function()
+      local srv, addr = start()
+      local s = admin_conn(addr)
+      local id = row_of(admin_conn(addr), s)[1]
+      assert(s:send(("POST /api/close?id=%s HTTP/1.1\r\n\r\n"):format(id)))
+      local reply = server.read_all_until_close(s, 10)
+      assert.matches("^HTTP/1%.1 409 ", reply)
+      assert.truthy(reply:find('"error":"this is the admin connection itself"', 1, true), reply)
+      assert.is_nil(srv:log_text():find("handler error", 1, true))
+    end)
+
+    -- Following itself, the stream's own writes were events to send: it
+    -- never went quiet and put a trace line in the log every 0.1 s.
+    it("GET /events?id=N refuses the requesting connection itself with 409", function()
+      local _, addr = start()
+      local s = admin_conn(addr)
+      local id = row_of(admin_conn(addr), s)[1]
+      assert(s:send(("GET /events?id=%s HTTP/1.1\r\n\r\n"):format(id)))
+      assert.matches("^HTTP/1%.1 409 ", assert(s:receive("*l")))
+      local reply = server.read_all_until_close(s, 10)
+      assert.truthy(reply:find('"error":"this is the admin connection itself"', 1, true), reply)
     end)
 
     it("GET /events?id=N streams the connection's trace events until it ends", function()

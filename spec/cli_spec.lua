@@ -115,6 +115,12 @@ describe("command line", function()
       end)
     end)
 
+    it("escapes the other control bytes of an error, which could rewrite the line on a terminal", function()
+      assert_startup_error({ config = 'error("a\\27[2Jb\\bc\\0d", 0)\n' }, function(dir)
+        return "luaecho: " .. dir .. "/config.lua: a\\x1b[2Jb\\x08c"
+      end)
+    end)
+
     it("reports an invalid address", function()
       assert_startup_error({ config = 'listen = { "foo" }\n' }, function(dir)
         return "luaecho: " .. dir

@@ -96,4 +96,39 @@ describe("handler errors", function()
       assert.equal(50, errors)
     end)
   end)
+
+  describe("an error message with newlines and control bytes", function()
+    it("is logged on one line, its control bytes escaped, before the traceback", function()
+      local srv = server.start{
+        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
+        handlers = { ["h.lua"] = 'return function(conn) error("one\\ntwo\\r\\27[31m") end\n' },
+      }
+      local sock = assert(server.connect(srv.host, srv.port))
+      server.read_all_until_close(sock, 10)
+      local message = ("handler error: %s: one\\ntwo\\r\\x1b[31m"):format(srv:file("h.lua:1"))
+      assert(srv:wait_line(server.record("error", ".*" .. server.literal(message)), 10),
+        "no one-line handler error; log:\n" .. srv:log_text())
+      assert.equal("stack traceback:", srv:next_line(5))
+    end)
+  end)
+
+  describe("an error object that is not a string", function()
+    for _, case in ipairs{
+      { "nil", "error(nil)" },
+      { "table", "error(setmetatable({}, { __tostring = function() error('inner') end }))" },
+    } do
+      it("is logged as its type, on one line naming the file and line (" .. case[1] .. ")", function()
+        local srv = server.start{
+          config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
+          handlers = { ["h.lua"] = "return function(conn)\n  " .. case[2] .. "\nend\n" },
+        }
+        local sock = assert(server.connect(srv.host, srv.port))
+        server.read_all_until_close(sock, 10)
+        local message = ("handler error: %s: (error object is a %s value)"):format(srv:file("h.lua:2"), case[1])
+        assert(srv:wait_line(server.record("error", ".*" .. server.literal(message)), 10),
+          "no handler error line naming h.lua:2; log:\n" .. srv:log_text())
+        assert.equal("stack traceback:", srv:next_line(5))
+      end)
+    end
+  end)
 end)

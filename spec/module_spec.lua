@@ -662,6 +662,21 @@ describe("luaecho", function()
       end
       assert.is_true(loading, "no load-time record; log:\n" .. srv:log_text())
     end)
+
+    -- A handler that logs what a client sent must not let the client split
+    -- the record (and forge the next one) or rewrite it on a terminal.
+    it("writes one line, with control bytes escaped", function()
+      local srv = start_handler([[
+        return function(conn)
+          luaecho.log("warn", "got", conn:recv())
+          conn:send("logged\n")
+        end]])
+      local sock = connect(srv)
+      assert(sock:send("a\n2026-01-01 00:00:00.000 [error] forged\27[2J\0z"))
+      assert.equal("logged", receive_line(sock))
+      expect_line(srv, server.record("warn", "conn %d+: "
+        .. server.literal("got a\\n2026-01-01 00:00:00.000 [error] forged\\x1b[2J\\x00z")))
+    end)
   end)
 
   describe("require", function()

@@ -78,12 +78,35 @@ int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen) {
   return 0;
 }
 
+/* Writes "unix:PATH" with every control byte of PATH as backslash-x and
+ * two hex digits: a client picks the path of its own socket, and a newline
+ * in it must not split (nor an escape byte rewrite) the log line naming the
+ * peer. Cut at len, never in the middle of an escape. */
+static void format_unix(const char *path, char *out, size_t len) {
+  size_t n = strlen(UNIX_PREFIX);
+  if (len <= n) {
+    if (len > 0) out[0] = '\0';
+    return;
+  }
+  memcpy(out, UNIX_PREFIX, n);
+  for (const unsigned char *p = (const unsigned char *)path;
+       *p != '\0' && n + 1 < len; p++) {
+    if (*p >= 0x20 && *p != 0x7f)
+      out[n++] = (char)*p;
+    else if (n + 4 < len)
+      n += (size_t)snprintf(out + n, len - n, "\\x%02x", *p);
+    else
+      break;
+  }
+  out[n] = '\0';
+}
+
 char *le_addr_format_host_port(const char *host, int port, char *out,
                                size_t len) {
   if (port < 0 && *host == '\0')
     snprintf(out, len, "unix");
   else if (port < 0)
-    snprintf(out, len, UNIX_PREFIX "%s", host);
+    format_unix(host, out, len);
   else if (strchr(host, ':') != NULL)
     snprintf(out, len, "[%s]:%d", host, port);
   else

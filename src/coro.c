@@ -6,6 +6,7 @@
 #include <lualib.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "luaecho/lmem.h"
 
@@ -147,12 +148,50 @@ static void reset(lua_State *L, lua_State *co, int stopped) {
   lua_pop(L, 1);
 }
 
+void le_coro_push_one_line(lua_State *L, const char *s, size_t len) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  const unsigned char *end = (const unsigned char *)s + len;
+  for (const unsigned char *p = (const unsigned char *)s; p < end; p++) {
+    char esc[8];
+    if (*p >= 0x20 && *p != 0x7f) {
+      luaL_addchar(&b, (char)*p);
+    } else if (*p == '\n') {
+      luaL_addstring(&b, "\\n");
+    } else if (*p == '\r') {
+      luaL_addstring(&b, "\\r");
+    } else if (*p == '\t') {
+      luaL_addstring(&b, "\\t");
+    } else {
+      snprintf(esc, sizeof esc, "\\x%02x", *p);
+      luaL_addstring(&b, esc);
+    }
+  }
+  luaL_pushresult(&b);
+}
+
 /* Builds "<message>\nstack traceback: ..." on L (protected: it allocates).
  * Stack: the failed thread, the message as a light userdata. */
 static int build_report(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
-  luaL_traceback(L, co, lua_touserdata(L, 2), 0);
+  const char *msg = lua_touserdata(L, 2);
+  le_coro_push_one_line(L, msg, strlen(msg));
+  luaL_traceback(L, co, lua_tostring(L, -1), 0);
   return 1;
+}
+
+/* Writes "file:line: " of the innermost Lua function on co's stack into buf
+ * (empty when there is none): a value that is not a string carries no
+ * position, and the log line should still name where it was raised. */
+static void where_raised(lua_State *co, char *buf, size_t len) {
+  lua_Debug ar;
+  buf[0] = '\0';
+  for (int level = 0; lua_getstack(co, level, &ar); level++) {
+    if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
+      snprintf(buf, len, "%s:%d: ", ar.short_src, ar.currentline);
+      return;
+    }
+  }
 }
 
 /* Writes the plain message for a coroutine that ended with `status` into
@@ -174,7 +213,10 @@ static const char *plain_message(le_coro *c, int status, char *buf,
   } else if (lua_type(co, -1) == LUA_TSTRING) {
     return lua_tostring(co, -1);
   } else {
-    snprintf(buf, len, "(error object is a %s value)", luaL_typename(co, -1));
+    char where[LUA_IDSIZE + 32];
+    where_raised(co, where, sizeof where);
+    snprintf(buf, len, "%s(error object is a %s value)", where,
+             luaL_typename(co, -1));
   }
   return buf;
 }
@@ -192,7 +234,9 @@ static const char *report(le_coro *c, int status, char *buf, size_t len,
   *pushed = lua_pcall(L, 2, 1, 0) == LUA_OK;
   if (*pushed) return lua_tostring(L, -1);
   lua_pop(L, 1);
-  return msg;
+  /* No memory to escape it: the first line still makes one line. */
+  if (msg != buf) snprintf(buf, len, "%.*s", (int)strcspn(msg, "\r\n"), msg);
+  return buf;
 }
 
 /* Reports how the coroutine ended and drops it. The error text is built

@@ -28,7 +28,9 @@ static int l_now(lua_State *L) {
 }
 
 /* luaecho.log(level, ...): one log record; the arguments are joined with
- * spaces, and a connection's coroutine gets "conn ID: " in front. */
+ * spaces, and a connection's coroutine gets "conn ID: " in front. Control
+ * bytes are escaped: a handler often logs what a client sent, and a newline
+ * there must not split the record (nor forge the next one). */
 static int l_log(lua_State *L) {
   static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
   int level = luaL_checkoption(L, 1, NULL, levels);
@@ -46,6 +48,9 @@ static int l_log(lua_State *L) {
     luaL_addvalue(&b);
   }
   luaL_pushresult(&b);
+  size_t len;
+  const char *text = lua_tolstring(L, -1, &len);
+  le_coro_push_one_line(L, text, len);
   le_logf(le__lmodule_ctx(L)->log, (le_log_level)level, "%s",
           lua_tostring(L, -1));
   return 0;

@@ -80,11 +80,17 @@ void le_sandbox_message(char *out, size_t outlen, const char *name,
     int k = snprintf(out, outlen, "%s: ", name);
     n = k < 0 ? 0 : (size_t)k < outlen ? (size_t)k : outlen - 1;
   }
-  for (const char *p = msg; *p != '\0' && n + 1 < outlen; p++) {
-    if (strchr("\n\r\t", *p) == NULL)
-      out[n++] = *p;
-    else if (n > 0 && out[n - 1] != ' ')
-      out[n++] = ' ';
+  for (const unsigned char *p = (const unsigned char *)msg;
+       *p != '\0' && n + 1 < outlen; p++) {
+    if (*p == '\n' || *p == '\r' || *p == '\t') {
+      if (n > 0 && out[n - 1] != ' ') out[n++] = ' ';
+    } else if (*p >= 0x20 && *p != 0x7f) {
+      out[n++] = (char)*p;
+    } else if (n + 4 < outlen) {
+      n += (size_t)snprintf(out + n, outlen - n, "\\x%02x", *p);
+    } else {
+      break;
+    }
   }
   out[n] = '\0';
 }

@@ -239,6 +239,16 @@ static void test_sockaddr_unnamed_unix(void **state) {
   assert_split(&ss, len, "", -1);
 }
 
+/* A client picks its own socket's path: a newline or an escape byte in it
+ * must not split or rewrite the log line that names the peer. */
+static void test_sockaddr_unix_control_bytes_escaped(void **state) {
+  (void)state;
+  struct sockaddr_storage ss;
+  socklen_t len = make_unix(&ss, "/tmp/a\nb\033[31m");
+  assert_string_equal(format_sa(&ss, len), "unix:/tmp/a\\x0ab\\x1b[31m");
+  assert_split(&ss, len, "/tmp/a\nb\033[31m", -1);
+}
+
 /* A full-length sun_path has no terminating NUL; only salen bounds it. */
 static void test_sockaddr_unix_path_without_nul(void **state) {
   (void)state;
@@ -292,6 +302,7 @@ int main(void) {
       cmocka_unit_test(test_sockaddr_ipv6),
       cmocka_unit_test(test_sockaddr_unix),
       cmocka_unit_test(test_sockaddr_unnamed_unix),
+      cmocka_unit_test(test_sockaddr_unix_control_bytes_escaped),
       cmocka_unit_test(test_sockaddr_unix_path_without_nul),
       cmocka_unit_test(test_sockaddr_unknown_family),
   };

@@ -939,7 +939,7 @@ static void test_handler_error_object_not_a_string(void **state) {
   start(f, "error({})");
   assert_ended(f, 1);
   assert_contains(f->log_text,
-                  "handler error: (error object is a table value)");
+                  "handler error: handler:1: (error object is a table value)");
 }
 
 static void test_bare_yield_is_a_handler_error(void **state) {

@@ -37,7 +37,8 @@ int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen);
 char *le_addr_format(const le_addr *addr, char *out, size_t len);
 
 /* Writes host and port as "1.2.3.4:5", "[::1]:5" (a host with a colon),
- * "unix:PATH" (port < 0), or "unix" (port < 0 and no path). Returns out. */
+ * "unix:PATH" (port < 0; control bytes in PATH written as "\x0a"), or
+ * "unix" (port < 0 and no path). Returns out. */
 char *le_addr_format_host_port(const char *host, int port, char *out,
                                size_t len);
 

@@ -194,6 +194,12 @@ int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
  * first. Does nothing unless c is WAITING. */
 void le_coro_wake(le_coro *c);
 
+/* Pushes the len bytes at s with every control byte written as an escape
+ * (a newline as backslash-n, byte 27 as backslash-x1b), as the report of a
+ * failed coroutine writes its message: a handler may raise or log any
+ * bytes, a client's among them, and a log record must stay one line. */
+void le_coro_push_one_line(lua_State *L, const char *s, size_t len);
+
 /* Returns the le_coro that L runs in, or NULL for the main thread or a
  * coroutine the handler created itself. */
 le_coro *le_coro_of(lua_State *L);

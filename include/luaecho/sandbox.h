@@ -54,7 +54,9 @@ int le_sandbox_loadbuffer(lua_State *L, const char *buf, size_t len,
 
 /* Writes msg, an error from loading or running the file `name`, into out as
  * the one line luaecho reports: runs of newlines and tabs (Lua's multi-line
- * messages, a message a chunk raised) become one space, and "name: " goes
+ * messages, a message a chunk raised) become one space, other control bytes
+ * are written as escapes (byte 27 as backslash-x1b, so that the line cannot
+ * move a terminal's cursor over what it says), and "name: " goes
  * in front unless msg names the file already (or starts with "...", as Lua
  * shortens a long file name). Cut at outlen, never overrun. */
 void le_sandbox_message(char *out, size_t outlen, const char *name,

@@ -76,36 +76,40 @@ end
 -- ---- reading ----------------------------------------------------------------
 
 -- A line reader over conn's raw input: the first bytes decide the protocol
--- before any framing is chosen.
+-- before any framing is chosen. buf holds what was received and pos where
+-- the next line starts: taking a line moves pos instead of copying the rest
+-- of buf, so a client that sends many lines at once costs time in
+-- proportion to its bytes, not to their square.
 local Reader = {}
 Reader.__index = Reader
 
 local MAX_LINE = 8192
 
 local function new_reader(conn)
-  return setmetatable({ conn = conn, buf = "" }, Reader)
+  return setmetatable({ conn = conn, buf = "", pos = 1 }, Reader)
 end
 
 -- Returns the next line without its end ("\n" or "\r\n"), or nil, err.
 function Reader:line()
   while true do
-    local nl = self.buf:find("\n", 1, true)
+    local nl = self.buf:find("\n", self.pos, true)
     if nl then
-      local line = self.buf:sub(1, nl - 1):gsub("\r$", "")
-      self.buf = self.buf:sub(nl + 1)
+      local line = self.buf:sub(self.pos, nl - 1):gsub("\r$", "")
+      self.pos = nl + 1
       return line
     end
-    if #self.buf > MAX_LINE then return nil, "line too long" end
+    local rest = self.buf:sub(self.pos)
+    self.buf, self.pos = rest, 1
+    if #rest > MAX_LINE then return nil, "line too long" end
     local data, err = self.conn:recv()
     if not data then
-      if err == "closed" and #self.buf > 0 then
-        local line = self.buf
+      if err == "closed" and #rest > 0 then
         self.buf = ""
-        return line
+        return rest
       end
       return nil, err
     end
-    self.buf = self.buf .. data
+    self.buf = rest .. data
   end
 end
 
@@ -488,10 +492,18 @@ local function stream_events(conn, id)
   end
 end
 
+-- The requesting connection cannot be closed (inspect.kill raises for the
+-- connection running the caller) nor followed (the stream's own writes would
+-- be events to stream, so it would never go quiet).
+local function refuse_itself(conn)
+  return respond_json(conn, 409, { ok = false, error = "this is the admin connection itself" })
+end
+
 local function route(conn, method, path, query)
   local id = math.tointeger(tonumber(query.id))
   if method == "POST" and path == "/api/close" then
     if not id then return respond_json(conn, 400, { error = "id required" }) end
+    if id == conn.id then return refuse_itself(conn) end
     local ok, why = inspect.kill(id)
     return respond_json(conn, ok and 200 or why == "closing" and 409 or 404,
       { ok = ok or false, error = why })
@@ -508,6 +520,7 @@ local function route(conn, method, path, query)
     return respond_json(conn, c and 200 or 404, c or { error = "no such connection" })
   elseif path == "/events" then
     if not id then return respond_json(conn, 400, { error = "id required" }) end
+    if id == conn.id then return refuse_itself(conn) end
     return stream_events(conn, id)
   end
   return respond_json(conn, 404, { error = "not found: " .. path })
