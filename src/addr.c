@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "luaecho/log.h"
+
 #define UNIX_PREFIX "unix:"
 
 static int fail(char *err, size_t errlen, const char *msg) {
@@ -78,10 +80,10 @@ int le_addr_parse(const char *text, le_addr *out, char *err, size_t errlen) {
   return 0;
 }
 
-/* Writes "unix:PATH" with every control byte of PATH as backslash-x and
- * two hex digits: a client picks the path of its own socket, and a newline
- * in it must not split (nor an escape byte rewrite) the log line naming the
- * peer. Cut at len, never in the middle of an escape. */
+/* Writes "unix:PATH" with every control byte of PATH escaped (log.h): a
+ * client picks the path of its own socket, and a newline in it must not
+ * split (nor an escape byte rewrite) the log line naming the peer. Cut at
+ * len, never in the middle of an escape. */
 static void format_unix(const char *path, char *out, size_t len) {
   size_t n = strlen(UNIX_PREFIX);
   if (len <= n) {
@@ -89,16 +91,7 @@ static void format_unix(const char *path, char *out, size_t len) {
     return;
   }
   memcpy(out, UNIX_PREFIX, n);
-  for (const unsigned char *p = (const unsigned char *)path;
-       *p != '\0' && n + 1 < len; p++) {
-    if (*p >= 0x20 && *p != 0x7f)
-      out[n++] = (char)*p;
-    else if (n + 4 < len)
-      n += (size_t)snprintf(out + n, len - n, "\\x%02x", *p);
-    else
-      break;
-  }
-  out[n] = '\0';
+  le_log_escape_into(out + n, len - n, path, strlen(path));
 }
 
 char *le_addr_format_host_port(const char *host, int port, char *out,

@@ -2,6 +2,7 @@
 #include "luaecho/config.h"
 
 #include "luaecho/lmem.h"
+#include "luaecho/log.h"
 #include "luaecho/preempt.h"
 
 #include <lauxlib.h>
@@ -38,35 +39,6 @@ static char *dup_string(const char *s) {
   return copy;
 }
 
-/* Copies src into dst (cap bytes) with every control byte written as a
- * C escape (a newline as backslash-n, byte 1 as backslash-x01): messages quote
- * what the file gave them (an address, a key), and a newline there must not
- * split the one line an error is. Cut at cap, never in the middle of an escape.
- */
-static void copy_escaped(char *dst, size_t cap, const char *src) {
-  size_t n = 0;
-  for (const unsigned char *p = (const unsigned char *)src; *p != '\0'; p++) {
-    char esc[8];
-    if (*p >= 0x20 && *p != 0x7f) {
-      esc[0] = (char)*p;
-      esc[1] = '\0';
-    } else if (*p == '\n') {
-      memcpy(esc, "\\n", 3);
-    } else if (*p == '\r') {
-      memcpy(esc, "\\r", 3);
-    } else if (*p == '\t') {
-      memcpy(esc, "\\t", 3);
-    } else {
-      snprintf(esc, sizeof esc, "\\x%02x", *p);
-    }
-    size_t len = strlen(esc);
-    if (n + len + 1 > cap) break;
-    memcpy(dst + n, esc, len);
-    n += len;
-  }
-  if (cap > 0) dst[n] = '\0';
-}
-
 /* Writes "<file>: <formatted message>" into the loader's error buffer, on
  * one line, and returns -1. Messages longer than the buffer are cut, never
  * overrun. */
@@ -85,7 +57,7 @@ static int fail(loader *ld, const char *fmt, ...) {
     vsnprintf(raw + n, sizeof raw - (size_t)n, fmt, ap);
     va_end(ap);
   }
-  copy_escaped(ld->err, ld->errlen, raw);
+  le_log_escape_into(ld->err, ld->errlen, raw, strlen(raw));
   return -1;
 }
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "luaecho/lmem.h"
+#include "luaecho/log.h"
 
 /* The registry key of the loop's scheduler (a light userdata), for the
  * preemption hook, which is given nothing but a lua_State. */
@@ -151,21 +152,13 @@ static void reset(lua_State *L, lua_State *co, int stopped) {
 void le_coro_push_one_line(lua_State *L, const char *s, size_t len) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  const unsigned char *end = (const unsigned char *)s + len;
-  for (const unsigned char *p = (const unsigned char *)s; p < end; p++) {
-    char esc[8];
-    if (*p >= 0x20 && *p != 0x7f) {
-      luaL_addchar(&b, (char)*p);
-    } else if (*p == '\n') {
-      luaL_addstring(&b, "\\n");
-    } else if (*p == '\r') {
-      luaL_addstring(&b, "\\r");
-    } else if (*p == '\t') {
-      luaL_addstring(&b, "\\t");
-    } else {
-      snprintf(esc, sizeof esc, "\\x%02x", *p);
-      luaL_addstring(&b, esc);
-    }
+  for (size_t i = 0; i < len; i++) {
+    char esc[5];
+    size_t k = le_log_escape((unsigned char)s[i], esc);
+    if (k == 0)
+      luaL_addchar(&b, s[i]);
+    else
+      luaL_addlstring(&b, esc, k);
   }
   luaL_pushresult(&b);
 }
@@ -305,8 +298,7 @@ static void run(le_coro *c, int nargs, lua_State *from) {
   after_run(c, status, nres, preempted);
 }
 
-int le_coro_start(le_coro *c, lua_State *L, int nargs,
-                  const le_coro_class *cls,
+int le_coro_start(le_coro *c, lua_State *L, int nargs, const le_coro_class *cls,
                   lua_State *from) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   lua_State *main = lua_tothread(L, -1);
@@ -369,7 +361,7 @@ int le_coro_wait(lua_State *L, const le_wait_ops *ops, void *obj,
     void *final = c->wait_obj;
     c->wait_ops = NULL;
     c->wait_obj = NULL;
-    return ops->k(L, err, (lua_KContext)final);
+    return ops->k(L, err, (lua_KContext) final);
   }
   set_state(c, LE_CORO_WAITING);
   c->cpu_ms = 0; /* waiting ends a stretch of computing */

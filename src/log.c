@@ -16,6 +16,37 @@ int le_log_enabled(const le_log *log, le_log_level level) {
   return log != NULL && level >= log->level;
 }
 
+size_t le_log_escape(unsigned char ch, char out[5]) {
+  static const char named[] = {'\n', 'n', '\r', 'r', '\t', 't'};
+  if (ch >= 0x20 && ch != 0x7f) return 0;
+  for (size_t i = 0; i < sizeof named; i += 2) {
+    if (ch == (unsigned char)named[i]) {
+      out[0] = '\\', out[1] = named[i + 1], out[2] = '\0';
+      return 2;
+    }
+  }
+  snprintf(out, 5, "\\x%02x", ch);
+  return 4;
+}
+
+size_t le_log_escape_into(char *out, size_t outlen, const char *src,
+                          size_t len) {
+  size_t n = 0;
+  if (outlen == 0) return 0;
+  for (size_t i = 0; i < len; i++) {
+    char esc[5];
+    unsigned char ch = (unsigned char)src[i];
+    size_t k = le_log_escape(ch, esc);
+    if (n + (k ? k : 1) >= outlen) break;
+    if (k == 0)
+      out[n++] = (char)ch;
+    else
+      memcpy(out + n, esc, k), n += k;
+  }
+  out[n] = '\0';
+  return n;
+}
+
 const char *le_log_level_name(le_log_level level) { return level_names[level]; }
 
 int le_log_level_parse(const char *name, le_log_level *out) {

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "luaecho/log.h"
+
 /* Registry field holding a sandboxed state's hint (a light userdata pointing
  * to one of the static strings below); absent when there is no sandbox. */
 #define HINT_KEY "luaecho.sandbox"
@@ -84,12 +86,17 @@ void le_sandbox_message(char *out, size_t outlen, const char *name,
        *p != '\0' && n + 1 < outlen; p++) {
     if (*p == '\n' || *p == '\r' || *p == '\t') {
       if (n > 0 && out[n - 1] != ' ') out[n++] = ' ';
-    } else if (*p >= 0x20 && *p != 0x7f) {
-      out[n++] = (char)*p;
-    } else if (n + 4 < outlen) {
-      n += (size_t)snprintf(out + n, outlen - n, "\\x%02x", *p);
     } else {
-      break;
+      char esc[5];
+      size_t k = le_log_escape(*p, esc);
+      if (k == 0) {
+        out[n++] = (char)*p;
+      } else if (n + k < outlen) {
+        memcpy(out + n, esc, k);
+        n += k;
+      } else {
+        break;
+      }
     }
   }
   out[n] = '\0';

@@ -245,7 +245,7 @@ static void test_sockaddr_unix_control_bytes_escaped(void **state) {
   (void)state;
   struct sockaddr_storage ss;
   socklen_t len = make_unix(&ss, "/tmp/a\nb\033[31m");
-  assert_string_equal(format_sa(&ss, len), "unix:/tmp/a\\x0ab\\x1b[31m");
+  assert_string_equal(format_sa(&ss, len), "unix:/tmp/a\\nb\\x1b[31m");
   assert_split(&ss, len, "/tmp/a\nb\033[31m", -1);
 }
 

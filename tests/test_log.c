@@ -121,6 +121,35 @@ static void test_level_names(void **state) {
   assert_int_equal(level, LE_LOG_INFO);
 }
 
+/* Control bytes are escaped, everything else (UTF-8 included) kept. */
+static void test_escape(void **state) {
+  (void)state;
+  char esc[5], out[64];
+  assert_int_equal(le_log_escape('a', esc), 0);
+  assert_int_equal(le_log_escape(0xc3, esc), 0);
+  assert_int_equal(le_log_escape('\n', esc), 2);
+  assert_string_equal(esc, "\\n");
+  assert_int_equal(le_log_escape(0x1b, esc), 4);
+  assert_string_equal(esc, "\\x1b");
+  assert_int_equal(le_log_escape(0x7f, esc), 4);
+  assert_string_equal(esc, "\\x7f");
+  const char src[] = "a\nb\0c\t\xc3\xa9";
+  assert_int_equal(le_log_escape_into(out, sizeof out, src, sizeof src - 1),
+                   13);
+  assert_string_equal(out, "a\\nb\\x00c\\t\xc3\xa9");
+}
+
+/* Cut at the buffer, never in the middle of an escape. */
+static void test_escape_cut(void **state) {
+  (void)state;
+  char out[6];
+  assert_int_equal(le_log_escape_into(out, sizeof out, "ab\001cd", 5), 2);
+  assert_string_equal(out, "ab");
+  assert_int_equal(le_log_escape_into(out, sizeof out, "abcdefg", 7), 5);
+  assert_string_equal(out, "abcde");
+  assert_int_equal(le_log_escape_into(out, 0, "abc", 3), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_levels_filter),
@@ -128,6 +157,8 @@ int main(void) {
       cmocka_unit_test(test_long_message_kept_whole),
       cmocka_unit_test(test_no_log_writes_nothing),
       cmocka_unit_test(test_level_names),
+      cmocka_unit_test(test_escape),
+      cmocka_unit_test(test_escape_cut),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,6 +40,22 @@ void le_logv(const le_log *log, le_log_level level, const char *fmt,
  * returns its length (the trace writes "[trace]" records this way). */
 int le_log_prefix(char *out, size_t size, const char *label);
 
+/* Text that may come from a client, a script or a file (a message, a
+ * path, a key) is escaped before it joins a record, so that every record
+ * stays one line and no byte reaches a terminal raw: a newline, a carriage
+ * return and a tab become backslash-n, -r and -t, other control bytes and
+ * DEL backslash-x and two hex digits; every other byte stands for itself.
+ *
+ * le_log_escape writes the escape of ch into out and returns its length,
+ * or returns 0 when ch stands for itself. */
+size_t le_log_escape(unsigned char ch, char out[5]);
+
+/* Copies src (len bytes) into out with control bytes escaped, NUL-
+ * terminated, cut at outlen but never in the middle of an escape. Returns
+ * the length written. */
+size_t le_log_escape_into(char *out, size_t outlen, const char *src,
+                          size_t len);
+
 /* Returns the level's name ("debug", "info", "warn", "error"). */
 const char *le_log_level_name(le_log_level level);
 
