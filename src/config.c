@@ -468,7 +468,12 @@ static int run_chunk(loader *ld, le_config *cfg) {
   lua_insert(L, -2);
   /* A config file is evaluated again on SIGHUP, inside the running
    * server: one that computes without end must fail, not freeze it. */
-  if (le_preempt_pcall(L, 0, 0, LE_CONFIG_CPU_LIMIT) != LUA_OK) {
+  lua_pushcfunction(L, le_sandbox_msgh);
+  lua_insert(L, -3);
+  int msgh = lua_gettop(L) - 2;
+  int status = le_preempt_pcall(L, 0, 0, msgh, LE_CONFIG_CPU_LIMIT);
+  lua_remove(L, msgh);
+  if (status != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING
                           ? lua_tostring(L, -1)
                           : "(error object is not a string)";

@@ -150,8 +150,9 @@ static int call_with_deadline(lua_State *L) {
   return nres == LUA_MULTRET ? lua_gettop(L) : nres;
 }
 
-int le_preempt_pcall(lua_State *L, int nargs, int nres, double seconds) {
-  if (!(seconds > 0)) return lua_pcall(L, nargs, nres, 0);
+int le_preempt_pcall(lua_State *L, int nargs, int nres, int msgh,
+                     double seconds) {
+  if (!(seconds > 0)) return lua_pcall(L, nargs, nres, msgh);
   if (!lua_checkstack(L, 4)) {
     lua_pop(L, nargs + 1);
     lua_pushliteral(L, "not enough memory");
@@ -168,7 +169,7 @@ int le_preempt_pcall(lua_State *L, int nargs, int nres, double seconds) {
   lua_Hook old = lua_gethook(L);
   int oldmask = lua_gethookmask(L), oldcount = lua_gethookcount(L);
   lua_sethook(L, deadline_hook, LUA_MASKCOUNT, CHECK_EVERY);
-  int status = lua_pcall(L, nargs + 3, nres, 0);
+  int status = lua_pcall(L, nargs + 3, nres, msgh);
   lua_sethook(L, old, oldmask, oldcount);
   /* Once call_with_deadline has set the key, assigning it again allocates
    * nothing and cannot fail; if it never got that far, nothing is set. */

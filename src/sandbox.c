@@ -74,6 +74,21 @@ static int names_file(const char *msg, const char *name) {
   return 0;
 }
 
+int le_sandbox_msgh(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) return 1;
+  lua_Debug ar;
+  const char *type = luaL_typename(L, 1);
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+      lua_pushfstring(L, "%s:%d: (error object is a %s value)", ar.short_src,
+                      ar.currentline, type);
+      return 1;
+    }
+  }
+  lua_pushfstring(L, "(error object is a %s value)", type);
+  return 1;
+}
+
 void le_sandbox_message(char *out, size_t outlen, const char *name,
                         const char *msg) {
   if (outlen == 0) return;

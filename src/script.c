@@ -166,8 +166,9 @@ static double load_cpu_limit(lua_State *L) {
 static int load_protected(lua_State *L) {
   const char *path = lua_touserdata(L, 1);
   lua_settop(L, 0);
+  lua_pushcfunction(L, le_sandbox_msgh); /* at 1 */
   if (load_chunk(L, path) != LUA_OK ||
-      le_preempt_pcall(L, 0, 1, load_cpu_limit(L)) != LUA_OK)
+      le_preempt_pcall(L, 0, 1, 1, load_cpu_limit(L)) != LUA_OK)
     return lua_error(L);
   if (lua_type(L, -1) != LUA_TFUNCTION)
     return luaL_error(L, "%s: handler must return a function, got %s",

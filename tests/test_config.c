@@ -241,7 +241,9 @@ static void test_runtime_error(void **state) {
   fixture *f = *state;
   assert_load_error(f, "backlog = 5\nerror('boom')", "c.lua:2: boom");
   assert_int_equal(f->cfg.backlog, 511);
-  assert_load_error(f, "error({})", "c.lua: (error object is not a string)");
+  /* A value that is not a string gets the line that raised it. */
+  assert_load_error(f, "error({})", "c.lua:1: (error object is a table value)");
+  assert_load_error(f, "\nerror(nil)", "c.lua:2: (error object is a nil value)");
 }
 
 static void test_error_on_one_line_naming_the_file(void **state) {

@@ -639,7 +639,7 @@ static void test_release_preempted_coroutine(void **state) {
 static const char *preempt_pcall(const char *code) {
   lua_State *L = F.L;
   assert_int_equal(luaL_loadbuffer(L, code, strlen(code), "=main.lua"), LUA_OK);
-  int status = le_preempt_pcall(L, 0, 0, 0.2);
+  int status = le_preempt_pcall(L, 0, 0, 0, 0.2);
   assert_int_equal(status, LUA_ERRRUN);
   assert_int_equal(lua_gettop(L), 1);
   return lua_tostring(L, -1);
@@ -657,7 +657,7 @@ static void test_preempt_pcall_stops_main_thread(void **state) {
   lua_settop(F.L, 0);
   /* Code that finishes in time runs as under lua_pcall. */
   assert_int_equal(luaL_loadstring(F.L, "return 1 + 1"), LUA_OK);
-  assert_int_equal(le_preempt_pcall(F.L, 0, 1, 0.2), LUA_OK);
+  assert_int_equal(le_preempt_pcall(F.L, 0, 1, 0, 0.2), LUA_OK);
   assert_int_equal(lua_tointeger(F.L, -1), 2);
   lua_settop(F.L, 0);
   /* And the hook is gone afterwards: this loop runs for longer than the

@@ -124,8 +124,8 @@ static void test_error_at_load(void **state) {
 
 static void test_error_object_not_a_string(void **state) {
   fixture *f = *state;
-  write_handler(f, "table.lua", "error({})\n");
-  assert_load_fails(f, "%s: (error object is a table value)");
+  write_handler(f, "table.lua", "local x\nerror({})\n");
+  assert_load_fails(f, "%s:2: (error object is a table value)");
 }
 
 static void test_must_return_a_function(void **state) {

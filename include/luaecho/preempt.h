@@ -46,8 +46,8 @@ typedef struct le_preempt {
   atomic_uint seen_gen;         /* the gen the last tick saw */
   atomic_uint signalled_gen;    /* the gen the hook was installed for */
   _Atomic uint64_t since_ns;    /* when a tick first saw that gen */
-  lua_Hook hook;  /* installed on an overrunning coroutine */
-  timer_t timer;  /* signals the loop's thread every tick */
+  lua_Hook hook;                /* installed on an overrunning coroutine */
+  timer_t timer;                /* signals the loop's thread every tick */
   unsigned tick_ms;
   int started;
 } le_preempt;
@@ -90,10 +90,12 @@ int le_preempt_current(le_preempt *p, uint64_t *since_ns);
 /* Monotonic time in nanoseconds. */
 uint64_t le_preempt_now_ns(void);
 
-/* lua_pcall(L, nargs, nres, 0) under a CPU limit of `seconds` (<= 0: none).
- * Past the limit the call fails with the message
+/* lua_pcall(L, nargs, nres, msgh) under a CPU limit of `seconds` (<= 0:
+ * none); msgh is 0 or the absolute index of a message handler below the
+ * function. Past the limit the call fails with the message
  * "<file>:<line>: cpu_limit exceeded (<seconds> s)". Returns the status of
  * lua_pcall. */
-int le_preempt_pcall(lua_State *L, int nargs, int nres, double seconds);
+int le_preempt_pcall(lua_State *L, int nargs, int nres, int msgh,
+                     double seconds);
 
 #endif

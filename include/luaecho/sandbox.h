@@ -52,6 +52,12 @@ int le_sandbox_loadfile(lua_State *L, const char *path);
 int le_sandbox_loadbuffer(lua_State *L, const char *buf, size_t len,
                           const char *name);
 
+/* A message handler for lua_pcall over a file's code: an error value that
+ * is not a string (error({}), error(nil)) carries no position, so it
+ * becomes "file:line: (error object is a table value)" with the line of
+ * the innermost Lua function that raised it. Strings pass unchanged. */
+int le_sandbox_msgh(lua_State *L);
+
 /* Writes msg, an error from loading or running the file `name`, into out as
  * the one line luaecho reports: runs of newlines and tabs (Lua's multi-line
  * messages, a message a chunk raised) become one space, other control bytes
