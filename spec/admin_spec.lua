@@ -557,6 +557,24 @@ for f in text_string_to_metric_families(open(sys.argv[1]).read()):
       assert.truthy(reply:find('"error":"this is the admin connection itself"', 1, true), reply)
     end)
 
+    -- Two streams following each other fed each other without end.
+    it("GET /events?id=N refuses another admin connection with 409", function()
+      local _, addr = start()
+      local other = admin_conn(addr)
+      local id = row_of(admin_conn(addr), other)[1]
+      local status, _, body = http(addr, "GET", "/events?id=" .. id)
+      assert.equal(409, status, body)
+      assert.equal(('{"error":"connection %s is an admin connection"}'):format(id), body)
+    end)
+
+    it("answers valid UTF-8 JSON for a path that is not UTF-8", function()
+      local _, addr = start()
+      local status, _, body = http(addr, "GET", "/\xff\xc3(")
+      assert.equal(404, status, body)
+      assert.equal('{"error":"not found: /\u{FFFD}\u{FFFD}("}', body)
+      assert.truthy(utf8.len(body))
+    end)
+
     it("GET /events?id=N streams the connection's trace events until it ends", function()
       local srv, addr, c, admin, id = start_with_client()
       local ev = admin_conn(addr)

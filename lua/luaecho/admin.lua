@@ -26,7 +26,23 @@ end
 
 local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
 
+-- JSON text is UTF-8: a byte sequence that is not (a request's path, a
+-- peer's socket path) becomes U+FFFD, as a browser's decoder would show it.
+local function valid_utf8(s)
+  local out, i = {}, 1
+  while true do
+    local ok, bad = utf8.len(s, i)
+    if ok then
+      out[#out + 1] = s:sub(i)
+      return table.concat(out)
+    end
+    out[#out + 1] = s:sub(i, bad - 1) .. "\u{FFFD}"
+    i = bad + 1
+  end
+end
+
 local function json_string(s)
+  if not utf8.len(s) then s = valid_utf8(s) end
   return '"' .. s:gsub('[%c"\\]', function(c)
     return ESCAPES[c] or ("\\u%04x"):format(c:byte())
   end) .. '"'
@@ -521,6 +537,11 @@ local function route(conn, method, path, query)
   elseif path == "/events" then
     if not id then return respond_json(conn, 400, { error = "id required" }) end
     if id == conn.id then return refuse_itself(conn) end
+    local target = inspect.conn(id)
+    if target and target.admin then
+      -- Two streams following each other would feed each other for ever.
+      return respond_json(conn, 409, { error = ("connection %d is an admin connection"):format(id) })
+    end
     return stream_events(conn, id)
   end
   return respond_json(conn, 404, { error = "not found: " .. path })
