@@ -618,6 +618,27 @@ handler = "%s"
       finish(on_kept)
     end)
 
+    -- Entries with the same address text ("127.0.0.1:0" twice) match the
+    -- running listeners in order, oldest first: the newer one was matched
+    -- first, so the original listener was closed.
+    it("keeps the oldest of two listeners on the same port-0 address when one goes", function()
+      local srv = server.start{
+        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/k.lua"\n',
+        handlers = { ["k.lua"] = bracket_handler("k") },
+      }
+      local original = srv.addrs[1]
+      local config = ('listen = { %s }\nhandler = "%s"\n')
+      server.write_file(srv:file("config.lua"), config:format('"127.0.0.1:0", "127.0.0.1:0"', srv:file("k.lua")))
+      local added
+      for _, m in ipairs(messages(hup(srv))) do added = added or m:match("^listening on (.+)$") end
+      assert.truthy(added, srv:log_text())
+      server.write_file(srv:file("config.lua"), config:format('"127.0.0.1:0"', srv:file("k.lua")))
+      local stopped
+      for _, m in ipairs(messages(hup(srv))) do stopped = stopped or m:match("^stopped listening on (.+)$") end
+      assert.equal(added, stopped)
+      assert_answer(connect(original), "a", "k[a]")
+    end)
+
     it("applies changed options and handler to new connections only", function()
       local srv = server.start{
         config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/one.lua"\n',

@@ -792,23 +792,27 @@ static int apply_config(le_server *s, le_config *cfg, char *err,
     le_logf(&s->log, LE_LOG_INFO, "stopped listening on %s", l->bound);
     close_listener(l);
   }
+  /* On success the list is rebuilt in the config's order, so that a later
+   * reload matches entries of the same address text (two "host:0") to
+   * the listeners in the same order, oldest first. */
+  le_listener **tail = &s->listeners;
   for (size_t i = 0; i < n; i++) {
     if (r != 0) {
       if (fresh && fresh[i]) close_listener(fresh[i]);
       continue;
     }
     le_listener *l = same[i] ? same[i] : fresh[i];
+    *tail = l;
+    tail = &l->next;
     le_script *script = script_for(s, cfg, &cfg->listeners[i]);
     le_script_ref(script);
     le_script_unref(l->script);
     l->script = script;
     l->conf = &cfg->listeners[i];
-    if (fresh[i] != NULL) {
-      l->next = s->listeners;
-      s->listeners = l;
+    if (fresh[i] != NULL)
       le_logf(&s->log, LE_LOG_INFO, "listening on %s", l->bound);
-    }
   }
+  if (r == 0) *tail = NULL;
   free(same);
   free(fresh);
   prune_scripts(s);
