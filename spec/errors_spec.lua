@@ -131,4 +131,79 @@ describe("handler errors", function()
       end)
     end
   end)
+
+  -- Errors nobody can catch (in a __gc metamethod, in a __close handler
+  -- run after the handler failed) and warn() go out as Lua warnings: one
+  -- warn record each, escaped. They were silently dropped.
+  describe("Lua warnings", function()
+    local WARNER = [[
+return function(conn)
+  local what = conn:recv()
+  if what == "warn" then warn("two ", "pieces\nand a newline") end
+  if what == "off" then warn("@off") warn("not shown") warn("@on") end
+  if what == "gc" then
+    setmetatable({}, { __gc = function() error("gc boom") end })
+    collectgarbage() collectgarbage()
+  end
+  if what == "close" then
+    local guard <close> = setmetatable({}, { __close = function() error("close boom") end })
+    error("handler boom")
+  end
+  if what == "close ok" then
+    local guard <close> = setmetatable({}, { __close = function() end })
+    error("plain boom")
+  end
+  conn:send("done")
+end
+]]
+
+    local function start_warner()
+      return server.start{
+        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
+        handlers = { ["h.lua"] = WARNER },
+      }
+    end
+
+    local function ask(srv, what)
+      local sock = assert(server.connect(srv.host, srv.port))
+      return server.exchange(sock, what, { until_close = true })
+    end
+
+    -- Asserts that the next warn record is text.
+    local function expect_warning(srv, text)
+      local line = srv:wait_line(server.record("warn", "Lua warning: .*"), 10)
+      assert(line, "no Lua warning; log:\n" .. srv:log_text())
+      assert.equal(text, select(2, server.parse_log(line)))
+    end
+
+    it("logs warn() as one record, its pieces joined and escaped", function()
+      local srv = start_warner()
+      assert.equal("done", ask(srv, "warn"))
+      expect_warning(srv, "Lua warning: two pieces\\nand a newline")
+    end)
+
+    it("honours @off and @on", function()
+      local srv = start_warner()
+      assert.equal("done", ask(srv, "off"))
+      assert.equal("done", ask(srv, "warn"))
+      -- The first warning logged is the one after @on.
+      expect_warning(srv, "Lua warning: two pieces\\nand a newline")
+    end)
+
+    it("logs an error in a __gc metamethod", function()
+      local srv = start_warner()
+      assert.equal("done", ask(srv, "gc"))
+      expect_warning(srv, ("Lua warning: error in __gc (%s: gc boom)"):format(srv:file("h.lua:6")))
+    end)
+
+    it("logs an error in a __close handler run after the handler failed, and only then", function()
+      local srv = start_warner()
+      ask(srv, "close ok")
+      assert(srv:wait_line(server.record("error", ".*plain boom"), 10), srv:log_text())
+      ask(srv, "close")
+      assert(srv:wait_line(server.record("error", ".*handler boom"), 10), srv:log_text())
+      -- "close ok" left no warning: the first is close's.
+      expect_warning(srv, ("Lua warning: error in __close (%s: close boom)"):format(srv:file("h.lua:10")))
+    end)
+  end)
 end)

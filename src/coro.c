@@ -137,15 +137,40 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /* Closes pending to-be-closed variables of a thread that will never run
- * again and pops its anchor from the main stack. Errors there are Lua's to
- * report as warnings; the thread is gone either way. */
+ * again and pops its anchor from the main stack. An error in one of their
+ * __close handlers has nobody left to catch it: it goes out as a Lua
+ * warning, as Lua itself reports an error in a __gc metamethod. Closing a
+ * thread that ended in an error returns that error again, so only an
+ * error object other than the original one comes from a __close handler.
+ * The thread is gone either way. */
 static void reset(lua_State *L, lua_State *co, int stopped) {
+  int had_error = lua_status(co) != LUA_OK && lua_status(co) != LUA_YIELD;
+  int kept = had_error && lua_gettop(co) > 0 && lua_checkstack(co, 1) &&
+             lua_checkstack(L, 2);
+  if (kept) {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1); /* the original error, to compare */
+  }
   if (stopped) lua_sethook(co, stop_hook, LUA_MASKCOUNT, 1);
 #if LUA_VERSION_RELEASE_NUM >= 50406
-  lua_closethread(co, L);
+  int status = lua_closethread(co, L);
 #else
-  lua_resetthread(co);
+  int status = lua_resetthread(co);
 #endif
+  if (status != LUA_OK && !stopped && (kept || !had_error) &&
+      lua_checkstack(co, 1)) {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    if (!kept || !lua_rawequal(L, -1, -2)) {
+      const char *msg =
+          lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+      lua_warning(L, "error in __close (", 1);
+      lua_warning(L, msg ? msg : "error object is not a string", 1);
+      lua_warning(L, ")", 0);
+    }
+    lua_pop(L, 1);
+  }
+  if (kept) lua_pop(L, 1);
   lua_pop(L, 1);
 }
 

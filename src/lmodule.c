@@ -3,9 +3,12 @@
  * version); sleep, spawn/join and connect have a file each. */
 #include "luaecho/lmodule.h"
 
+#include <string.h>
+
 #include "lmodule_internal.h"
 #include "luaecho/bundled.h"
 #include "luaecho/lmem.h"
+#include "luaecho/log.h"
 
 le_conn_ctx *le__lmodule_ctx(lua_State *L) {
   return lua_touserdata(L, lua_upvalueindex(1));
@@ -142,8 +145,55 @@ static int open_module(lua_State *L) {
   return 1;
 }
 
+/* ---- Lua's warnings ---- */
+
+/* What the warning function keeps: Lua sends one warning in pieces. */
+typedef struct warnings {
+  const le_log *log;
+  int off;       /* silenced by "@off" */
+  size_t n;      /* bytes gathered in buf */
+  char buf[512]; /* the warning so far, cut at this size */
+} warnings;
+
+/* Lua's warnings (warn() from Lua code, an error in a __gc metamethod,
+ * one in a __close handler of a finished coroutine: errors nobody can
+ * catch) become one warn record each, escaped like luaecho.log. It runs
+ * inside Lua's allocator and collector, so it neither allocates from Lua
+ * nor raises. "@off" and "@on", Lua's control messages, silence and
+ * restore them; they are on from the start. */
+static void on_warning(void *ud, const char *msg, int tocont) {
+  warnings *w = ud;
+  if (w->n == 0 && !tocont && msg[0] == '@') {
+    if (strcmp(msg, "@off") == 0) w->off = 1;
+    if (strcmp(msg, "@on") == 0) w->off = 0;
+    return;
+  }
+  size_t len = strlen(msg), room = sizeof w->buf - 1 - w->n;
+  memcpy(w->buf + w->n, msg, len < room ? len : room);
+  w->n += len < room ? len : room;
+  if (tocont) return;
+  w->buf[w->n] = '\0';
+  w->n = 0;
+  if (w->off) return;
+  char line[sizeof w->buf * 4];
+  le_log_escape_into(line, sizeof line, w->buf, strlen(w->buf));
+  le_logf(w->log, LE_LOG_WARN, "Lua warning: %s", line);
+}
+
+/* The warning state lives in a userdata anchored in the registry, so it
+ * goes with the Lua state. */
+static void open_warnings(le_conn_ctx *ctx) {
+  static const char key = 0;
+  warnings *w = lua_newuserdatauv(ctx->L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
+  w->log = ctx->log;
+  lua_rawsetp(ctx->L, LUA_REGISTRYINDEX, &key);
+  lua_setwarnf(ctx->L, on_warning, w);
+}
+
 void le_lmodule_open(le_conn_ctx *ctx) {
   lua_State *L = ctx->L;
+  open_warnings(ctx);
   le__lmodule_open_tasks(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushlightuserdata(L, ctx);
