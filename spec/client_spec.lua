@@ -216,6 +216,27 @@ end
     assert.truthy(lines[1]:find(record("error", "cannot connect to two%.test:%d+: econnrefused")), lines[1])
   end)
 
+  it("starts no client when a later one cannot even start its connect", function()
+    -- With 64 descriptors, some of the 200 clients' connects are under way
+    -- (to 127.0.0.2, where nothing listens) when one fails at once with
+    -- EMFILE. Start-up fails; the clients under way are abandoned, not
+    -- moved on to the name's next address, where they would connect and
+    -- run the script while the process tears down.
+    local srv = start_peer()
+    local port = tcp_addr(srv):match(":(%d+)$")
+    local code, lines = server.run{
+      bin = "sh",
+      args = { "-c", 'ulimit -n 64 && exec "$0" "$@" 2>&1', server.bin,
+               "--connect", "two.test:" .. port, "-c", "200", "@DIR@/client.lua" },
+      files = { ["client.lua"] = HELLO, hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+      env = server.hosts_env(), timeout = 30,
+    }
+    local out = table.concat(lines, "\n")
+    assert.equal(1, code, out)
+    assert.matches("^luaecho: cannot connect to two%.test:%d+: too many open files$", lines[1])
+    assert.is_nil(out:find("reply:", 1, true), out)
+  end)
+
   describe("cannot connect", function()
     it("exits 1 with cannot connect to ADDR: econnrefused", function()
       local addr = "127.0.0.1:" .. closed_port()

@@ -1135,6 +1135,10 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
 
 void le_server_free(le_server *s) {
   if (s->loop_open) {
+    /* Nothing new starts in the tear-down: a client whose connect the
+     * aborts below cancel must not go on to the name's next address (as
+     * after a start-up that failed half-way through its clients). */
+    s->stopping = 1;
     close_listeners(s);
     stop_watches(s);
     le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);
