@@ -378,5 +378,28 @@ end
       wait_for(record("info", 'conn %d+: client woke: nil shutdown'))
       assert.equal(0, p:wait(server.scaled(5)))
     end)
+
+    it("SIGHUP reloads the script only: the client opens no listener", function()
+      -- The configuration in client mode is the built-in one, whose
+      -- listener (127.0.0.1:7000) is no business of a client's.
+      local srv = start_peer()
+      local p, wait_for = waiting_client(srv)
+      assert(p:kill("HUP"))
+      wait_for(record("info", "reloading on SIGHUP"))
+      wait_for(record("info", "reloaded .*client%.lua.*"))
+      assert(p:kill("INT"))
+      -- Every line to the end, with a second SIGINT once the first is seen.
+      local rest = {}
+      repeat
+        local line = p:readline(server.scaled(10))
+        rest[#rest + 1] = line
+        if line and line:find("shutting down on SIGINT", 1, true) then assert(p:kill("INT")) end
+      until not line
+      assert.equal(0, p:wait(server.scaled(5)))
+      local out = table.concat(rest, "\n")
+      assert.is_nil(out:find("listening on", 1, true), out)
+      assert.is_nil(out:find("config", 1, true), out)
+      assert.truthy(out:find("client woke: nil shutdown", 1, true), out)
+    end)
   end)
 end)
