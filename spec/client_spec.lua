@@ -216,6 +216,27 @@ end
     assert.truthy(lines[1]:find(record("error", "cannot connect to two%.test:%d+: econnrefused")), lines[1])
   end)
 
+  it("starts no client when a later one cannot even start its connect", function()
+    -- With 64 descriptors, some of the 200 clients' connects are under way
+    -- (to 127.0.0.2, where nothing listens) when one fails at once with
+    -- EMFILE. Start-up fails; the clients under way are abandoned, not
+    -- moved on to the name's next address, where they would connect and
+    -- run the script while the process tears down.
+    local srv = start_peer()
+    local port = tcp_addr(srv):match(":(%d+)$")
+    local code, lines = server.run{
+      bin = "sh",
+      args = { "-c", 'ulimit -n 64 && exec "$0" "$@" 2>&1', server.bin,
+               "--connect", "two.test:" .. port, "-c", "200", "@DIR@/client.lua" },
+      files = { ["client.lua"] = HELLO, hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+      env = server.hosts_env(), timeout = 30,
+    }
+    local out = table.concat(lines, "\n")
+    assert.equal(1, code, out)
+    assert.matches("^luaecho: cannot connect to two%.test:%d+: too many open files$", lines[1])
+    assert.is_nil(out:find("reply:", 1, true), out)
+  end)
+
   describe("cannot connect", function()
     it("exits 1 with cannot connect to ADDR: econnrefused", function()
       local addr = "127.0.0.1:" .. closed_port()
@@ -356,6 +377,29 @@ end
       assert(p:kill("INT"))
       wait_for(record("info", 'conn %d+: client woke: nil shutdown'))
       assert.equal(0, p:wait(server.scaled(5)))
+    end)
+
+    it("SIGHUP reloads the script only: the client opens no listener", function()
+      -- The configuration in client mode is the built-in one, whose
+      -- listener (127.0.0.1:7000) is no business of a client's.
+      local srv = start_peer()
+      local p, wait_for = waiting_client(srv)
+      assert(p:kill("HUP"))
+      wait_for(record("info", "reloading on SIGHUP"))
+      wait_for(record("info", "reloaded .*client%.lua.*"))
+      assert(p:kill("INT"))
+      -- Every line to the end, with a second SIGINT once the first is seen.
+      local rest = {}
+      repeat
+        local line = p:readline(server.scaled(10))
+        rest[#rest + 1] = line
+        if line and line:find("shutting down on SIGINT", 1, true) then assert(p:kill("INT")) end
+      until not line
+      assert.equal(0, p:wait(server.scaled(5)))
+      local out = table.concat(rest, "\n")
+      assert.is_nil(out:find("listening on", 1, true), out)
+      assert.is_nil(out:find("config", 1, true), out)
+      assert.truthy(out:find("client woke: nil shutdown", 1, true), out)
     end)
   end)
 end)

@@ -94,8 +94,11 @@ void le_sandbox_message(char *out, size_t outlen, const char *name,
   if (outlen == 0) return;
   size_t n = 0;
   if (*name != '\0' && !names_file(msg, name)) {
-    int k = snprintf(out, outlen, "%s: ", name);
-    n = k < 0 ? 0 : (size_t)k < outlen ? (size_t)k : outlen - 1;
+    /* A file's name comes from outside as much as its message does. */
+    n = le_log_escape_into(out, outlen, name, strlen(name));
+    for (const char *sep = ": "; *sep != '\0' && n + 1 < outlen; sep++)
+      out[n++] = *sep;
+    out[n] = '\0';
   }
   for (const unsigned char *p = (const unsigned char *)msg;
        *p != '\0' && n + 1 < outlen; p++) {

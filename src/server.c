@@ -822,7 +822,10 @@ static int apply_config(le_server *s, le_config *cfg, char *err,
 int le_server_reload(le_server *s) {
   for (le_script *sc = s->scripts; sc != NULL; sc = sc->next)
     if (sc->path != NULL) reload_script(s, sc);
-  if (s->reload_config == NULL) return 0;
+  /* A client (luaecho --connect) runs on the built-in configuration:
+   * applying it again would open its listener in a process that is no
+   * server, and keep that process from ending with its clients. */
+  if (s->reload_config == NULL || s->clients.script != NULL) return 0;
   char err[1024];
   le_config *cfg = calloc(1, sizeof *cfg);
   int r = cfg ? s->reload_config(s->reload_arg, cfg, err, sizeof err) : -1;
@@ -1135,6 +1138,10 @@ int le_server_init(le_server *s, le_config *cfg, char *err, size_t errlen) {
 
 void le_server_free(le_server *s) {
   if (s->loop_open) {
+    /* Nothing new starts in the tear-down: a client whose connect the
+     * aborts below cancel must not go on to the name's next address (as
+     * after a start-up that failed half-way through its clients). */
+    s->stopping = 1;
     close_listeners(s);
     stop_watches(s);
     le_conn_ctx_abort_all(&s->conns, LE_ESHUTDOWN);

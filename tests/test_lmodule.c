@@ -241,8 +241,12 @@ static void test_log_now_latest_version(void **state) {
 
 /* The resolver, as the core sees it (linked with --wrap=uv_getaddrinfo).
  * Names ending in ".test" are this file's: "two.test" resolves to
- * 127.0.0.2 then 127.0.0.1, "slow.test" to 127.0.0.1 after SLOW_MS; any
- * other name goes to libuv's resolver. The fake answers are libuv's own
+ * 127.0.0.2 then 127.0.0.1, "rev.test" to 127.0.0.1 then 127.0.0.2,
+ * "unreach.test" to 224.0.0.1 then 224.0.0.2 (a multicast address, which
+ * a TCP connect refuses at once, before any callback), "unreach1.test" to
+ * 224.0.0.1 then 127.0.0.1, "slow.test" to 127.0.0.1 after SLOW_MS, and
+ * "slowrev.test" to what "rev.test" does after SLOW_MS; any other name
+ * goes to libuv's resolver. The fake answers are libuv's own
  * answer for 127.0.0.1, so they come on the loop as a real one does and
  * uv_freeaddrinfo frees them. */
 int __real_uv_getaddrinfo(uv_loop_t *loop, uv_getaddrinfo_t *req,
@@ -256,22 +260,23 @@ int __wrap_uv_getaddrinfo(uv_loop_t *loop, uv_getaddrinfo_t *req,
 
 static struct {
   uv_getaddrinfo_cb cb; /* the core's callback */
-  int two, slow;        /* which name was asked for */
+  char name[32];        /* which name was asked for */
+  int slow;             /* its answer is held back SLOW_MS */
   uv_timer_t delay;     /* holds the slow answer */
   uv_getaddrinfo_t *req;
   int status;
   struct addrinfo *res;
 } fake;
 
-/* Returns a one-element addrinfo list for 127.0.0.2, allocated as glibc
- * allocates its own (one block), so that freeaddrinfo frees it. */
-static struct addrinfo *other_loopback(void) {
+/* Returns a one-element addrinfo list for the IPv4 address ip, allocated
+ * as glibc allocates its own (one block), so that freeaddrinfo frees it. */
+static struct addrinfo *fake_addr(const char *ip) {
   struct block {
     struct addrinfo ai;
     struct sockaddr_in sin;
   } *b = calloc(1, sizeof *b);
   assert_non_null(b);
-  uv_ip4_addr("127.0.0.2", 0, &b->sin);
+  uv_ip4_addr(ip, 0, &b->sin);
   b->ai.ai_family = AF_INET;
   b->ai.ai_socktype = SOCK_STREAM;
   b->ai.ai_addrlen = sizeof b->sin;
@@ -288,8 +293,20 @@ static void on_delay(uv_timer_t *t) {
 
 static void on_fake_resolved(uv_getaddrinfo_t *req, int status,
                              struct addrinfo *res) {
-  if (fake.two && status == 0) {
-    struct addrinfo *first = other_loopback();
+  if (status == 0 && strcmp(fake.name, "two.test") == 0) {
+    struct addrinfo *first = fake_addr("127.0.0.2");
+    first->ai_next = res;
+    res = first;
+  } else if (status == 0 && (strcmp(fake.name, "rev.test") == 0 ||
+                             strcmp(fake.name, "slowrev.test") == 0)) {
+    assert_null(res->ai_next);
+    res->ai_next = fake_addr("127.0.0.2");
+  } else if (status == 0 && strcmp(fake.name, "unreach.test") == 0) {
+    uv_freeaddrinfo(res);
+    res = fake_addr("224.0.0.1");
+    res->ai_next = fake_addr("224.0.0.2");
+  } else if (status == 0 && strcmp(fake.name, "unreach1.test") == 0) {
+    struct addrinfo *first = fake_addr("224.0.0.1");
     first->ai_next = res;
     res = first;
   }
@@ -311,8 +328,8 @@ int __wrap_uv_getaddrinfo(uv_loop_t *loop, uv_getaddrinfo_t *req,
   if (n < 5 || strcmp(node + n - 5, ".test") != 0)
     return __real_uv_getaddrinfo(loop, req, cb, node, service, hints);
   fake.cb = cb;
-  fake.two = strcmp(node, "two.test") == 0;
-  fake.slow = strcmp(node, "slow.test") == 0;
+  snprintf(fake.name, sizeof fake.name, "%s", node);
+  fake.slow = strncmp(node, "slow", 4) == 0;
   return __real_uv_getaddrinfo(loop, req, on_fake_resolved, "127.0.0.1",
                                service, hints);
 }
@@ -512,25 +529,40 @@ static void test_waits_refused_in_sort_comparator(void **state) {
   close(fd);
 }
 
-/* The connection ends while its handler waits in connect: the outbound
- * connection is abandoned (closed and freed) and the request freed. */
-static void test_ended_while_connecting(void **state) {
-  (void)state;
+/* Has the handler connect to `host` at a listener whose backlog is full,
+ * and ends its connection while the connect to the first address is in
+ * flight: that attempt is abandoned (closed and freed), no other is
+ * made, and the request is freed. */
+static void end_while_connecting(const char *host) {
   int filler, port;
   int lfd = h_full_listener(&filler, &port);
   char target[64];
-  snprintf(target, sizeof target, "'127.0.0.1', %d", port);
+  snprintf(target, sizeof target, "'%s', %d", host, port);
   handler_fmt(connect_handler, target);
   int fd = h_client(&H);
   le_conn *c = H.accepted[0];
+  RUN_UNTIL(&H, H.ctx.count == 2); /* resolved (a name), connecting */
   assert_string_equal(le_coro_waits_on(&c->lc.coro), "luaecho.connect");
-  assert_int_equal(H.ctx.count, 2);
   le_conn_abort(c, LE_ESHUTDOWN);
   RUN_UNTIL(&H, H.freed == 2);
+  uv_run(&H.loop, UV_RUN_NOWAIT);
+  assert_int_equal(H.ctx.count, 0);
   assert_false(h_global_is_set(&H, "result"));
   close(fd);
   close(filler);
   close(lfd);
+}
+
+static void test_ended_while_connecting(void **state) {
+  (void)state;
+  end_while_connecting("127.0.0.1");
+}
+
+/* The same with two addresses, 127.0.0.1 first: 127.0.0.2 is never
+ * tried. */
+static void test_ended_while_connecting_to_first_of_two(void **state) {
+  (void)state;
+  end_while_connecting("rev.test");
 }
 
 static void test_ended_while_resolving(void **state) {
@@ -574,6 +606,125 @@ static void test_connected_result_dropped(void **state) {
   close(fd);
 }
 
+/* Every address of the name fails in le_conn_connect itself, before any
+ * callback (a TCP connect to a multicast address): the wait ends with the
+ * last error, and the sockets made for the attempts are freed. */
+static void test_connect_every_address_fails_at_once(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'unreach.test', %d", H.port);
+  assert_string_equal(h_global(&H, "result"), "nil,enetunreach");
+  RUN_UNTIL(&H, H.ctx.count == 1);
+  assert_int_equal(H.naccepted, 1);
+  close(fd);
+}
+
+/* The first address fails at once, the second connects. */
+static void test_connect_after_an_address_failing_at_once(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'unreach1.test', %d", H.port);
+  assert_int_equal(H.naccepted, 2);
+  assert_echoed_then_freed(fd, -1);
+}
+
+/* The connect cannot even start (arm fails): a literal address that
+ * le_conn_connect refuses at once, and a name libuv's resolver refuses
+ * (not UTF-8). The error comes back at once; nothing is left behind. */
+static void test_connect_cannot_start(void **state) {
+  (void)state;
+  int fd = connect_from_handler("'224.0.0.1', %d", H.port);
+  assert_string_equal(h_global(&H, "result"), "nil,enetunreach");
+  RUN_UNTIL(&H, H.ctx.count == 1);
+  close(fd);
+  assert_int_equal(luaL_dostring(H.L, "result, n = nil, nil"), LUA_OK);
+  fd = connect_from_handler("'\\255.example', %d", H.port);
+  assert_string_equal(h_global(&H, "result"), "nil,einval");
+  RUN_UNTIL(&H, H.ctx.count == 1);
+  assert_int_equal(H.naccepted, 2); /* the two handlers' connections */
+  close(fd);
+}
+
+/* The handler's connection is gone (or going) while the resolver still
+ * holds its answer: once the answer came, nothing connected (it found
+ * nobody waiting) and nothing is left. Closes fd. */
+static void assert_late_answer_ignored(int fd) {
+  RUN_UNTIL(&H, H.freed == 1 && !uv_is_active((uv_handle_t *)&fake.delay));
+  uv_run(&H.loop, UV_RUN_NOWAIT); /* one more turn */
+  assert_int_equal(H.ctx.count, 0);
+  assert_false(h_global_is_set(&H, "result"));
+  close(fd);
+}
+
+/* The handler sits in connect while the resolver holds its answer back:
+ * the request has all three holders (the wait, the resolver, the timer).
+ * The connection is ended; the late answer finds nobody, connects nowhere,
+ * and is freed with the request (valgrind and ASan check). */
+static void test_ended_while_resolving_slowly(void **state) {
+  (void)state;
+  handler_fmt(connect_handler, "'slow.test', 1, {timeout = 5}");
+  int fd = h_client(&H);
+  le_conn *c = H.accepted[0];
+  assert_string_equal(le_coro_waits_on(&c->lc.coro), "luaecho.connect");
+  RUN_UNTIL(&H, uv_is_active((uv_handle_t *)&fake.delay));
+  le_conn_abort(c, LE_ESHUTDOWN);
+  assert_late_answer_ignored(fd);
+}
+
+/* A task waits in connect for a slow answer when its handler returns: the
+ * task is ended with its connection, and the late answer is thrown away. */
+static void test_task_in_connect_ended_with_handler(void **state) {
+  (void)state;
+  h_handler(&H, "local L = require 'luaecho'\n"
+                "return function(conn)\n"
+                "  L.spawn(function()\n"
+                "    result = L.connect('slow.test', 1, {timeout = 5}) end)\n"
+                "end\n");
+  int fd = h_client(&H);
+  RUN_UNTIL(&H, uv_is_active((uv_handle_t *)&fake.delay));
+  shutdown(fd, SHUT_WR); /* the connection need not linger */
+  RUN_UNTIL(&H, H.freed == 1);
+  assert_true(uv_is_active((uv_handle_t *)&fake.delay)); /* not answered */
+  assert_late_answer_ignored(fd);
+}
+
+/* Stands in for the scheduler's kick: the woken coroutine stays on the
+ * ready list until the test ends it. */
+static void kick_nothing(le_coro_sched *s) { (void)s; }
+
+/* The timeout ends resolution while another coroutine runs (simulated by
+ * the scheduler's depth, with the kick held back), so the handler is only
+ * made READY; it is ended before its continuation runs (the wait's drop),
+ * and the resolver's late answer still frees the request. */
+static void test_timed_out_resolution_dropped(void **state) {
+  (void)state;
+  handler_fmt(connect_handler, "'slow.test', 1, {timeout = 0.05}");
+  int fd = h_client(&H);
+  le_conn *c = H.accepted[0];
+  assert_string_equal(le_coro_waits_on(&c->lc.coro), "luaecho.connect");
+  void (*kick)(le_coro_sched *) = H.ctx.sched.kick;
+  H.ctx.sched.kick = kick_nothing;
+  H.ctx.sched.depth++;
+  RUN_UNTIL(&H, c->lc.coro.state == LE_CORO_READY);
+  H.ctx.sched.depth--;
+  H.ctx.sched.kick = kick;
+  assert_true(uv_is_active((uv_handle_t *)&fake.delay)); /* not answered */
+  le_conn_abort(c, LE_ESHUTDOWN);
+  assert_late_answer_ignored(fd);
+}
+
+/* Server shutdown (h_close: every connection aborted, then the loop run
+ * until every handle closed) while the resolver holds the answer of a
+ * name that resolves to two addresses. */
+static void test_shutdown_while_resolving(void **state) {
+  (void)state;
+  handler_fmt(connect_handler, "'slowrev.test', 1");
+  int fd = h_client(&H);
+  assert_string_equal(le_coro_waits_on(&H.accepted[0]->lc.coro),
+                      "luaecho.connect");
+  RUN_UNTIL(&H, uv_is_active((uv_handle_t *)&fake.delay));
+  close(fd);
+  /* h_teardown closes the loop, which must close cleanly. */
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, h_setup, h_teardown)
   const struct CMUnitTest tests[] = {
@@ -600,6 +751,14 @@ int main(void) {
       T(test_ended_while_connecting),
       T(test_ended_while_resolving),
       T(test_connected_result_dropped),
+      T(test_connect_every_address_fails_at_once),
+      T(test_connect_after_an_address_failing_at_once),
+      T(test_connect_cannot_start),
+      T(test_ended_while_resolving_slowly),
+      T(test_task_in_connect_ended_with_handler),
+      T(test_timed_out_resolution_dropped),
+      T(test_ended_while_connecting_to_first_of_two),
+      T(test_shutdown_while_resolving),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -359,6 +359,12 @@ static void test_message_is_one_line_naming_the_file(void **state) {
   assert_string_equal(out, "...long/h.lua:1: x");
   le_sandbox_message(out, 8, "h.lua", "boom");
   assert_string_equal(out, "h.lua: ");
+  /* A file name is text from outside too: escaped like the message's
+   * other control bytes, so that the record stays one line. */
+  le_sandbox_message(out, sizeof out, "a\nb\033.lua", "boom");
+  assert_string_equal(out, "a\\nb\\x1b.lua: boom");
+  le_sandbox_message(out, 3, "a\nb", "boom"); /* never half an escape */
+  assert_string_equal(out, "a:");
 }
 
 /* ---- memory ---- */
