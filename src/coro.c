@@ -252,8 +252,11 @@ static const char *report(le_coro *c, int status, char *buf, size_t len,
   *pushed = lua_pcall(L, 2, 1, 0) == LUA_OK;
   if (*pushed) return lua_tostring(L, -1);
   lua_pop(L, 1);
-  /* No memory to escape it: the first line still makes one line. */
-  if (msg != buf) snprintf(buf, len, "%.*s", (int)strcspn(msg, "\r\n"), msg);
+  /* No memory for Lua to escape it with: it is escaped here, without the
+   * traceback. */
+  char copy[512];
+  snprintf(copy, sizeof copy, "%s", msg);
+  le_log_escape_into(buf, len, copy, strlen(copy));
   return buf;
 }
 

@@ -493,6 +493,33 @@ static void test_error_has_position_and_traceback(void **state) {
   assert_contains(F.error[1], "(error object is a table value)");
 }
 
+/* starve(): from now on every allocation in the state fails, until the
+ * test restores the allocator. */
+static lua_Alloc real_alloc;
+static void *real_ud;
+
+static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  if (nsize == 0) return real_alloc(ud, ptr, osize, 0);
+  return NULL;
+}
+
+static int l_starve(lua_State *L) {
+  lua_setallocf(L, failing_alloc, real_ud);
+  return 0;
+}
+
+/* With no memory left for the report (message and traceback, built in
+ * Lua), the message alone is logged, still escaped to one line. */
+static void test_error_escaped_when_memory_is_out(void **state) {
+  (void)state;
+  real_alloc = lua_getallocf(F.L, &real_ud);
+  lua_register(F.L, "starve", l_starve);
+  start(0, "local m = 'one\\ntwo\\27' starve() error(m, 0)");
+  lua_setallocf(F.L, real_alloc, real_ud);
+  assert_int_equal(F.done[0], 1);
+  assert_string_equal(F.error[0], "one\\ntwo\\x1b");
+}
+
 static void test_wait_in_sort_comparator_raises_and_drops(void **state) {
   (void)state;
   start(0, "table.sort({3, 1, 2}, function(a, b) wait(1) return a < b end)");
@@ -683,6 +710,7 @@ int main(void) {
       T(test_user_threads_are_not_luaecho),
       T(test_bare_yield_is_handler_error),
       T(test_error_has_position_and_traceback),
+      T(test_error_escaped_when_memory_is_out),
       T(test_wait_in_sort_comparator_raises_and_drops),
       T(test_arm_error_runs_continuation_at_once),
       P(test_spin_is_preempted_then_stopped),
