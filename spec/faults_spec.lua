@@ -183,6 +183,15 @@ faults.new{ type = "warp" }
       -- 10000 bytes at 10 KB/s: 1 s.
       assert.is_true(elapsed >= 0.9 and elapsed < 3, ("10000 bytes took %.3f s"):format(elapsed))
     end)
+
+    it("passes data unthrottled at a rate too large to slice (math.huge, 1e17)", function()
+      local srv = start_proxy("{ faults.bandwidth(math.huge), faults.bandwidth(1e17, { stream = 'upstream' }) }")
+      local sock = connect(srv)
+      local data = payload(10000)
+      local _, got = timed_exchange(sock, data)
+      assert(server.same_bytes(data, got))
+      assert.is_nil(srv:log_text():find("[error]", 1, true), srv:log_text())
+    end)
   end)
 
   describe("slicer()", function()

@@ -237,7 +237,9 @@ IMPL.bandwidth = { sleeps = true }
 function IMPL.bandwidth.data(st, u, nxt)
   local rate = st.spec.rate * 1000 -- bytes per second
   if rate <= 0 then return nxt(u) end
-  local step = math.max(1, math.floor(rate / 10))
+  -- A slice is at most the whole unit: 100 ms worth of a huge rate (or of
+  -- math.huge) is no integer, and string.sub would raise on it.
+  local step = math.tointeger(math.max(1, math.floor(math.min(rate / 10, #u.data))))
   for i = 1, #u.data, step do
     local slice = u.data:sub(i, i + step - 1)
     st.free = math.max(st.free or 0, luaecho.now()) + #slice / rate
