@@ -319,6 +319,15 @@ end
       assert.is_true(n >= 300 and n <= 500, n .. " bytes differ")
     end)
 
+    it("with a rate too small for a float (1e-17, 1e-300) corrupts nothing and raises nothing", function()
+      local srv = start_proxy("{ faults.corrupt(1e-17, { stream = 'upstream' }), faults.corrupt(1e-300) }")
+      local sock = connect(srv)
+      local data = payload(4000)
+      local _, got = timed_exchange(sock, data)
+      assert(got == data, ("%d of %d bytes changed"):format(differences(data, got), #data))
+      assert.is_nil(srv:log_text():find("[error]", 1, true), srv:log_text())
+    end)
+
     it("leaves length headers alone in a framed mode, so messages stay whole", function()
       local srv = start_proxy("{ faults.corrupt(0.5) }", { config = "packet = 2\n" })
       local sock = connect(srv)

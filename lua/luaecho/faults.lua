@@ -322,9 +322,13 @@ IMPL.corrupt = {}
 function IMPL.corrupt.data(st, u, nxt)
   local rate, data = st.spec.rate, u.data
   if rate <= 0 then return nxt(u) end
+  -- Below about 1e-16, 1 - rate rounds to 1 and its log to 0 (the gap
+  -- would be -inf); -rate is then the log to double precision.
+  local scale = math.log(1 - rate)
+  if scale == 0 then scale = -rate end
   local parts, from, pos = {}, 1, u.hlen
   while true do
-    if rate < 1 then pos = pos + math.floor(math.log(1 - st.rng:float()) / math.log(1 - rate)) end
+    if rate < 1 then pos = pos + math.floor(math.log(1 - st.rng:float()) / scale) end
     pos = pos + 1
     if pos > #data then break end
     local b = data:byte(pos) ~ (1 << st.rng:int(0, 7))
