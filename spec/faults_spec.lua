@@ -213,6 +213,15 @@ faults.new{ type = "warp" }
       assert.is_true(in_range >= (#sizes - 1) * 0.6, "reads: " .. table.concat(sizes, " "))
       assert.is_true(spread >= 7 * 0.04, ("slices spread over %.3f s"):format(spread))
     end)
+
+    it("keeps every byte, once, when average_size + size_variation overflows an integer", function()
+      local srv = start_proxy("{ faults.slicer(math.maxinteger, math.maxinteger - 1) }")
+      local sock = connect(srv)
+      local data = payload(1000)
+      local got, err = server.exchange(sock, data, { half_close = true, until_close = true })
+      assert.equal("closed", err)
+      assert(got == data, ("sent %d bytes, got %d, %d of them different"):format(#data, #got, differences(data, got)))
+    end)
   end)
 
   describe("slow_close()", function()

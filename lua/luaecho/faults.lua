@@ -255,9 +255,12 @@ end
 IMPL.slicer = { sleeps = true }
 function IMPL.slicer.data(st, u, nxt)
   local avg, var, delay = st.spec.average_size, st.spec.size_variation, st.spec.delay / 1e6
+  -- avg + var wraps around past math.maxinteger, which would give negative
+  -- sizes (and slices cut backwards); avg - var >= 1 cannot.
+  local hi = avg + var < avg and math.maxinteger or avg + var
   local pos, n = 1, #u.data
   while pos <= n do
-    local size = math.min(n - pos + 1, st.rng:int(avg - var, avg + var))
+    local size = math.min(n - pos + 1, st.rng:int(avg - var, hi))
     nxt(piece(u, u.data:sub(pos, pos + size - 1), pos == 1))
     pos = pos + size
     if delay > 0 then luaecho.sleep(delay) end
