@@ -129,6 +129,27 @@ faults.new{ type = "warp" }
     end)
   end)
 
+  describe("misuse", function()
+    it("raises at the caller's line, naming the function and the argument", function()
+      local code, out = check_handler([[
+local faults = require "luaecho.faults"
+local function raises(pattern, f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok and err:find(pattern, 1, true), tostring(err))
+end
+raises("bad argument #1 to 'faults.handler' (address string expected, got number)", faults.handler, 7000, {})
+raises("faults.handler: port must be from 0 to 65535, got 99999", faults.handler, "127.0.0.1:99999", {})
+raises("bad argument #3 to 'faults.handler' (table of options expected, got number)", faults.handler, "127.0.0.1:1", {}, 5)
+raises("bad argument #1 to 'faults.describe' (fault table expected, got number)", faults.describe, 5)
+raises("bad argument #4 to 'faults.proxy' (table of options expected, got string)", faults.proxy, nil, nil, {}, "x")
+local _, err = pcall(function() local d = faults.describe(5); return d end)
+assert(err:find("h%.lua:%d+: bad argument #1 to 'faults%.describe'"), err)
+return function() end
+]])
+      assert.equal(0, code, out)
+    end)
+  end)
+
   describe("latency()", function()
     it("delays the answer by latency ms, downstream by default", function()
       local srv = start_proxy("{ faults.latency(200) }")

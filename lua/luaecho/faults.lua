@@ -191,6 +191,9 @@ end
 -- Returns one line describing fault f:
 -- "latency_downstream: latency latency=200 jitter=20 (downstream, toxicity 1)".
 function M.describe(f)
+  if type(f) ~= "table" then
+    error(("bad argument #1 to 'faults.describe' (fault table expected, got %s)"):format(type(f)), 2)
+  end
   f = complete(copy(f)) or f
   local parts = { ("%s: %s"):format(f.name, f.type) }
   for _, attr in ipairs(SCHEMA[f.type] or {}) do
@@ -686,6 +689,14 @@ local function framed_fault(active)
   end
 end
 
+-- Raises at the caller of fname (level 3) unless opts, its argument n, is
+-- a table or nil.
+local function check_opts(opts, n, fname)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #%d to '%s' (table of options expected, got %s)"):format(n, fname, type(opts)), 3)
+  end
+end
+
 -- Relays between conn (the client) and upstream (from luaecho.connect)
 -- until both directions end, each direction through the faults of `list`
 -- that act on it. Returns why the proxy ended: "closed" (both sides
@@ -693,6 +704,7 @@ end
 -- Closes upstream before returning. opts: seed, conn_seed, name, packet,
 -- packet_size, log (false: no log line per connection).
 function M.proxy(conn, upstream, list, opts)
+  check_opts(opts, 4, "faults.proxy")
   opts = opts or {}
   local mode, limit = proxy_args(conn, upstream, list, opts)
   local seed, base, count = next_seed(list, opts)
@@ -734,11 +746,16 @@ end
 -- opts. opts.connect holds luaecho.connect's options (timeout 5 s unless
 -- given). A client whose upstream cannot be reached is logged and closed.
 function M.handler(address, list, opts)
+  if type(address) ~= "string" then
+    error(("bad argument #1 to 'faults.handler' (address string expected, got %s)"):format(type(address)), 2)
+  end
+  check_opts(opts, 3, "faults.handler")
   opts = opts or {}
   local host, port = address:match("^%[?(.-)%]?:(%d+)$")
   if address:match("^unix:") then host, port = address, nil end
   if not host then error(("faults.handler: address must be host:port or unix:/path, got %s"):format(show(address)), 2) end
   port = port and math.tointeger(tonumber(port))
+  if port and port > 65535 then error(("faults.handler: port must be from 0 to 65535, got %d"):format(port), 2) end
   local connect_opts = opts.connect or { timeout = 5 }
   return function(conn)
     local up, err
