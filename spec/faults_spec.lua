@@ -453,6 +453,19 @@ end
     end)
   end)
 
+  describe("a fault that fails", function()
+    it("ends the proxy at once instead of leaving the client waiting", function()
+      -- corrupt(1) after latency runs in the writer coroutine; flipping
+      -- every byte of 100 KB computes past a cpu_limit of 1 ms, which
+      -- stops that coroutine with an error.
+      local srv = start_proxy("{ faults.latency(0), faults.corrupt(1) }", { config = "cpu_limit = 0.001\n" })
+      local sock = connect(srv)
+      local _, err = server.exchange(sock, payload(100000), { until_close = true, timeout = 5 })
+      assert.equal("closed", err)
+      assert.truthy(srv:wait_line("spawned coroutine error: .*cpu_limit exceeded", 5), srv:log_text())
+    end)
+  end)
+
   describe("directions", function()
     local FIXED_REPLY = [[
 return function(conn)

@@ -471,6 +471,20 @@ local function drain(d)
   d.busy = false
 end
 
+-- Runs d's writer (drain) and waits for it: a writer that raised (its
+-- error is logged by luaecho) ends the proxy at once, since the reader may
+-- be waiting on a source with nothing more to say, and both sides would
+-- stay open with their data gone. It takes a coroutine of its own: a
+-- writer stopped for cpu_limit runs no more code, its to-be-closed
+-- handlers and a pcall around it included.
+local function supervise(d)
+  luaecho.spawn(drain, d):join()
+  if d.busy then
+    d.busy = false
+    d.ctx:close_all("error")
+  end
+end
+
 -- Waits until d's writer has run every queued unit. A writer that raised
 -- (its error is logged by luaecho) ends the proxy.
 local function wait_writer(d)
@@ -490,7 +504,7 @@ local function deliver(d, u)
   d.queue[d.tail], d.queued = u, d.queued + #u.data
   if not d.busy then
     d.busy = true
-    d.task = luaecho.spawn(drain, d)
+    d.task = luaecho.spawn(supervise, d)
   elseif d.queued > QUEUE_LIMIT then
     wait_writer(d)
   end
