@@ -91,6 +91,16 @@ local function check_handler(src, stream)
   return code, table.concat(lines, "\n")
 end
 
+-- Handler source that loads the library and defines raises(text, f, ...):
+-- asserts that f(...) raises an error containing text.
+local RAISES = [[
+local faults = require "luaecho.faults"
+local function raises(pattern, f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok and err:find(pattern, 1, true), tostring(err))
+end
+]]
+
 describe("luaecho.faults", function()
   after_each(server.cleanup)
 
@@ -129,14 +139,24 @@ faults.new{ type = "warp" }
     end)
   end)
 
+  describe("attributes", function()
+    it("refuse infinity, which would make a fault do nothing (jitter: NaN delays) or wait for ever", function()
+      local code, out = check_handler(RAISES .. [[
+raises("faults.latency: jitter must be a number of milliseconds >= 0, got inf", faults.latency, 1, math.huge)
+raises("faults.latency: latency must be a number of milliseconds >= 0, got inf", faults.latency, math.huge)
+raises("faults.bandwidth: rate must be a number of KB/s >= 0, got inf", faults.bandwidth, math.huge)
+raises("faults.slicer: delay must be a number of microseconds >= 0, got inf", faults.slicer, 10, 0, math.huge)
+raises("faults.slow_close: delay must be a number of milliseconds >= 0, got inf", faults.slow_close, math.huge)
+raises("faults.latency: latency must be a number of milliseconds >= 0, got -inf", faults.latency, -math.huge)
+return function() end
+]])
+      assert.equal(0, code, out)
+    end)
+  end)
+
   describe("misuse", function()
     it("raises at the caller's line, naming the function and the argument", function()
-      local code, out = check_handler([[
-local faults = require "luaecho.faults"
-local function raises(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok and err:find(pattern, 1, true), tostring(err))
-end
+      local code, out = check_handler(RAISES .. [[
 raises("bad argument #1 to 'faults.handler' (address string expected, got number)", faults.handler, 7000, {})
 raises("faults.handler: port must be from 0 to 65535, got 99999", faults.handler, "127.0.0.1:99999", {})
 raises("bad argument #3 to 'faults.handler' (table of options expected, got number)", faults.handler, "127.0.0.1:1", {}, 5)
@@ -205,8 +225,8 @@ return function() end
       assert.is_true(elapsed >= 0.9 and elapsed < 3, ("10000 bytes took %.3f s"):format(elapsed))
     end)
 
-    it("passes data unthrottled at a rate too large to slice (math.huge, 1e17)", function()
-      local srv = start_proxy("{ faults.bandwidth(math.huge), faults.bandwidth(1e17, { stream = 'upstream' }) }")
+    it("passes data unthrottled at a rate too large to slice (1e300, 1e17)", function()
+      local srv = start_proxy("{ faults.bandwidth(1e300), faults.bandwidth(1e17, { stream = 'upstream' }) }")
       local sock = connect(srv)
       local data = payload(10000)
       local _, got = timed_exchange(sock, data)

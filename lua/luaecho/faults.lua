@@ -99,7 +99,9 @@ end
 -- Returns an error message for attribute `attr` of a fault, or nil.
 local function check_attr(kind, attr, v)
   local ok, what = KINDS[attr[2]][1], KINDS[attr[2]][2]
-  if type(v) ~= "number" or v ~= v or not ok(v) then
+  -- Infinity is refused as NaN is: an infinite jitter makes NaN delays
+  -- (no delay at all), an infinite latency or delay a wait for ever.
+  if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge or not ok(v) then
     return ("faults.%s: %s must be %s, got %s"):format(kind, attr[1], what, show(v))
   end
 end
