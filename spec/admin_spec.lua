@@ -337,6 +337,30 @@ describe("admin listener", function()
       assert.same({ "error: proxy slow has no fault 'latency_downstream'" }, command(admin, "faults slow remove latency_downstream"))
     end)
 
+    it("faults shows and removes an entry of a live list that is not a fault", function()
+      local srv, addr = start{
+        handler = PROXY,
+        config = 'listen = { "127.0.0.1:0", { address = "unix:@DIR@/up.sock", handler = "@DIR@/up.lua" },'
+          .. ' { address = "unix:@DIR@/junk.sock", handler = "@DIR@/junk.lua" } }\n',
+        files = {
+          ["up.lua"] = ECHO,
+          -- Lua code of the same server puts junk in the live list.
+          ["junk.lua"] = 'return function(conn) table.insert(require("luaecho.faults").lists().slow, 42) conn:send("ok\\n") end\n',
+        },
+      }
+      local admin = admin_conn(addr)
+      client_of(srv, "first\n")
+      local junk = assert(server.connect_unix(srv:file("junk.sock")))
+      assert.equal("ok", junk:receive("*l"))
+      local text = table.concat(command(admin, "faults"), "\n")
+      assert.truthy(text:find("proxy slow: latency_downstream: latency latency=5 jitter=0 (downstream, toxicity 1); not a fault: 42", 1, true), text)
+      assert.same({ "error: proxy slow has no fault '42'" }, command(admin, "faults slow remove 42"))
+      assert.same({ "ok: proxy slow: removed not a fault: 42" }, command(admin, "faults slow remove 2"))
+      text = table.concat(command(admin, "faults"), "\n")
+      assert.truthy(text:find("proxy slow: latency_downstream: latency latency=5 jitter=0 (downstream, toxicity 1)", 1, true), text)
+      assert.falsy(text:find("not a fault", 1, true), text)
+    end)
+
     it("quit closes the admin connection", function()
       local _, addr = start()
       local admin = admin_conn(addr)

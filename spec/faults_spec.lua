@@ -91,6 +91,16 @@ local function check_handler(src, stream)
   return code, table.concat(lines, "\n")
 end
 
+-- Handler source that loads the library and defines raises(text, f, ...):
+-- asserts that f(...) raises an error containing text.
+local RAISES = [[
+local faults = require "luaecho.faults"
+local function raises(pattern, f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok and err:find(pattern, 1, true), tostring(err))
+end
+]]
+
 describe("luaecho.faults", function()
   after_each(server.cleanup)
 
@@ -126,6 +136,37 @@ faults.new{ type = "warp" }
 ]], "stderr")
       assert.equal(1, code)
       assert.matches('faults: unknown fault type "warp"', out)
+    end)
+  end)
+
+  describe("attributes", function()
+    it("refuse infinity, which would make a fault do nothing (jitter: NaN delays) or wait for ever", function()
+      local code, out = check_handler(RAISES .. [[
+raises("faults.latency: jitter must be a number of milliseconds >= 0, got inf", faults.latency, 1, math.huge)
+raises("faults.latency: latency must be a number of milliseconds >= 0, got inf", faults.latency, math.huge)
+raises("faults.bandwidth: rate must be a number of KB/s >= 0, got inf", faults.bandwidth, math.huge)
+raises("faults.slicer: delay must be a number of microseconds >= 0, got inf", faults.slicer, 10, 0, math.huge)
+raises("faults.slow_close: delay must be a number of milliseconds >= 0, got inf", faults.slow_close, math.huge)
+raises("faults.latency: latency must be a number of milliseconds >= 0, got -inf", faults.latency, -math.huge)
+return function() end
+]])
+      assert.equal(0, code, out)
+    end)
+  end)
+
+  describe("misuse", function()
+    it("raises at the caller's line, naming the function and the argument", function()
+      local code, out = check_handler(RAISES .. [[
+raises("bad argument #1 to 'faults.handler' (address string expected, got number)", faults.handler, 7000, {})
+raises("faults.handler: port must be from 0 to 65535, got 99999", faults.handler, "127.0.0.1:99999", {})
+raises("bad argument #3 to 'faults.handler' (table of options expected, got number)", faults.handler, "127.0.0.1:1", {}, 5)
+raises("bad argument #1 to 'faults.describe' (fault table expected, got number)", faults.describe, 5)
+raises("bad argument #4 to 'faults.proxy' (table of options expected, got string)", faults.proxy, nil, nil, {}, "x")
+local _, err = pcall(function() local d = faults.describe(5); return d end)
+assert(err:find("h%.lua:%d+: bad argument #1 to 'faults%.describe'"), err)
+return function() end
+]])
+      assert.equal(0, code, out)
     end)
   end)
 
@@ -183,6 +224,15 @@ faults.new{ type = "warp" }
       -- 10000 bytes at 10 KB/s: 1 s.
       assert.is_true(elapsed >= 0.9 and elapsed < 3, ("10000 bytes took %.3f s"):format(elapsed))
     end)
+
+    it("passes data unthrottled at a rate too large to slice (1e300, 1e17)", function()
+      local srv = start_proxy("{ faults.bandwidth(1e300), faults.bandwidth(1e17, { stream = 'upstream' }) }")
+      local sock = connect(srv)
+      local data = payload(10000)
+      local _, got = timed_exchange(sock, data)
+      assert(server.same_bytes(data, got))
+      assert.is_nil(srv:log_text():find("[error]", 1, true), srv:log_text())
+    end)
   end)
 
   describe("slicer()", function()
@@ -203,6 +253,15 @@ faults.new{ type = "warp" }
       assert.is_true(#sizes >= 6, "reads: " .. table.concat(sizes, " "))
       assert.is_true(in_range >= (#sizes - 1) * 0.6, "reads: " .. table.concat(sizes, " "))
       assert.is_true(spread >= 7 * 0.04, ("slices spread over %.3f s"):format(spread))
+    end)
+
+    it("keeps every byte, once, when average_size + size_variation overflows an integer", function()
+      local srv = start_proxy("{ faults.slicer(math.maxinteger, math.maxinteger - 1) }")
+      local sock = connect(srv)
+      local data = payload(1000)
+      local got, err = server.exchange(sock, data, { half_close = true, until_close = true })
+      assert.equal("closed", err)
+      assert(got == data, ("sent %d bytes, got %d, %d of them different"):format(#data, #got, differences(data, got)))
     end)
   end)
 
@@ -310,6 +369,15 @@ end
       assert.is_true(n >= 300 and n <= 500, n .. " bytes differ")
     end)
 
+    it("with a rate too small for a float (1e-17, 1e-300) corrupts nothing and raises nothing", function()
+      local srv = start_proxy("{ faults.corrupt(1e-17, { stream = 'upstream' }), faults.corrupt(1e-300) }")
+      local sock = connect(srv)
+      local data = payload(4000)
+      local _, got = timed_exchange(sock, data)
+      assert(got == data, ("%d of %d bytes changed"):format(differences(data, got), #data))
+      assert.is_nil(srv:log_text():find("[error]", 1, true), srv:log_text())
+    end)
+
     it("leaves length headers alone in a framed mode, so messages stay whole", function()
       local srv = start_proxy("{ faults.corrupt(0.5) }", { config = "packet = 2\n" })
       local sock = connect(srv)
@@ -402,6 +470,19 @@ end
       local sent = srv:report("sent", 10)
       assert.equal("timeout", sent[2])
       assert.is_true(sent[1] < 16 * 1024 * 1024, sent[1] .. " bytes sent")
+    end)
+  end)
+
+  describe("a fault that fails", function()
+    it("ends the proxy at once instead of leaving the client waiting", function()
+      -- corrupt(1) after latency runs in the writer coroutine; flipping
+      -- every byte of 100 KB computes past a cpu_limit of 1 ms, which
+      -- stops that coroutine with an error.
+      local srv = start_proxy("{ faults.latency(0), faults.corrupt(1) }", { config = "cpu_limit = 0.001\n" })
+      local sock = connect(srv)
+      local _, err = server.exchange(sock, payload(100000), { until_close = true, timeout = 5 })
+      assert.equal("closed", err)
+      assert.truthy(srv:wait_line("spawned coroutine error: .*cpu_limit exceeded", 5), srv:log_text())
     end)
   end)
 

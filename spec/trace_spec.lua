@@ -543,6 +543,23 @@ describe("a trace output that falls behind", function()
     error("the FIFO's reader did not stop")
   end
 
+  it("starts with a FIFO nobody reads yet; a reader that comes later gets the lines", function()
+    local fifo = make_fifo()
+    local srv = start(nil, { config = ('trace_file = %q\n'):format(fifo) })
+    local sock = connect(srv)
+    echo(sock, "before any reader\n")
+    local reader = assert(proc.spawn({ "cat", fifo }))
+    server.defer(function() reader:kill("KILL"); reader:wait(5) end)
+    local deadline, seen = proc.now() + 10, nil
+    repeat
+      local line = reader:readline(math.max(0, deadline - proc.now()))
+      if line == nil then break end
+      seen = line:find('read 18 bytes "before any reader\\n"', 1, true)
+    until seen
+    assert(seen, "the reader got no trace of the first read")
+    finish(sock)
+  end)
+
   it("never blocks the loop: lines are dropped, counted and reported", function()
     local fifo = make_fifo()
     -- The reader opens the FIFO (so luaecho's open returns), stops itself

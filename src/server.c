@@ -1077,6 +1077,22 @@ int le_server_connect(le_server *s, const char *address, const char *path,
 
 /* ---- set-up and tear-down ---- */
 
+/* Opens path for appending trace lines; returns the fd, or -1 with errno.
+ * Opening a FIFO for writing waits for a reader, which would hold up the
+ * start for good: a FIFO nobody reads yet is opened for reading and writing
+ * instead (Linux lets a FIFO be opened so, without waiting), and its lines
+ * wait there for a reader; once it is full the trace drops and counts
+ * them. The fd is left blocking, for the trace's writer thread. */
+static int open_trace_file(const char *path) {
+  int flags = O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK;
+  int fd = open(path, flags | O_WRONLY, 0644);
+  if (fd < 0 && errno == ENXIO) fd = open(path, flags | O_RDWR, 0644);
+  if (fd < 0) return -1;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  return fd;
+}
+
 /* Trace lines go to trace_file, or else to the log's stream with the log's
  * prefix. The file is opened for appending at start. */
 static int open_trace(le_server *s, char *err, size_t errlen) {
@@ -1085,8 +1101,7 @@ static int open_trace(le_server *s, char *err, size_t errlen) {
     le_trace_init(&s->trace, fileno(stderr), 1);
     return 0;
   }
-  s->trace_fd =
-      open(s->cfg->trace_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  s->trace_fd = open_trace_file(s->cfg->trace_file);
   if (s->trace_fd < 0) {
     snprintf(err, errlen, "cannot open trace_file %s: %s", s->cfg->trace_file,
              strerror(errno));

@@ -30,14 +30,19 @@ struct le__trace_ring {
   int abandoned; /* nobody waits for the writer: it frees the ring */
 };
 
-static void write_all(int fd, const char *p, size_t n) {
+/* Writes the n bytes at p; returns how many lines (newlines) of them the
+ * output refused (a full disk, a pipe whose reader left): they are gone. */
+static uint64_t write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return; /* a closed output: the lines are gone */
+    if (w <= 0) break;
     p += w;
     n -= (size_t)w;
   }
+  uint64_t lost = 0;
+  for (size_t i = 0; i < n; i++) lost += p[i] == '\n';
+  return lost;
 }
 
 /* Takes up to `room` contiguous bytes off the ring into out. Called with
@@ -84,9 +89,11 @@ static void *writer(void *arg) {
     r->dropped -= dropped;
     r->writing = 1;
     pthread_mutex_unlock(&r->lock);
-    write_all(r->fd, chunk, n);
+    uint64_t lost = write_all(r->fd, chunk, n);
     if (dropped > 0) report_dropped(r, dropped);
     pthread_mutex_lock(&r->lock);
+    /* Counted in the total only: a report would go to the same output. */
+    r->dropped_total += lost;
     r->writing = 0;
     /* Drained only once what was taken is written, so that a flush means
      * "in the output". */

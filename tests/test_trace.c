@@ -163,6 +163,23 @@ static void test_lines_reach_the_fd_in_order(void **state) {
   close(fds[1]);
 }
 
+/* An output that refuses the lines (/dev/full: ENOSPC; a pipe whose
+ * reader left: EPIPE) loses them; they are counted as dropped, not lost
+ * without a trace in luaecho.stats(). */
+static void test_lines_an_output_refuses_are_counted(void **state) {
+  (void)state;
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  close(fds[0]); /* writes now fail with EPIPE (SIGPIPE is ignored) */
+  le_trace t;
+  le_trace_init(&t, fds[1], 0);
+  for (int i = 0; i < 50; i++) le_trace_event(&t, 7, "event %d", i);
+  assert_true(le_trace_flush(&t, 5000));
+  assert_int_equal(le_trace_dropped(&t), 50);
+  le_trace_close(&t);
+  close(fds[1]);
+}
+
 static void test_log_prefix_comes_first(void **state) {
   (void)state;
   int fds[2];
@@ -291,6 +308,7 @@ int main(void) {
       cmocka_unit_test(test_preview_never_overflows_small_buffers),
       cmocka_unit_test(test_preview_cut_by_its_buffer_ends_with_dots),
       cmocka_unit_test(test_lines_reach_the_fd_in_order),
+      cmocka_unit_test(test_lines_an_output_refuses_are_counted),
       cmocka_unit_test(test_log_prefix_comes_first),
       cmocka_unit_test(test_flush_waits_until_written),
       cmocka_unit_test(test_close_without_lines_is_safe),

@@ -72,7 +72,8 @@ int le_trace_flush(le_trace *t, int timeout_ms);
 char *le_trace_preview(char *out, size_t outlen, const char *data, size_t len,
                        size_t max, int hex);
 
-/* Returns the lines dropped so far. */
+/* Returns the lines dropped so far: for want of room in the buffer, or
+ * refused by the output (a write error such as ENOSPC or EPIPE). */
 uint64_t le_trace_dropped(le_trace *t);
 
 #endif

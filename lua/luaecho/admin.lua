@@ -214,6 +214,13 @@ local function do_reload()
   return true, "reload requested (nothing was reloaded)"
 end
 
+-- Returns one line describing entry f of a live fault list, which Lua code
+-- of the server may have filled with anything.
+local function describe_fault(faults, f)
+  if type(f) ~= "table" then return "not a fault: " .. tostring(f) end
+  return faults.describe(f)
+end
+
 -- Returns the lines of the `faults` command.
 local function faults_lines()
   local ok, faults = pcall(require, "luaecho.faults")
@@ -231,7 +238,7 @@ local function faults_lines()
   local lists = faults.lists()
   for _, name in ipairs(names) do
     local descs = {}
-    for i, f in ipairs(lists[name]) do descs[i] = faults.describe(f) end
+    for i, f in ipairs(lists[name]) do descs[i] = describe_fault(faults, f) end
     out[#out + 1] = ("proxy %s: %s"):format(name, #descs > 0 and table.concat(descs, "; ") or "no faults")
   end
   if #out == 0 then out[1] = "no toxic proxies running" end
@@ -290,9 +297,9 @@ local function edit_faults(name, verb, args)
     return { ("ok: proxy %s: no faults"):format(name) }
   elseif verb == "remove" and args[1] then
     for i, f in ipairs(list) do
-      if f.name == args[1] or tostring(i) == args[1] then
+      if type(f) == "table" and f.name == args[1] or tostring(i) == args[1] then
         table.remove(list, i)
-        return { ("ok: proxy %s: removed %s"):format(name, faults.describe(f)) }
+        return { ("ok: proxy %s: removed %s"):format(name, describe_fault(faults, f)) }
       end
     end
     return { ("error: proxy %s has no fault '%s'"):format(name, args[1]) }

@@ -99,7 +99,9 @@ end
 -- Returns an error message for attribute `attr` of a fault, or nil.
 local function check_attr(kind, attr, v)
   local ok, what = KINDS[attr[2]][1], KINDS[attr[2]][2]
-  if type(v) ~= "number" or v ~= v or not ok(v) then
+  -- Infinity is refused as NaN is: an infinite jitter makes NaN delays
+  -- (no delay at all), an infinite latency or delay a wait for ever.
+  if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge or not ok(v) then
     return ("faults.%s: %s must be %s, got %s"):format(kind, attr[1], what, show(v))
   end
 end
@@ -191,6 +193,9 @@ end
 -- Returns one line describing fault f:
 -- "latency_downstream: latency latency=200 jitter=20 (downstream, toxicity 1)".
 function M.describe(f)
+  if type(f) ~= "table" then
+    error(("bad argument #1 to 'faults.describe' (fault table expected, got %s)"):format(type(f)), 2)
+  end
   f = complete(copy(f)) or f
   local parts = { ("%s: %s"):format(f.name, f.type) }
   for _, attr in ipairs(SCHEMA[f.type] or {}) do
@@ -237,7 +242,9 @@ IMPL.bandwidth = { sleeps = true }
 function IMPL.bandwidth.data(st, u, nxt)
   local rate = st.spec.rate * 1000 -- bytes per second
   if rate <= 0 then return nxt(u) end
-  local step = math.max(1, math.floor(rate / 10))
+  -- A slice is at most the whole unit: 100 ms worth of a huge rate (or of
+  -- math.huge) is no integer, and string.sub would raise on it.
+  local step = math.tointeger(math.max(1, math.floor(math.min(rate / 10, #u.data))))
   for i = 1, #u.data, step do
     local slice = u.data:sub(i, i + step - 1)
     st.free = math.max(st.free or 0, luaecho.now()) + #slice / rate
@@ -253,9 +260,12 @@ end
 IMPL.slicer = { sleeps = true }
 function IMPL.slicer.data(st, u, nxt)
   local avg, var, delay = st.spec.average_size, st.spec.size_variation, st.spec.delay / 1e6
+  -- avg + var wraps around past math.maxinteger, which would give negative
+  -- sizes (and slices cut backwards); avg - var >= 1 cannot.
+  local hi = avg + var < avg and math.maxinteger or avg + var
   local pos, n = 1, #u.data
   while pos <= n do
-    local size = math.min(n - pos + 1, st.rng:int(avg - var, avg + var))
+    local size = math.min(n - pos + 1, st.rng:int(avg - var, hi))
     nxt(piece(u, u.data:sub(pos, pos + size - 1), pos == 1))
     pos = pos + size
     if delay > 0 then luaecho.sleep(delay) end
@@ -320,9 +330,13 @@ IMPL.corrupt = {}
 function IMPL.corrupt.data(st, u, nxt)
   local rate, data = st.spec.rate, u.data
   if rate <= 0 then return nxt(u) end
+  -- Below about 1e-16, 1 - rate rounds to 1 and its log to 0 (the gap
+  -- would be -inf); -rate is then the log to double precision.
+  local scale = math.log(1 - rate)
+  if scale == 0 then scale = -rate end
   local parts, from, pos = {}, 1, u.hlen
   while true do
-    if rate < 1 then pos = pos + math.floor(math.log(1 - st.rng:float()) / math.log(1 - rate)) end
+    if rate < 1 then pos = pos + math.floor(math.log(1 - st.rng:float()) / scale) end
     pos = pos + 1
     if pos > #data then break end
     local b = data:byte(pos) ~ (1 << st.rng:int(0, 7))
@@ -459,6 +473,20 @@ local function drain(d)
   d.busy = false
 end
 
+-- Runs d's writer (drain) and waits for it: a writer that raised (its
+-- error is logged by luaecho) ends the proxy at once, since the reader may
+-- be waiting on a source with nothing more to say, and both sides would
+-- stay open with their data gone. It takes a coroutine of its own: a
+-- writer stopped for cpu_limit runs no more code, its to-be-closed
+-- handlers and a pcall around it included.
+local function supervise(d)
+  luaecho.spawn(drain, d):join()
+  if d.busy then
+    d.busy = false
+    d.ctx:close_all("error")
+  end
+end
+
 -- Waits until d's writer has run every queued unit. A writer that raised
 -- (its error is logged by luaecho) ends the proxy.
 local function wait_writer(d)
@@ -478,7 +506,7 @@ local function deliver(d, u)
   d.queue[d.tail], d.queued = u, d.queued + #u.data
   if not d.busy then
     d.busy = true
-    d.task = luaecho.spawn(drain, d)
+    d.task = luaecho.spawn(supervise, d)
   elseif d.queued > QUEUE_LIMIT then
     wait_writer(d)
   end
@@ -677,6 +705,14 @@ local function framed_fault(active)
   end
 end
 
+-- Raises at the caller of fname (level 3) unless opts, its argument n, is
+-- a table or nil.
+local function check_opts(opts, n, fname)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #%d to '%s' (table of options expected, got %s)"):format(n, fname, type(opts)), 3)
+  end
+end
+
 -- Relays between conn (the client) and upstream (from luaecho.connect)
 -- until both directions end, each direction through the faults of `list`
 -- that act on it. Returns why the proxy ended: "closed" (both sides
@@ -684,6 +720,7 @@ end
 -- Closes upstream before returning. opts: seed, conn_seed, name, packet,
 -- packet_size, log (false: no log line per connection).
 function M.proxy(conn, upstream, list, opts)
+  check_opts(opts, 4, "faults.proxy")
   opts = opts or {}
   local mode, limit = proxy_args(conn, upstream, list, opts)
   local seed, base, count = next_seed(list, opts)
@@ -725,11 +762,16 @@ end
 -- opts. opts.connect holds luaecho.connect's options (timeout 5 s unless
 -- given). A client whose upstream cannot be reached is logged and closed.
 function M.handler(address, list, opts)
+  if type(address) ~= "string" then
+    error(("bad argument #1 to 'faults.handler' (address string expected, got %s)"):format(type(address)), 2)
+  end
+  check_opts(opts, 3, "faults.handler")
   opts = opts or {}
   local host, port = address:match("^%[?(.-)%]?:(%d+)$")
   if address:match("^unix:") then host, port = address, nil end
   if not host then error(("faults.handler: address must be host:port or unix:/path, got %s"):format(show(address)), 2) end
   port = port and math.tointeger(tonumber(port))
+  if port and port > 65535 then error(("faults.handler: port must be from 0 to 65535, got %d"):format(port), 2) end
   local connect_opts = opts.connect or { timeout = 5 }
   return function(conn)
     local up, err
