@@ -15,6 +15,7 @@
 static const char hint_handlers[] =
     "set sandbox = false in the config to allow it";
 static const char hint_config[] = "a config file always runs in the sandbox";
+static const char hint_client[] = "a client script always runs in the sandbox";
 
 /* What Lua's loader says when a binary chunk is loaded in text mode. */
 static const char mode_error[] = "attempt to load a binary chunk";
@@ -28,6 +29,12 @@ static const char *sandbox_hint(lua_State *L) {
 }
 
 int le_sandbox_enabled(lua_State *L) { return sandbox_hint(L) != NULL; }
+
+void le_sandbox_for_client(lua_State *L) {
+  if (!le_sandbox_enabled(L)) return;
+  lua_pushlightuserdata(L, (void *)hint_client);
+  lua_setfield(L, LUA_REGISTRYINDEX, HINT_KEY); /* an existing key: no memory */
+}
 
 /* ---- loading chunks ---- */
 

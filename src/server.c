@@ -1053,6 +1053,7 @@ int le_server_connect(le_server *s, const char *address, const char *path,
   } else {
     memcpy(cl->path, a.path, sizeof cl->path);
   }
+  le_sandbox_for_client(s->L);
   cl->tried = calloc(n, 1);
   if (cl->tried == NULL) {
     snprintf(err, errlen, "cannot connect to %s: out of memory", address);

@@ -42,6 +42,12 @@ int le_sandbox_apply(lua_State *L, le_sandbox_mode mode);
 /* Returns 1 when L was prepared with a sandbox mode, else 0. */
 int le_sandbox_enabled(lua_State *L);
 
+/* Client mode reads no config, so "set sandbox = false in the config" is
+ * no advice there: once L (sandboxed) runs a client script, its messages
+ * end with "(a client script always runs in the sandbox)". Does nothing
+ * when L has no sandbox. */
+void le_sandbox_for_client(lua_State *L);
+
 /* Loads the Lua file at path (not NULL) as luaL_loadfilex does, in text
  * mode under the sandbox. A binary chunk that is refused gives a message
  * naming the file: "h.lua: binary (precompiled) chunks are disabled by the
