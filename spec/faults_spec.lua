@@ -148,6 +148,8 @@ raises("faults.bandwidth: rate must be a number of KB/s >= 0, got inf", faults.b
 raises("faults.slicer: delay must be a number of microseconds >= 0, got inf", faults.slicer, 10, 0, math.huge)
 raises("faults.slow_close: delay must be a number of milliseconds >= 0, got inf", faults.slow_close, math.huge)
 raises("faults.latency: latency must be a number of milliseconds >= 0, got -inf", faults.latency, -math.huge)
+-- NaN reads "nan" (C's printf says "-nan" for 0/0 on this platform).
+raises("faults.latency: latency must be a number of milliseconds >= 0, got nan", faults.latency, 0/0)
 return function() end
 ]])
       assert.equal(0, code, out)

@@ -93,6 +93,7 @@ local COMMON = { type = true, name = true, stream = true, toxicity = true }
 local function show(v)
   if type(v) == "string" then return ("%q"):format(v) end
   if type(v) == "table" or type(v) == "function" or type(v) == "userdata" then return "a " .. type(v) end
+  if v ~= v then return "nan" end -- C's printf may say "-nan"
   return tostring(v)
 end
 
