@@ -172,6 +172,25 @@ return function() end
     end)
   end)
 
+  describe("proxy()", function()
+    -- It waited on itself for ever.
+    it("refuses the client connection as its own upstream", function()
+      local srv = server.start{
+        config = 'listen = "127.0.0.1:0"\nhandler = "@DIR@/h.lua"\n',
+        handlers = { ["h.lua"] = [[
+local faults = require "luaecho.faults"
+return function(conn)
+  local _, err = pcall(faults.proxy, conn, conn, {})
+  conn:send(err)
+end
+]] },
+      }
+      local sock = assert(server.connect(srv.host, srv.port))
+      local got = server.read_all_until_close(sock, 10)
+      assert.equal("bad argument #2 to 'faults.proxy' (the upstream is the client connection itself)", got)
+    end)
+  end)
+
   describe("latency()", function()
     it("delays the answer by latency ms, downstream by default", function()
       local srv = start_proxy("{ faults.latency(200) }")

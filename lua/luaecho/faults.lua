@@ -676,6 +676,9 @@ end
 local function proxy_args(conn, upstream, list, opts)
   check_conn(conn, 1)
   check_conn(upstream, 2)
+  if rawequal(conn, upstream) then -- it would wait on itself for ever
+    error("bad argument #2 to 'faults.proxy' (the upstream is the client connection itself)", 3)
+  end
   if type(list) ~= "table" then
     error(("bad argument #3 to 'faults.proxy' (list of faults expected, got %s)"):format(type(list)), 3)
   end
