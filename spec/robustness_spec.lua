@@ -193,8 +193,9 @@ function ops.closetask(conn)
 end
 
 -- With sandbox = false: another userdata dressed up as a conn, then as a
--- task handle.  The forged metatable stays on io.stdout to the end, so its
--- finalizer meets it when the server closes the Lua state.
+-- task handle, and io.stderr as an admin subscription.  The forged
+-- metatables stay to the end, so their finalizers meet them when the
+-- server closes the Lua state.
 function ops.forge(conn)
   debug.setmetatable(io.stdout, debug.getmetatable(conn))
   report("forge.tostring", pcall(tostring, io.stdout))
@@ -203,6 +204,11 @@ function ops.forge(conn)
   debug.setmetatable(io.stdout, debug.getmetatable(task))
   report("forge.task", pcall(tostring, io.stdout))
   report("forge.join", pcall(task.join, io.stdout))
+  local sub = require("luaecho.inspect").subscribe(conn.id)
+  debug.setmetatable(io.stderr, debug.getmetatable(sub))
+  report("forge.sub", pcall(sub.events, io.stderr))
+  report("forge.subclose", pcall(sub.close, io.stderr))
+  sub:close()
 end
 
 -- Waits in recv until something ends the connection, then tries again.
@@ -564,6 +570,9 @@ describe("robustness", function()
       assert.same({ n = 2, false, type_error("luaecho.conn") }, report_of(srv, "forge.recv"))
       assert.same({ n = 2, false, type_error("luaecho.task") }, report_of(srv, "forge.task"))
       assert.same({ n = 2, false, type_error("luaecho.task") }, report_of(srv, "forge.join"))
+      local sub_error = type_error("luaecho.inspect.sub")
+      assert.same({ n = 2, false, sub_error }, report_of(srv, "forge.sub"))
+      assert.same({ n = 2, false, sub_error }, report_of(srv, "forge.subclose"))
       assert.same({ "forge\n" }, { server.recv_exactly(sock, 6) })
       assert.same({ "after\n" }, { server.exchange(other, "after\n") })
       assert_served(srv, 5)

@@ -6,7 +6,6 @@
 #include "lconn_internal.h"
 #include "luaecho/addr.h"
 
-
 void le_lconn_set_peer(le_lconn *lc, const struct sockaddr *sa) {
   memset(&lc->peer, 0, sizeof lc->peer);
   if (sa == NULL)
@@ -158,6 +157,12 @@ static int conn_index(lua_State *L) {
  * at once: no Lua code can use it any more. A handler's own connection is
  * held by the handler's argument while it runs. */
 static int conn_gc(lua_State *L) {
+  /* A userdata the debug library gave this metatable is not a conn (see
+   * le__conn_ud): nothing to release, and an error here would only be a
+   * warning. */
+  if (lua_type(L, 1) != LUA_TUSERDATA ||
+      lua_rawlen(L, 1) != sizeof(le__conn_ud))
+    return 0;
   le__conn_ud *ud = le__lconn_to_ud(L);
   le_lconn *lc = ud->lc;
   if (lc != NULL) {

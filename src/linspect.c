@@ -38,9 +38,12 @@ typedef struct inspect {
 /* A subscription: a userdata whose user value is the inspect userdata, so
  * the module state outlives it. */
 typedef struct sub {
+  const void *cookie; /* &sub_cookie: tells a subscription from a forgery */
   inspect *in;
   tap *t; /* NULL once closed */
 } sub;
+
+static const char sub_cookie = 0;
 
 static inspect *state_of(lua_State *L) {
   return lua_touserdata(L, lua_upvalueindex(1));
@@ -291,6 +294,7 @@ static int l_subscribe(lua_State *L) {
   if (in->ctx->trace == NULL)
     return luaL_error(L, "inspect.subscribe: this server has no trace");
   sub *s = lua_newuserdatauv(L, sizeof *s, 1);
+  s->cookie = &sub_cookie;
   s->in = in;
   s->t = NULL;
   lua_pushvalue(L, lua_upvalueindex(1));
@@ -302,8 +306,26 @@ static int l_subscribe(lua_State *L) {
   return 1;
 }
 
+/* Returns the subscription at argument 1, or NULL for a userdata that the
+ * debug library gave its metatable: the cookie, which only this file
+ * writes, cannot be copied that way. */
+static sub *to_sub(lua_State *L) {
+  sub *s = luaL_testudata(L, 1, SUB_METATABLE);
+  return s != NULL && lua_rawlen(L, 1) == sizeof *s && s->cookie == &sub_cookie
+             ? s
+             : NULL;
+}
+
+/* Returns the subscription at argument 1, or raises a type error. */
 static sub *check_sub(lua_State *L) {
-  return luaL_checkudata(L, 1, SUB_METATABLE);
+  sub *s = to_sub(L);
+  if (s == NULL && luaL_testudata(L, 1, SUB_METATABLE) != NULL)
+    luaL_argerror(L, 1,
+                  SUB_METATABLE
+                  " expected, got another userdata with its "
+                  "metatable");
+  if (s == NULL) luaL_typeerror(L, 1, SUB_METATABLE);
+  return s;
 }
 
 /* sub:events(since) -> the events after number `since` still kept, as
@@ -332,11 +354,23 @@ static int sub_events(lua_State *L) {
   return 3;
 }
 
-/* sub:close(), also __close and __gc. */
-static int sub_close(lua_State *L) {
-  sub *s = check_sub(L);
+/* Ends subscription s, once. */
+static void end_sub(sub *s) {
   if (s->t != NULL) unsubscribe(s->in, s->t);
   s->t = NULL;
+}
+
+/* sub:close(). */
+static int sub_close(lua_State *L) {
+  end_sub(check_sub(L));
+  return 0;
+}
+
+/* __close and __gc: a forgery is left alone, since an error here would
+ * only be a warning. */
+static int sub_release(lua_State *L) {
+  sub *s = to_sub(L);
+  if (s != NULL) end_sub(s);
   return 0;
 }
 
@@ -374,9 +408,9 @@ static void open_sub_metatable(lua_State *L) {
   luaL_newmetatable(L, SUB_METATABLE);
   luaL_newlib(L, sub_methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, sub_close);
+  lua_pushcfunction(L, sub_release);
   lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, sub_close);
+  lua_pushcfunction(L, sub_release);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
 }

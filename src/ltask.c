@@ -168,7 +168,12 @@ static int task_join(lua_State *L) {
 }
 
 static int task_gc(lua_State *L) {
-  task *t = check_task(L);
+  /* A userdata the debug library gave this metatable is not a task: there
+   * is nothing to release, and an error here would only be a warning. */
+  task *t = lua_touserdata(L, 1);
+  if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof *t ||
+      t->cookie != &task_cookie)
+    return 0;
   luaL_unref(L, LUA_REGISTRYINDEX, t->results_ref);
   t->results_ref = LUA_NOREF;
   return 0;
