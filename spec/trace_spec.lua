@@ -166,6 +166,19 @@ listen = {
       echo(c, "abcdef")
       expect(srv, 3, literal("read 6 bytes 61 62 63 64..."))
     end)
+
+    it("are cut to fit a trace line, and still end with ...", function()
+      local srv = start(nil, { config_src = [[
+handler = "@DIR@/h.lua"
+listen = { { address = "127.0.0.1:0", trace_hex = true, trace_bytes = 4096 } }
+]] })
+      local a = connect(srv, 1)
+      echo(a, ("x"):rep(2000))
+      local line = srv:wait_line("read 2000 bytes 78 78 .*", 10)
+      assert(line, srv:log_text())
+      assert.matches(" 78%.%.%.$", line)
+      assert.is_true(#line < 1024, #line .. " characters")
+    end)
   end)
 
   describe("recv", function()

@@ -208,8 +208,12 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
                  : c->ctx->read_buf_size;
 }
 
+/* A trace line is at most 1 KiB (trace.c): the preview is cut to what
+ * fits in one, so that a long one still ends with its "...". */
+#define TRACE_PREVIEW_MAX 900
+
 static void trace_read(le_conn *c, const char *data, size_t n) {
-  char preview[4 * 4096 + 8];
+  char preview[TRACE_PREVIEW_MAX];
   le_lconn *lc = &c->lc;
   if (lc->opts.trace_bytes == 0)
     le_lconn_trace(lc, "read %zu bytes", n);
