@@ -5,7 +5,6 @@
 -- status and output.
 local server = require "server"
 local proc = require "spec_proc"
-local socket = require "socket"
 
 local record, literal = server.record, server.literal
 
@@ -32,6 +31,10 @@ return function(conn)
   conn:send(peak >= 5 and "together\n" or "alone\n")
 end
 ]]
+
+-- A hosts file (server.hosts_env) in which two.test is 127.0.0.2, where
+-- nothing listens, then 127.0.0.1.
+local TWO_HOSTS = "127.0.0.2 two.test\n127.0.0.1 two.test\n"
 
 local function start_peer()
   return server.start{
@@ -86,13 +89,7 @@ local function matching(lines, pattern)
   return out
 end
 
--- A loopback port nothing listens on: bound, then closed again.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return math.tointeger(tonumber(port))
-end
+local closed_port = server.closed_port
 
 -- A client that sends one line and prints the reply.
 local HELLO = [[
@@ -201,7 +198,7 @@ end
     local port = tcp_addr(srv):match(":(%d+)$")
     local code, lines = run_client(HELLO, {
       addr = "two.test:" .. port, stream = "stdout", env = server.hosts_env(),
-      files = { hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+      files = { hosts = TWO_HOSTS },
     })
     assert.same({ 0, { "reply: hello" } }, { code, lines })
   end)
@@ -209,7 +206,7 @@ end
   it("reports the last address's error when none connects", function()
     local code, lines = run_client(HELLO, {
       addr = "two.test:" .. closed_port(), stream = "stderr", env = server.hosts_env(),
-      files = { hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+      files = { hosts = TWO_HOSTS },
     })
     assert.equal(1, code)
     assert.equal(1, #lines, table.concat(lines, "\n"))
@@ -228,7 +225,7 @@ end
       bin = "sh",
       args = { "-c", 'ulimit -n 64 && exec "$0" "$@" 2>&1', server.bin,
                "--connect", "two.test:" .. port, "-c", "200", "@DIR@/client.lua" },
-      files = { ["client.lua"] = HELLO, hosts = "127.0.0.2 two.test\n127.0.0.1 two.test\n" },
+      files = { ["client.lua"] = HELLO, hosts = TWO_HOSTS },
       env = server.hosts_env(), timeout = 30,
     }
     local out = table.concat(lines, "\n")

@@ -65,14 +65,7 @@ local function start_upstream(handler)
   return up, tcp, path
 end
 
--- Returns a loopback TCP port nobody listens on: one the kernel just gave a
--- socket that is closed again.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return math.tointeger(tonumber(port))
-end
+local closed_port = server.closed_port
 
 -- Returns the port of a loopback listener that answers no SYN: its backlog
 -- is 0 and one connection, never accepted, already fills its accept queue,

@@ -10,6 +10,7 @@
 
 #include "luaecho/lmem.h"
 #include "luaecho/log.h"
+#include "luaecho/sandbox.h"
 
 /* The registry key of the loop's scheduler (a light userdata), for the
  * preemption hook, which is given nothing but a lua_State. */
@@ -198,20 +199,6 @@ static int build_report(lua_State *L) {
   return 1;
 }
 
-/* Writes "file:line: " of the innermost Lua function on co's stack into buf
- * (empty when there is none): a value that is not a string carries no
- * position, and the log line should still name where it was raised. */
-static void where_raised(lua_State *co, char *buf, size_t len) {
-  lua_Debug ar;
-  buf[0] = '\0';
-  for (int level = 0; lua_getstack(co, level, &ar); level++) {
-    if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
-      snprintf(buf, len, "%s:%d: ", ar.short_src, ar.currentline);
-      return;
-    }
-  }
-}
-
 /* Writes the plain message for a coroutine that ended with `status` into
  * buf (or points at the thread's own error string). */
 static const char *plain_message(le_coro *c, int status, char *buf,
@@ -232,7 +219,7 @@ static const char *plain_message(le_coro *c, int status, char *buf,
     return lua_tostring(co, -1);
   } else {
     char where[LUA_IDSIZE + 32];
-    where_raised(co, where, sizeof where);
+    le_sandbox_where(co, 0, where, sizeof where);
     snprintf(buf, len, "%s(error object is a %s value)", where,
              luaL_typename(co, -1));
   }

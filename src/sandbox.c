@@ -81,18 +81,23 @@ static int names_file(const char *msg, const char *name) {
   return 0;
 }
 
-int le_sandbox_msgh(lua_State *L) {
-  if (lua_type(L, 1) == LUA_TSTRING) return 1;
+void le_sandbox_where(lua_State *L, int level, char *buf, size_t len) {
   lua_Debug ar;
-  const char *type = luaL_typename(L, 1);
-  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+  buf[0] = '\0';
+  for (; lua_getstack(L, level, &ar); level++) {
     if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
-      lua_pushfstring(L, "%s:%d: (error object is a %s value)", ar.short_src,
-                      ar.currentline, type);
-      return 1;
+      snprintf(buf, len, "%s:%d: ", ar.short_src, ar.currentline);
+      return;
     }
   }
-  lua_pushfstring(L, "(error object is a %s value)", type);
+}
+
+int le_sandbox_msgh(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) return 1;
+  char where[LUA_IDSIZE + 32];
+  le_sandbox_where(L, 1, where, sizeof where);
+  lua_pushfstring(L, "%s(error object is a %s value)", where,
+                  luaL_typename(L, 1));
   return 1;
 }
 

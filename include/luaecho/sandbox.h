@@ -58,6 +58,13 @@ int le_sandbox_loadfile(lua_State *L, const char *path);
 int le_sandbox_loadbuffer(lua_State *L, const char *buf, size_t len,
                           const char *name);
 
+/* Writes "file:line: " of the innermost Lua function on L's stack, from
+ * level `level` outwards (0: the running function), into buf, or "" when
+ * there is none: an error value that is not a string carries no
+ * position, and a message about it should still name where it was
+ * raised. */
+void le_sandbox_where(lua_State *L, int level, char *buf, size_t len);
+
 /* A message handler for lua_pcall over a file's code: an error value that
  * is not a string (error({}), error(nil)) carries no position, so it
  * becomes "file:line: (error object is a table value)" with the line of

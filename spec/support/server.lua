@@ -490,6 +490,15 @@ local function connected(sock, timeout, ...)
   return sock
 end
 
+-- Returns a loopback TCP port nobody listens on: one the kernel just gave a
+-- socket that is closed again.
+function M.closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return math.tointeger(tonumber(port))
+end
+
 -- Connects to host:port (or an address table from srv.addrs, unix ones
 -- included).  Returns a LuaSocket client with a timeout, closed by the next
 -- cleanup(), or nil and LuaSocket's message ("connection refused").
